@@ -1,0 +1,77 @@
+//! Build script of the host:
+//! 1. compiles `proto/` to Rust with protox (pure Rust, no system `protoc`) and tonic;
+//! 2. builds the sample models in `../sample-models` for wasm32-wasip2 with a nested cargo, so
+//!    that `sluice serve` can embed them and the tests can load them, with nothing to run first.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The sample-model crates and the component file each produces.
+const SAMPLE_MODELS: &[&str] = &["digits_logreg", "digits_mlp", "faulty"];
+
+fn main() {
+    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
+    compile_protos(&manifest_dir, &out_dir);
+    build_sample_models(&manifest_dir, &out_dir);
+}
+
+fn compile_protos(manifest_dir: &Path, out_dir: &Path) {
+    let proto_dir = manifest_dir.join("proto");
+    println!("cargo:rerun-if-changed={}", proto_dir.display());
+    let files = ["sluice/v1/sluice.proto"];
+    let descriptors = protox::compile(files, [&proto_dir]).expect("compiling .proto files");
+    let descriptor_path = out_dir.join("sluice_descriptor.bin");
+    std::fs::write(
+        &descriptor_path,
+        prost::Message::encode_to_vec(&descriptors),
+    )
+    .expect("writing the descriptor set");
+    tonic_prost_build::configure()
+        .compile_fds(descriptors)
+        .expect("generating gRPC code");
+}
+
+/// Runs `cargo build --release` in `sample-models/` and copies each component to `OUT_DIR`.
+fn build_sample_models(manifest_dir: &Path, out_dir: &Path) {
+    let repo = manifest_dir.parent().unwrap();
+    for watched in ["sample-models", "guest-sdk", "wit"] {
+        println!("cargo:rerun-if-changed={}", repo.join(watched).display());
+    }
+    // Share one target directory across profiles (check, test, release) so the guests build
+    // once; it sits beside the host's own target directory.
+    let target_root = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("target"));
+    let wasm_target_dir = target_root.join("sample-models");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .current_dir(repo.join("sample-models"))
+        .args(["build", "--release", "--target", "wasm32-wasip2"])
+        .env("CARGO_TARGET_DIR", &wasm_target_dir)
+        // What the outer cargo sets for the host must not leak into the guest build.
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .output()
+        .expect("running cargo to build the sample models");
+    if !output.status.success() {
+        panic!(
+            "building the sample models failed (is the wasm32-wasip2 target installed? \
+             `rustup target add wasm32-wasip2`):\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let built = wasm_target_dir.join("wasm32-wasip2/release");
+    for model in SAMPLE_MODELS {
+        let file = format!("{model}.wasm");
+        std::fs::copy(built.join(&file), out_dir.join(&file))
+            .unwrap_or_else(|e| panic!("copying {file}: {e}"));
+    }
+    println!(
+        "cargo:rustc-env=SLUICE_SAMPLE_WASM_DIR={}",
+        out_dir.display()
+    );
+}

@@ -1,0 +1,180 @@
+//! The `sluice` command line: `serve` runs a server; `load`, `unload`, `models` and `predict`
+//! talk to one over gRPC; `inspect` looks inside a component file locally.
+//!
+//! Exit codes: 0 success, 1 failure (the message says why), 2 bad usage.
+
+mod client;
+mod inspect;
+mod json;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Serve machine-learning models as sandboxed WebAssembly components.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where client commands find the server.
+#[derive(Debug, clap::Args)]
+struct ServerArgs {
+    /// The server's gRPC address.
+    #[arg(long, env = "SLUICE_SERVER", default_value = "http://127.0.0.1:8001")]
+    server: String,
+    /// Admin token, sent as `authorization: Bearer <token>` (needed when the server has one).
+    #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server. With no flags it serves the bundled sample models on 127.0.0.1:8001.
+    Serve(serve::ServeArgs),
+    /// Load a component as a model on a running server.
+    Load {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The component file (.wasm).
+        component: PathBuf,
+        /// A file passed to the model's init (e.g. its trained parameters).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Serve under this name instead of the model's own.
+        #[arg(long)]
+        name: Option<String>,
+        /// Instances to run in parallel.
+        #[arg(long, default_value_t = 1)]
+        replicas: u32,
+        /// Per-call time limit in milliseconds (0: the server's default).
+        #[arg(long, default_value_t = 0)]
+        timeout_ms: u64,
+        /// Memory limit per instance in MiB (0: the server's default).
+        #[arg(long, default_value_t = 0)]
+        memory_mib: u64,
+        /// Send the path for the server to read instead of uploading the file.
+        #[arg(long)]
+        server_path: bool,
+    },
+    /// Unload a model (all versions unless --version is given).
+    Unload {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The model's name.
+        name: String,
+        /// Only this version.
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// List the loaded models.
+    Models {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a prediction. Inputs are JSON: {"inputs": [{"name", "datatype", "shape", "data"}]}.
+    Predict {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The model's name.
+        model: String,
+        /// The inputs as a JSON string.
+        #[arg(
+            long,
+            conflicts_with = "input_file",
+            required_unless_present = "input_file"
+        )]
+        input: Option<String>,
+        /// A file holding the inputs as JSON (`-` for stdin).
+        #[arg(long)]
+        input_file: Option<PathBuf>,
+        /// A version of the model (default: its default version).
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// Show a component's imports, exports and model info without serving it.
+    Inspect(inspect::InspectArgs),
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Load {
+            server,
+            component,
+            config,
+            name,
+            replicas,
+            timeout_ms,
+            memory_mib,
+            server_path,
+        } => {
+            let load = client::Load {
+                component,
+                config,
+                name,
+                replicas,
+                timeout_ms,
+                memory_mib,
+                server_path,
+            };
+            client::load(&server, load).await
+        }
+        Command::Unload {
+            server,
+            name,
+            version,
+        } => client::unload(&server, &name, version).await,
+        Command::Models { server, json } => client::models(&server, json).await,
+        Command::Predict {
+            server,
+            model,
+            input,
+            input_file,
+            version,
+        } => {
+            let text = match (input, input_file) {
+                (Some(text), _) => text,
+                (None, Some(path)) if path.as_os_str() == "-" => {
+                    std::io::read_to_string(std::io::stdin())?
+                }
+                (None, Some(path)) => std::fs::read_to_string(&path)
+                    .map_err(|e| anyhow::anyhow!("reading inputs from {}: {e}", path.display()))?,
+                (None, None) => unreachable!("clap requires --input or --input-file"),
+            };
+            client::predict(&server, &model, version, &text).await
+        }
+        Command::Inspect(args) => inspect::run(args).await,
+    }
+}

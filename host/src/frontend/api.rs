@@ -1,0 +1,142 @@
+//! The `sluice.v1.Sluice` service: predict, list, load and unload.
+
+use super::FrontendOptions;
+use super::convert::{limits_from_proto, model_status, tensor_from_proto, tensor_to_proto};
+use super::status::to_status;
+use crate::proto::{self, load_model_request::Component, sluice_server::Sluice};
+use crate::registry::{LoadRequest, Registry};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub(super) struct SluiceApi {
+    registry: Arc<Registry>,
+    options: FrontendOptions,
+}
+
+impl SluiceApi {
+    pub(super) fn new(registry: Arc<Registry>, options: FrontendOptions) -> Self {
+        SluiceApi { registry, options }
+    }
+
+    /// Admin calls load code into the server: only from loopback, or with the admin token.
+    fn authorize_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        match &self.options.admin_token {
+            Some(token) => {
+                let presented = request
+                    .metadata()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "));
+                if presented == Some(token.as_str()) {
+                    Ok(())
+                } else {
+                    Err(Status::unauthenticated(
+                        "this call needs `authorization: Bearer <admin token>` metadata",
+                    ))
+                }
+            }
+            None => match request.remote_addr() {
+                Some(peer) if peer.ip().is_loopback() => Ok(()),
+                peer => Err(Status::permission_denied(format!(
+                    "admin calls are accepted only from loopback (peer: {peer:?}); start the \
+                     server with --admin-token to allow remote administration"
+                ))),
+            },
+        }
+    }
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+#[tonic::async_trait]
+impl Sluice for SluiceApi {
+    async fn predict(
+        &self,
+        request: Request<proto::PredictRequest>,
+    ) -> Result<Response<proto::PredictResponse>, Status> {
+        let request = request.into_inner();
+        if request.model.is_empty() {
+            return Err(Status::invalid_argument("model: a model name is required"));
+        }
+        let model = self
+            .registry
+            .get(
+                &request.model,
+                Some(request.version.as_str()).filter(|v| !v.is_empty()),
+            )
+            .map_err(to_status)?;
+        let inputs = request
+            .inputs
+            .into_iter()
+            .map(tensor_from_proto)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Status::invalid_argument)?;
+        let outputs = model.predict(inputs).await.map_err(to_status)?;
+        Ok(Response::new(proto::PredictResponse {
+            model: model.name.clone(),
+            version: model.version.clone(),
+            outputs: outputs.into_iter().map(tensor_to_proto).collect(),
+        }))
+    }
+
+    async fn list_models(
+        &self,
+        _request: Request<proto::ListModelsRequest>,
+    ) -> Result<Response<proto::ListModelsResponse>, Status> {
+        let models = self
+            .registry
+            .list()
+            .iter()
+            .map(|(model, is_default)| model_status(model, *is_default))
+            .collect();
+        Ok(Response::new(proto::ListModelsResponse { models }))
+    }
+
+    async fn load_model(
+        &self,
+        request: Request<proto::LoadModelRequest>,
+    ) -> Result<Response<proto::LoadModelResponse>, Status> {
+        self.authorize_admin(&request)?;
+        let request = request.into_inner();
+        let component = match request.component {
+            Some(Component::Wasm(bytes)) => bytes,
+            Some(Component::Path(path)) => tokio::fs::read(&path).await.map_err(|e| {
+                Status::invalid_argument(format!("path: cannot read `{path}` on the server: {e}"))
+            })?,
+            None => {
+                return Err(Status::invalid_argument(
+                    "component: give either `path` (on the server) or `wasm` (the bytes)",
+                ));
+            }
+        };
+        let model = self
+            .registry
+            .load(LoadRequest {
+                component,
+                config: request.config,
+                name: non_empty(request.name),
+                replicas: request.replicas.max(1) as usize,
+                limits: limits_from_proto(request.limits, self.options.default_limits),
+            })
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(proto::LoadModelResponse {
+            model: Some(model_status(&model, true)),
+        }))
+    }
+
+    async fn unload_model(
+        &self,
+        request: Request<proto::UnloadModelRequest>,
+    ) -> Result<Response<proto::UnloadModelResponse>, Status> {
+        self.authorize_admin(&request)?;
+        let request = request.into_inner();
+        let versions = self
+            .registry
+            .unload(&request.name, non_empty(request.version).as_deref())
+            .map_err(to_status)?;
+        Ok(Response::new(proto::UnloadModelResponse { versions }))
+    }
+}

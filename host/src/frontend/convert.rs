@@ -1,0 +1,155 @@
+//! Conversions between the protobuf messages of the sluice API and the runtime's types. Tensor
+//! data moves (no copy): both sides hold little-endian bytes.
+
+use crate::proto;
+use crate::registry::Model;
+use crate::runtime::{Dtype, ModelLimits, Tensor, TensorSpec};
+use std::time::Duration;
+
+/// Maps a protobuf dtype to the WIT one; `None` for `UNSPECIFIED` or an unknown number.
+pub fn dtype_from_proto(value: i32) -> Option<Dtype> {
+    use proto::DataType as P;
+    Some(match P::try_from(value).ok()? {
+        P::Unspecified => return None,
+        P::Fp32 => Dtype::Fp32,
+        P::Fp64 => Dtype::Fp64,
+        P::Int32 => Dtype::Int32,
+        P::Int64 => Dtype::Int64,
+        P::Uint8 => Dtype::Uint8,
+        P::Bool => Dtype::Boolean,
+        P::Bytes => Dtype::Bytes,
+    })
+}
+
+/// Maps a WIT dtype to the protobuf one.
+pub fn dtype_to_proto(dtype: Dtype) -> proto::DataType {
+    use proto::DataType as P;
+    match dtype {
+        Dtype::Fp32 => P::Fp32,
+        Dtype::Fp64 => P::Fp64,
+        Dtype::Int32 => P::Int32,
+        Dtype::Int64 => P::Int64,
+        Dtype::Uint8 => P::Uint8,
+        Dtype::Boolean => P::Bool,
+        Dtype::Bytes => P::Bytes,
+    }
+}
+
+/// Converts a request tensor; the error names the tensor and the field.
+pub fn tensor_from_proto(t: proto::Tensor) -> Result<Tensor, String> {
+    let dtype = dtype_from_proto(t.datatype).ok_or_else(|| {
+        format!(
+            "inputs[`{}`].datatype: {} is not a valid data type",
+            t.name, t.datatype
+        )
+    })?;
+    let shape = t
+        .shape
+        .iter()
+        .map(|&d| u32::try_from(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| {
+            format!(
+                "inputs[`{}`].shape: {:?} has a dimension over 2^32",
+                t.name, t.shape
+            )
+        })?;
+    Ok(Tensor {
+        name: t.name,
+        dtype,
+        shape,
+        data: t.data,
+    })
+}
+
+/// Converts an output tensor.
+pub fn tensor_to_proto(t: Tensor) -> proto::Tensor {
+    proto::Tensor {
+        name: t.name,
+        datatype: dtype_to_proto(t.dtype) as i32,
+        shape: t.shape.into_iter().map(u64::from).collect(),
+        data: t.data,
+    }
+}
+
+fn spec_to_proto(spec: &TensorSpec) -> proto::TensorSpec {
+    proto::TensorSpec {
+        name: spec.name.clone(),
+        datatype: dtype_to_proto(spec.dtype) as i32,
+        shape: spec.shape.clone(),
+    }
+}
+
+/// Fills unset (zero) fields of `limits` from `defaults`.
+pub fn limits_from_proto(limits: Option<proto::ModelLimits>, defaults: ModelLimits) -> ModelLimits {
+    let Some(l) = limits else { return defaults };
+    ModelLimits {
+        call_timeout: match l.call_timeout_ms {
+            0 => defaults.call_timeout,
+            ms => Duration::from_millis(ms),
+        },
+        memory_bytes: match l.memory_bytes {
+            0 => defaults.memory_bytes,
+            bytes => usize::try_from(bytes).unwrap_or(usize::MAX),
+        },
+        queue_capacity: match l.queue_capacity {
+            0 => defaults.queue_capacity,
+            n => n as usize,
+        },
+    }
+}
+
+/// Describes a loaded model.
+pub fn model_status(model: &Model, is_default_version: bool) -> proto::ModelStatus {
+    proto::ModelStatus {
+        name: model.name.clone(),
+        version: model.version.clone(),
+        inputs: model.info.inputs.iter().map(spec_to_proto).collect(),
+        outputs: model.info.outputs.iter().map(spec_to_proto).collect(),
+        max_batch: model.info.max_batch,
+        replicas: model.replicas() as u32,
+        limits: Some(proto::ModelLimits {
+            call_timeout_ms: model.limits.call_timeout.as_millis() as u64,
+            memory_bytes: model.limits.memory_bytes as u64,
+            queue_capacity: model.limits.queue_capacity as u32,
+        }),
+        component_sha256: model.sha256.clone(),
+        is_default_version,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_dtype_maps_both_ways() {
+        for d in [
+            Dtype::Fp32,
+            Dtype::Fp64,
+            Dtype::Int32,
+            Dtype::Int64,
+            Dtype::Uint8,
+            Dtype::Boolean,
+            Dtype::Bytes,
+        ] {
+            assert_eq!(dtype_from_proto(dtype_to_proto(d) as i32), Some(d));
+        }
+        assert_eq!(dtype_from_proto(0), None);
+        assert_eq!(dtype_from_proto(99), None);
+    }
+
+    #[test]
+    fn unset_limits_take_the_defaults() {
+        let defaults = ModelLimits::default();
+        assert_eq!(limits_from_proto(None, defaults), defaults);
+        let partial = proto::ModelLimits {
+            call_timeout_ms: 250,
+            memory_bytes: 0,
+            queue_capacity: 0,
+        };
+        let limits = limits_from_proto(Some(partial), defaults);
+        assert_eq!(limits.call_timeout, Duration::from_millis(250));
+        assert_eq!(limits.memory_bytes, defaults.memory_bytes);
+    }
+}

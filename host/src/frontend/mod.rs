@@ -1,0 +1,91 @@
+//! The gRPC frontend: the `sluice.v1.Sluice` service, the standard `grpc.health.v1` service and
+//! server reflection (so `grpcurl` and other generic tools work), all on one port.
+
+mod api;
+pub mod convert;
+pub mod status;
+
+use crate::proto::sluice_server::SluiceServer;
+use crate::registry::Registry;
+use crate::runtime::ModelLimits;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// The largest gRPC message accepted: room for a component upload or a large batch.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// How the frontend behaves.
+#[derive(Debug, Clone, Default)]
+pub struct FrontendOptions {
+    /// When set, admin calls (load, unload) need `authorization: Bearer <token>` and are then
+    /// accepted from any peer; when unset they are accepted from loopback peers only.
+    pub admin_token: Option<String>,
+    /// Limits for models loaded without their own.
+    pub default_limits: ModelLimits,
+}
+
+/// Serves on `listener` until `shutdown` resolves, then finishes in-flight calls and returns.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    options: FrontendOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<SluiceServer<api::SluiceApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptor sets are valid");
+    let sluice = SluiceServer::new(api::SluiceApi::new(registry, options))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(sluice)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// A server running on a background task, for tests and embedding.
+pub struct RunningServer {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl RunningServer {
+    /// Binds `addr` (port 0 picks a free port) and serves in the background.
+    pub async fn start(
+        addr: SocketAddr,
+        registry: Arc<Registry>,
+        options: FrontendOptions,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, registry, options, async {
+            let _ = stopped.await;
+        }));
+        Ok(RunningServer { addr, stop, task })
+    }
+
+    /// The `http://` URL clients connect to.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, waits for in-flight calls, and returns the server's result.
+    pub async fn shutdown(self) -> Result<(), tonic::transport::Error> {
+        let _ = self.stop.send(());
+        self.task.await.expect("the server task panicked")
+    }
+}

@@ -1,0 +1,23 @@
+//! # sluice: a model-serving host where every model is a WebAssembly component
+//!
+//! A request flows `frontend` (gRPC) → `registry` (which model, checked inputs) → `runtime`
+//! (a replica of the model: a sandboxed wasmtime instance) → the guest, which may call back
+//! into `compute` for heavy math. See `docs/architecture.md` for one request traced end to end.
+
+pub mod bundled;
+pub mod cli;
+pub mod compute;
+pub mod frontend;
+pub mod registry;
+pub mod runtime;
+pub mod tensor;
+
+/// Code generated from `proto/sluice/v1/sluice.proto`.
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    tonic::include_proto!("sluice.v1");
+
+    /// The encoded descriptor set of the sluice API, served through gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/sluice_descriptor.bin"));
+}

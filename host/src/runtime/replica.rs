@@ -1,0 +1,169 @@
+//! One instance of a model: a `Store` with its limits, the instantiated component, and the
+//! model state that `init` built from the config.
+//!
+//! A call that traps (panic, out of memory, deadline, stack overflow) leaves the instance in an
+//! unknown state, so the replica drops the whole `Store` and instantiates a fresh one from the
+//! `InstancePre` (~tens of microseconds plus the model's `init`); the next call runs on it.
+
+use super::bindings::Model as ModelBindings;
+use super::host::StoreState;
+use super::{CallError, LoadError, ModelComponent, ModelError, ModelInfo, ModelLimits, Tensor};
+use super::{deadline_ticks, error_chain};
+use crate::compute::Backend;
+use std::sync::Arc;
+use wasmtime::{Store, Trap};
+
+/// What every instance of one model is built from.
+#[derive(Clone)]
+pub struct InstanceRecipe {
+    /// The compiled, linked component.
+    pub component: ModelComponent,
+    /// The name used in logs and errors.
+    pub model: Arc<str>,
+    /// Passed to `init`.
+    pub config: Arc<[u8]>,
+    /// Memory and time limits.
+    pub limits: ModelLimits,
+    /// Where `compute` imports run.
+    pub compute: Arc<dyn Backend>,
+}
+
+struct Instance {
+    store: Store<StoreState>,
+    bindings: ModelBindings,
+}
+
+/// A model instance that survives the faults of the calls it runs.
+pub struct Replica {
+    recipe: InstanceRecipe,
+    instance: Option<Instance>,
+}
+
+impl Replica {
+    /// Instantiates the component and runs `init`; an error here means the model cannot load.
+    pub fn new(recipe: InstanceRecipe) -> Result<Self, LoadError> {
+        let instance = instantiate(&recipe)?;
+        Ok(Replica {
+            recipe,
+            instance: Some(instance),
+        })
+    }
+
+    /// Calls the model's `info`.
+    pub fn info(&mut self) -> Result<ModelInfo, LoadError> {
+        let recipe = &self.recipe;
+        let instance = self
+            .instance
+            .as_mut()
+            .ok_or_else(|| LoadError::InvalidInfo("the instance is gone".into()))?;
+        instance
+            .store
+            .set_epoch_deadline(deadline_ticks(recipe.limits.call_timeout));
+        let result = instance
+            .bindings
+            .sluice_model_predictor()
+            .call_info(&mut instance.store);
+        result.map_err(|e| LoadError::InvalidInfo(format!("info() trapped: {}", error_chain(&e))))
+    }
+
+    /// Runs one batch. On a trap the instance is replaced before this returns, so the next
+    /// call finds a healthy one.
+    pub fn predict(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, CallError> {
+        let instance = match &mut self.instance {
+            Some(instance) => instance,
+            None => self.instance.insert(
+                instantiate(&self.recipe).map_err(|e| CallError::Unavailable(e.to_string()))?,
+            ),
+        };
+        instance
+            .store
+            .set_epoch_deadline(deadline_ticks(self.recipe.limits.call_timeout));
+        let result = instance
+            .bindings
+            .sluice_model_predictor()
+            .call_predict(&mut instance.store, inputs);
+        let printed = instance.store.data().log.take_recent();
+        match result {
+            Ok(Ok(outputs)) => Ok(outputs),
+            Ok(Err(ModelError::InvalidInput(message))) => Err(CallError::RejectedInput(message)),
+            Ok(Err(ModelError::Internal(message))) => Err(CallError::ModelFailed(message)),
+            Err(trap) => {
+                let memory = instance.store.data_mut().limiter.exceeded.take();
+                let error = classify_trap(&trap, memory, &printed, &self.recipe.limits);
+                tracing::warn!(model = %self.recipe.model, %error, details = %error_chain(&trap),
+                    "discarding the instance after a fault");
+                self.instance = match instantiate(&self.recipe) {
+                    Ok(fresh) => Some(fresh),
+                    Err(e) => {
+                        tracing::error!(model = %self.recipe.model, error = %e,
+                            "re-instantiation failed; will retry on the next request");
+                        None
+                    }
+                };
+                Err(error)
+            }
+        }
+    }
+}
+
+fn instantiate(recipe: &InstanceRecipe) -> Result<Instance, LoadError> {
+    let state = StoreState::new(
+        recipe.model.clone(),
+        recipe.limits.memory_bytes,
+        recipe.compute.clone(),
+    );
+    let mut store = Store::new(recipe.component.pre.engine(), state);
+    store.limiter(|state| &mut state.limiter);
+    store.set_epoch_deadline(deadline_ticks(recipe.limits.call_timeout));
+    let bindings =
+        recipe.component.pre.instantiate(&mut store).map_err(|e| {
+            LoadError::InitFailed(format!("instantiation failed: {}", error_chain(&e)))
+        })?;
+    let init = bindings
+        .sluice_model_predictor()
+        .call_init(&mut store, &recipe.config);
+    let printed = store.data().log.take_recent();
+    match init {
+        Ok(Ok(())) => Ok(Instance { store, bindings }),
+        Ok(Err(ModelError::InvalidInput(m) | ModelError::Internal(m))) => {
+            Err(LoadError::InitFailed(m))
+        }
+        Err(trap) => {
+            let memory = store.data_mut().limiter.exceeded.take();
+            Err(LoadError::InitFailed(
+                classify_trap(&trap, memory, &printed, &recipe.limits).to_string(),
+            ))
+        }
+    }
+}
+
+/// Names the cause of a trap: the deadline, the memory cap, or the trap itself together with
+/// the last lines the guest printed (where a Rust panic message lands).
+fn classify_trap(
+    trap: &wasmtime::Error,
+    memory_exceeded: Option<String>,
+    printed: &[String],
+    limits: &ModelLimits,
+) -> CallError {
+    if let Some(message) = memory_exceeded {
+        return CallError::MemoryExhausted(message);
+    }
+    let mut message = match trap.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => {
+            return CallError::Timeout {
+                limit: limits.call_timeout,
+            };
+        }
+        Some(Trap::StackOverflow) => {
+            "stack overflow (the wasm call stack is exhausted)".to_string()
+        }
+        // The trap code alone; the wasm backtrace goes to the log, not to the client.
+        Some(trap) => trap.to_string(),
+        None => trap.root_cause().to_string(),
+    };
+    if !printed.is_empty() {
+        message.push_str("; the model printed: ");
+        message.push_str(&printed.join(" | "));
+    }
+    CallError::Trapped(message)
+}

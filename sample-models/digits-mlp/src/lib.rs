@@ -1,0 +1,82 @@
+//! A multi-layer perceptron (64 → hidden, ReLU → 10, softmax) on 8x8 digits. Its weights live
+//! on the host as device tensors, uploaded once in `init`; each batch is one upload, six host
+//! operations and one read, so the guest itself does almost no arithmetic.
+
+use sluice_sdk::compute::DeviceTensor;
+use sluice_sdk::{Dtype, Model, ModelError, ModelInfo, Tensor, TensorSpec, params};
+
+const FEATURES: u32 = 64;
+const CLASSES: u32 = 10;
+
+/// The trained model, held on the host.
+pub struct Mlp {
+    w1: DeviceTensor,
+    b1: DeviceTensor,
+    w2: DeviceTensor,
+    b2: DeviceTensor,
+}
+
+/// Uploads a parameter tensor that the trainer wrote with exactly `shape`.
+fn upload(
+    params: &mut Vec<params::Param>,
+    name: &str,
+    shape: &[u32],
+) -> Result<DeviceTensor, ModelError> {
+    let p = params::take(params, name, shape)?;
+    Ok(DeviceTensor::upload(&p.shape, &p.values)?)
+}
+
+impl Model for Mlp {
+    fn init(config: &[u8]) -> Result<Self, ModelError> {
+        let mut params = params::decode(config)?;
+        let hidden = params
+            .iter()
+            .find(|p| p.name == "b1")
+            .and_then(|p| p.shape.first().copied())
+            .ok_or_else(|| ModelError::Internal("invalid parameters: `b1` is missing".into()))?;
+        Ok(Mlp {
+            w1: upload(&mut params, "w1", &[FEATURES, hidden])?,
+            b1: upload(&mut params, "b1", &[hidden])?,
+            w2: upload(&mut params, "w2", &[hidden, CLASSES])?,
+            b2: upload(&mut params, "b2", &[CLASSES])?,
+        })
+    }
+
+    fn info(&self) -> ModelInfo {
+        ModelInfo {
+            name: "digits-mlp".into(),
+            version: "1".into(),
+            inputs: vec![TensorSpec::new(
+                "pixels",
+                Dtype::Fp32,
+                &[-1, FEATURES as i64],
+            )],
+            outputs: vec![
+                TensorSpec::new("probabilities", Dtype::Fp32, &[-1, CLASSES as i64]),
+                TensorSpec::new("label", Dtype::Int64, &[-1]),
+            ],
+            max_batch: 256,
+        }
+    }
+
+    fn predict(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ModelError> {
+        let pixels = sluice_sdk::input(&inputs, "pixels")?;
+        let rows = pixels.batch() as u32;
+        let x = DeviceTensor::upload_bytes(&[rows, FEATURES], &pixels.data)?;
+        let hidden = x.matmul(&self.w1)?.add(&self.b1)?.relu()?;
+        let probabilities = hidden.matmul(&self.w2)?.add(&self.b2)?.softmax()?.read();
+        let labels: Vec<i64> = probabilities
+            .chunks_exact(CLASSES as usize)
+            .map(|row| {
+                let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1));
+                best.map_or(0, |(i, _)| i as i64)
+            })
+            .collect();
+        Ok(vec![
+            Tensor::from_f32("probabilities", &[rows, CLASSES], &probabilities),
+            Tensor::from_i64("label", &[rows], &labels),
+        ])
+    }
+}
+
+sluice_sdk::export_model!(Mlp);

@@ -1,0 +1,96 @@
+//! A model that misbehaves on purpose, so the tests can prove that a fault fails only its own
+//! request. Its config is the name of the fault (UTF-8): `loop`, `oom`, `panic`, `recursion` or
+//! `wrong-shape`. It serves as `faulty-<fault>`, with input `x` and output `y`, both FP32
+//! `[-1, 1]`: it echoes `x`, except that a batch containing the value `1.0` triggers the fault.
+//! So a test can send a bad request and then a good one to the same model.
+
+use sluice_sdk::{Dtype, Model, ModelError, ModelInfo, Tensor, TensorSpec};
+use std::hint::black_box;
+
+/// The ways this model can fail.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Spins forever: the host's call deadline must stop it.
+    Loop,
+    /// Allocates until memory runs out: the host's memory cap must stop it.
+    Oom,
+    /// Panics (a trap, with a message on stderr).
+    Panic,
+    /// Recurses without bound: the wasm stack limit must stop it.
+    Recursion,
+    /// Returns one row more than it was given.
+    WrongShape,
+}
+
+/// The configured faulty model.
+pub struct Faulty {
+    fault: Fault,
+    name: String,
+}
+
+#[allow(unconditional_recursion)] // unbounded on purpose
+fn recurse(depth: u64) -> u64 {
+    // black_box keeps the compiler from turning this into a loop.
+    black_box(depth) + recurse(black_box(depth + 1))
+}
+
+impl Model for Faulty {
+    fn init(config: &[u8]) -> Result<Self, ModelError> {
+        let name = std::str::from_utf8(config).unwrap_or("").trim();
+        let fault = match name {
+            "loop" => Fault::Loop,
+            "oom" => Fault::Oom,
+            "panic" => Fault::Panic,
+            "recursion" => Fault::Recursion,
+            "wrong-shape" => Fault::WrongShape,
+            other => {
+                return Err(ModelError::Internal(format!(
+                    "unknown fault `{other}`; expected loop, oom, panic, recursion or wrong-shape"
+                )));
+            }
+        };
+        Ok(Faulty {
+            fault,
+            name: format!("faulty-{name}"),
+        })
+    }
+
+    fn info(&self) -> ModelInfo {
+        ModelInfo {
+            name: self.name.clone(),
+            version: "1".into(),
+            inputs: vec![TensorSpec::new("x", Dtype::Fp32, &[-1, 1])],
+            outputs: vec![TensorSpec::new("y", Dtype::Fp32, &[-1, 1])],
+            max_batch: 8,
+        }
+    }
+
+    fn predict(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ModelError> {
+        let x = sluice_sdk::input(&inputs, "x")?;
+        let values = x.to_f32()?;
+        let mut rows = x.batch() as u32;
+        if values.contains(&1.0) {
+            match self.fault {
+                Fault::Loop => loop {
+                    black_box(&values);
+                },
+                Fault::Oom => {
+                    let mut hoard: Vec<Vec<u8>> = Vec::new();
+                    loop {
+                        hoard.push(black_box(vec![1u8; 1 << 20]));
+                    }
+                }
+                Fault::Panic => panic!("faulty model: panic requested by the input"),
+                Fault::Recursion => {
+                    black_box(recurse(0));
+                }
+                Fault::WrongShape => rows += 1,
+            }
+        }
+        let mut y = values;
+        y.resize(rows as usize, 0.0);
+        Ok(vec![Tensor::from_f32("y", &[rows, 1], &y)])
+    }
+}
+
+sluice_sdk::export_model!(Faulty);

@@ -1,0 +1,106 @@
+//! Malformed requests get INVALID_ARGUMENT or NOT_FOUND with a message that names the field or
+//! tensor at fault, and nothing reaches the model.
+
+use sluice::proto::{DataType, PredictRequest, Tensor};
+use sluice_tests::{TestServer, fp32};
+use tonic::Code;
+
+const CACHE: &str = env!("CARGO_TARGET_TMPDIR");
+
+fn pixels(shape: &[u64], values: usize) -> Tensor {
+    fp32("pixels", shape, &vec![0.0; values])
+}
+
+fn request(model: &str, version: &str, inputs: Vec<Tensor>) -> PredictRequest {
+    PredictRequest {
+        model: model.into(),
+        version: version.into(),
+        inputs,
+    }
+}
+
+#[tokio::test]
+async fn malformed_requests_are_refused_with_the_cause_named() {
+    let mut server = TestServer::with_samples(CACHE).await;
+    let mut int64_pixels = pixels(&[1, 64], 128);
+    int64_pixels.datatype = DataType::Int64 as i32;
+    let mut unspecified = pixels(&[1, 64], 64);
+    unspecified.datatype = DataType::Unspecified as i32;
+    let cases = [
+        (
+            request("nope", "", vec![pixels(&[1, 64], 64)]),
+            Code::NotFound,
+            "model `nope` is not loaded",
+        ),
+        (
+            request("digits-mlp", "7", vec![pixels(&[1, 64], 64)]),
+            Code::NotFound,
+            "no version `7`",
+        ),
+        (
+            request("", "", vec![]),
+            Code::InvalidArgument,
+            "model: a model name is required",
+        ),
+        (
+            request("digits-mlp", "", vec![int64_pixels]),
+            Code::InvalidArgument,
+            "input `pixels`: expected dtype FP32, got INT64",
+        ),
+        (
+            request("digits-mlp", "", vec![unspecified]),
+            Code::InvalidArgument,
+            "inputs[`pixels`].datatype",
+        ),
+        (
+            request("digits-mlp", "", vec![pixels(&[1, 63], 63)]),
+            Code::InvalidArgument,
+            "input `pixels`: expected shape [-1, 64]",
+        ),
+        (
+            request("digits-mlp", "", vec![pixels(&[2, 64], 64)]),
+            Code::InvalidArgument,
+            "needs 512 bytes of data, got 256",
+        ),
+        (
+            request("digits-mlp", "", vec![pixels(&[0, 64], 0)]),
+            Code::InvalidArgument,
+            "empty batch",
+        ),
+        (
+            request("digits-mlp", "", vec![]),
+            Code::InvalidArgument,
+            "missing input `pixels`",
+        ),
+        (
+            request(
+                "digits-mlp",
+                "",
+                vec![pixels(&[1, 64], 64), fp32("extra", &[1], &[0.0])],
+            ),
+            Code::InvalidArgument,
+            "unknown input `extra`",
+        ),
+        (
+            request("digits-mlp", "", vec![pixels(&[300, 64], 300 * 64)]),
+            Code::InvalidArgument,
+            "exceeds the model's max batch of 256",
+        ),
+    ];
+    for (request, code, message) in cases {
+        let status = server.client.predict(request).await.unwrap_err();
+        assert_eq!(status.code(), code, "{}", status.message());
+        assert!(
+            status.message().contains(message),
+            "{:?} should contain {message:?}",
+            status.message()
+        );
+    }
+    // The model is unharmed.
+    let ok = server
+        .client
+        .predict(request("digits-mlp", "1", vec![pixels(&[1, 64], 64)]))
+        .await;
+    assert!(ok.is_ok(), "{:?}", ok.err());
+    server.shutdown().await;
+}
