@@ -87,9 +87,13 @@ pub trait Model: Sized + 'static {
 
 /// Exports a [`Model`] implementation as the component's `predictor`. Call it exactly once,
 /// at the top level of your crate.
+///
+/// On targets other than wasm32 it expands to nothing, so the same crate can also be compiled
+/// natively (for unit tests, or as the native baseline of a benchmark).
 #[macro_export]
 macro_rules! export_model {
     ($model:ty) => {
+        #[cfg(target_arch = "wasm32")]
         const _: () = {
             struct SluiceExport;
 

@@ -59,7 +59,8 @@ async fn digits_models_are_accurate_and_match_the_native_forward_pass() {
         w2: take(&mlp_params, "w2"),
         b2: take(&mlp_params, "b2"),
     };
-    let natives: [(&str, Box<dyn Fn(&[f32]) -> Vec<f32>>); 2] = [
+    type Forward<'a> = Box<dyn Fn(&[f32]) -> Vec<f32> + 'a>;
+    let natives: [(&str, Forward); 2] = [
         ("digits-logreg", Box::new(|x| logreg.probabilities(x))),
         ("digits-mlp", Box::new(|x| mlp.probabilities(x))),
     ];

@@ -75,7 +75,10 @@ pub(super) async fn run(args: ServeArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "serving gRPC (sluice.v1, health, reflection)");
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "serving gRPC (sluice.v1, health, reflection)");
+    // One plain line on stdout, so scripts (and the CLI tests) learn the port chosen for :0.
+    println!("listening on {addr}");
     let options = FrontendOptions {
         admin_token: args.admin_token,
         default_limits,

@@ -50,10 +50,10 @@ impl ComponentCache {
         }
         let component =
             Component::new(engine, bytes).map_err(|e| LoadError::Invalid(error_chain(&e)))?;
-        if let Some(path) = entry {
-            if let Err(e) = store(&component, &path) {
-                tracing::warn!(path = %path.display(), error = %e, "could not cache the compiled component");
-            }
+        if let Some(path) = entry
+            && let Err(e) = store(&component, &path)
+        {
+            tracing::warn!(path = %path.display(), error = %e, "could not cache the compiled component");
         }
         Ok(component)
     }

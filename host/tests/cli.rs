@@ -1,0 +1,157 @@
+//! The `sluice` binary end to end: `serve` on an ephemeral port, then the client commands and
+//! `inspect` against it, checking output and exit codes as a user would see them.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+fn sample_wasm(name: &str) -> PathBuf {
+    Path::new(sluice::bundled::SAMPLE_WASM_DIR).join(format!("{name}.wasm"))
+}
+
+fn repo_file(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+/// A `sluice serve` process, stopped with SIGTERM when dropped.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start() -> Server {
+        let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
+        let mut child = Command::new(SLUICE)
+            .args(["serve", "--listen", "127.0.0.1:0", "--sample-replicas", "1"])
+            .arg("--cache-dir")
+            .arg(&cache)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sluice serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        Server {
+            url: format!("http://{addr}"),
+            child,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(SLUICE)
+            .args(args)
+            .env("SLUICE_SERVER", &self.url)
+            .output()
+            .expect("run sluice")
+    }
+
+    /// SIGTERM, then the exit status of the drained server.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Only matters when a test failed before `stop`; killing an exited child is a no-op.
+        let _ = self.child.kill();
+    }
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+#[test]
+fn serve_then_list_predict_load_inspect_unload() {
+    let mut server = Server::start();
+
+    let models = stdout(&server.run(&["models"]));
+    assert!(models.contains("digits-logreg") && models.contains("digits-mlp"), "{models}");
+
+    // The first row of the data set is a 0.
+    let row = std::fs::read_to_string(repo_file("sample-models/data/digits.csv")).unwrap();
+    let fields: Vec<&str> = row.lines().next().unwrap().split(',').collect();
+    let input = format!(
+        r#"{{"inputs": [{{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": [{}]}}]}}"#,
+        fields[..64].join(",")
+    );
+    let answer: serde_json::Value =
+        serde_json::from_str(&stdout(&server.run(&["predict", "digits-mlp", "--input", &input])))
+            .unwrap();
+    let label = answer["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "label")
+        .unwrap();
+    assert_eq!(label["data"][0].as_i64().unwrap().to_string(), fields[64]);
+
+    let unknown = server.run(&["predict", "nope", "--input", &input]);
+    assert_eq!(unknown.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&unknown.stderr);
+    assert!(message.contains("NotFound") && message.contains("model `nope` is not loaded"), "{message}");
+
+    let config = Path::new(env!("CARGO_TARGET_TMPDIR")).join("panic.cfg");
+    std::fs::write(&config, "panic").unwrap();
+    let faulty = sample_wasm("faulty");
+    let loaded = stdout(&server.run(&[
+        "load",
+        faulty.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--replicas",
+        "2",
+    ]));
+    assert!(loaded.contains("loaded faulty-panic version 1 (2 replicas)"), "{loaded}");
+    let unloaded = stdout(&server.run(&["unload", "faulty-panic"]));
+    assert!(unloaded.contains("unloaded faulty-panic versions 1"), "{unloaded}");
+
+    assert!(server.stop().success(), "SIGTERM drains and exits 0");
+}
+
+#[test]
+fn inspect_shows_imports_exports_and_model_info() {
+    let mlp = sample_wasm("digits_mlp");
+    let params = repo_file("sample-models/digits-mlp/params.slpm");
+    let output = Command::new(SLUICE)
+        .args(["inspect", mlp.to_str().unwrap(), "--config", params.to_str().unwrap()])
+        .env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR"))
+        .output()
+        .unwrap();
+    let text = stdout(&output);
+    assert!(text.contains("sluice:model/compute@0.1.0"), "{text}");
+    assert!(text.contains("sluice:model/predictor@0.1.0"), "{text}");
+    assert!(text.contains("model: digits-mlp version 1"), "{text}");
+    assert!(text.contains("input: pixels FP32 [-1, 64]"), "{text}");
+
+    let not_wasm = Command::new(SLUICE)
+        .args(["inspect", params.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(not_wasm.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&not_wasm.stderr).contains("not a WebAssembly component"));
+}
+
+#[test]
+fn usage_errors_exit_with_2() {
+    let output = Command::new(SLUICE).args(["predict"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}
