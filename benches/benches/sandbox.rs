@@ -71,12 +71,16 @@ fn predict(c: &mut Criterion) {
             let mut probabilities = vec![0.0; rows * CLASSES];
             b.iter(|| black_box(native.predict_batch(black_box(x), &mut probabilities)))
         });
-        group.bench_with_input(BenchmarkId::new("logreg-component", rows), &inputs, |b, inputs| {
-            b.iter(|| black_box(logreg.predict(black_box(inputs)).unwrap()))
-        });
-        group.bench_with_input(BenchmarkId::new("mlp-component", rows), &inputs, |b, inputs| {
-            b.iter(|| black_box(mlp.predict(black_box(inputs)).unwrap()))
-        });
+        group.bench_with_input(
+            BenchmarkId::new("logreg-component", rows),
+            &inputs,
+            |b, inputs| b.iter(|| black_box(logreg.predict(black_box(inputs)).unwrap())),
+        );
+        group.bench_with_input(
+            BenchmarkId::new("mlp-component", rows),
+            &inputs,
+            |b, inputs| b.iter(|| black_box(mlp.predict(black_box(inputs)).unwrap())),
+        );
     }
     group.finish();
 }

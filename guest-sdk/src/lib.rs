@@ -141,9 +141,27 @@ pub mod __private {
 
     /// Builds the model and keeps it for later calls.
     pub fn init<M: Model>(config: &[u8]) -> Result<(), ModelError> {
+        install_panic_hook();
         let model = M::init(config)?;
         MODEL.with_borrow_mut(|slot| *slot = Some(Box::new(model)));
         Ok(())
+    }
+
+    /// Prints a panic as one line, `panic at FILE:LINE: MESSAGE`, to stderr. The host shows
+    /// the last lines a model printed in the error of the call that trapped, so the client
+    /// sees the message without the std hook's extra lines.
+    fn install_panic_hook() {
+        static HOOK: std::sync::Once = std::sync::Once::new();
+        HOOK.call_once(|| {
+            std::panic::set_hook(Box::new(|info| {
+                let location = info
+                    .location()
+                    .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                    .unwrap_or_default();
+                let message = info.payload_as_str().unwrap_or("(no message)");
+                eprintln!("panic{location}: {message}");
+            }));
+        });
     }
 
     /// Describes the initialised model.

@@ -84,7 +84,10 @@ fn serve_then_list_predict_load_inspect_unload() {
     let mut server = Server::start();
 
     let models = stdout(&server.run(&["models"]));
-    assert!(models.contains("digits-logreg") && models.contains("digits-mlp"), "{models}");
+    assert!(
+        models.contains("digits-logreg") && models.contains("digits-mlp"),
+        "{models}"
+    );
 
     // The first row of the data set is a 0.
     let row = std::fs::read_to_string(repo_file("sample-models/data/digits.csv")).unwrap();
@@ -93,9 +96,13 @@ fn serve_then_list_predict_load_inspect_unload() {
         r#"{{"inputs": [{{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": [{}]}}]}}"#,
         fields[..64].join(",")
     );
-    let answer: serde_json::Value =
-        serde_json::from_str(&stdout(&server.run(&["predict", "digits-mlp", "--input", &input])))
-            .unwrap();
+    let answer: serde_json::Value = serde_json::from_str(&stdout(&server.run(&[
+        "predict",
+        "digits-mlp",
+        "--input",
+        &input,
+    ])))
+    .unwrap();
     let label = answer["outputs"]
         .as_array()
         .unwrap()
@@ -107,7 +114,10 @@ fn serve_then_list_predict_load_inspect_unload() {
     let unknown = server.run(&["predict", "nope", "--input", &input]);
     assert_eq!(unknown.status.code(), Some(1));
     let message = String::from_utf8_lossy(&unknown.stderr);
-    assert!(message.contains("NotFound") && message.contains("model `nope` is not loaded"), "{message}");
+    assert!(
+        message.contains("NotFound") && message.contains("model `nope` is not loaded"),
+        "{message}"
+    );
 
     let config = Path::new(env!("CARGO_TARGET_TMPDIR")).join("panic.cfg");
     std::fs::write(&config, "panic").unwrap();
@@ -120,9 +130,15 @@ fn serve_then_list_predict_load_inspect_unload() {
         "--replicas",
         "2",
     ]));
-    assert!(loaded.contains("loaded faulty-panic version 1 (2 replicas)"), "{loaded}");
+    assert!(
+        loaded.contains("loaded faulty-panic version 1 (2 replicas)"),
+        "{loaded}"
+    );
     let unloaded = stdout(&server.run(&["unload", "faulty-panic"]));
-    assert!(unloaded.contains("unloaded faulty-panic versions 1"), "{unloaded}");
+    assert!(
+        unloaded.contains("unloaded faulty-panic versions 1"),
+        "{unloaded}"
+    );
 
     assert!(server.stop().success(), "SIGTERM drains and exits 0");
 }
@@ -132,7 +148,12 @@ fn inspect_shows_imports_exports_and_model_info() {
     let mlp = sample_wasm("digits_mlp");
     let params = repo_file("sample-models/digits-mlp/params.slpm");
     let output = Command::new(SLUICE)
-        .args(["inspect", mlp.to_str().unwrap(), "--config", params.to_str().unwrap()])
+        .args([
+            "inspect",
+            mlp.to_str().unwrap(),
+            "--config",
+            params.to_str().unwrap(),
+        ])
         .env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR"))
         .output()
         .unwrap();

@@ -82,8 +82,9 @@ pub(super) async fn load(server: &ServerArgs, load: Load) -> Result<()> {
         .map_err(refused)?
         .into_inner();
     let model = response.model.context("the server sent no model status")?;
+    let plural = if model.replicas == 1 { "" } else { "s" };
     println!(
-        "loaded {} version {} ({} replicas)",
+        "loaded {} version {} ({} replica{plural})",
         model.name, model.version, model.replicas
     );
     Ok(())

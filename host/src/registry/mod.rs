@@ -5,7 +5,7 @@
 //! one, the most recently loaded. Loading a name and version that exist replaces them: requests
 //! already queued on the old pool still finish (the pool drains when its last user drops it).
 
-use crate::runtime::replica::InstanceRecipe;
+use crate::runtime::replica::{InstanceRecipe, Replica};
 use crate::runtime::{CallError, LoadError, ModelInfo, ModelLimits, ReplicaPool, Runtime, Tensor};
 use crate::tensor;
 use std::collections::BTreeMap;
@@ -222,23 +222,28 @@ impl Registry {
 fn build_model(runtime: &Runtime, request: LoadRequest) -> Result<Model, LoadError> {
     let component = runtime.load_component(&request.component)?;
     let sha256 = component.sha256.clone();
-    // Until info() names the model, logs call it by the operator's name or its digest.
-    let label: Arc<str> = request
+    // Until info() names the model, its first instance logs under the operator's name or the
+    // component's digest.
+    let provisional = request
         .name
         .clone()
-        .unwrap_or_else(|| format!("sha256:{}", &sha256[..12]))
-        .into();
-    let recipe = InstanceRecipe {
+        .unwrap_or_else(|| format!("sha256:{}", &sha256[..12]));
+    let mut recipe = InstanceRecipe {
         component,
-        model: label,
+        model: provisional.into(),
         config: request.config.into(),
         limits: request.limits,
         compute: runtime.compute().clone(),
     };
-    let (pool, info) = ReplicaPool::start(recipe, request.replicas)?;
+    let mut first = Replica::new(recipe.clone())?;
+    let info = first.info()?;
     tensor::check_info(&info).map_err(LoadError::InvalidInfo)?;
+    let name = request.name.unwrap_or_else(|| info.name.clone());
+    recipe.model = name.as_str().into();
+    first.rename(recipe.model.clone());
+    let pool = ReplicaPool::start(&recipe, first, request.replicas)?;
     Ok(Model {
-        name: request.name.unwrap_or_else(|| info.name.clone()),
+        name,
         version: info.version.clone(),
         info,
         limits: request.limits,

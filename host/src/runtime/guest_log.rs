@@ -13,43 +13,62 @@ const RECENT_LINES: usize = 8;
 /// A line longer than this is cut, so a guest cannot make the host buffer without bound.
 const MAX_LINE: usize = 4096;
 
-#[derive(Default)]
 struct Buffer {
+    /// The model's name, as logs show it.
+    model: Arc<str>,
     partial: Vec<u8>,
     recent: VecDeque<String>,
 }
 
-/// A guest output sink shared by the WASI context of one instance and the replica that reads
-/// back the recent lines.
+impl Buffer {
+    /// Logs and keeps one finished line; blank lines are dropped.
+    fn finish_line(&mut self) {
+        let line = String::from_utf8_lossy(&std::mem::take(&mut self.partial))
+            .trim_end()
+            .to_string();
+        if line.is_empty() {
+            return;
+        }
+        tracing::info!(target: "sluice::guest", model = %self.model, "{line}");
+        if self.recent.len() == RECENT_LINES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(line);
+    }
+}
+
+/// A guest output sink shared by the WASI context of one instance (its stdout and stderr) and
+/// the replica that reads back the recent lines.
 #[derive(Clone)]
 pub(crate) struct GuestLog {
-    model: Arc<str>,
     buffer: Arc<Mutex<Buffer>>,
 }
 
 impl GuestLog {
     pub(crate) fn new(model: Arc<str>) -> Self {
         GuestLog {
-            model,
-            buffer: Arc::default(),
+            buffer: Arc::new(Mutex::new(Buffer {
+                model,
+                partial: Vec::new(),
+                recent: VecDeque::new(),
+            })),
         }
     }
 
-    fn push_line(&self, buffer: &mut Buffer, line: &[u8]) {
-        let line = String::from_utf8_lossy(line).trim_end().to_string();
-        tracing::info!(target: "sluice::guest", model = %self.model, "{line}");
-        if buffer.recent.len() == RECENT_LINES {
-            buffer.recent.pop_front();
-        }
-        buffer.recent.push_back(line);
+    fn lock(&self) -> std::sync::MutexGuard<'_, Buffer> {
+        self.buffer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes the name later lines are logged under.
+    pub(crate) fn set_model(&self, model: Arc<str>) {
+        self.lock().model = model;
     }
 
     fn write_bytes(&self, bytes: &[u8]) {
-        let mut buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buffer = self.lock();
         for &b in bytes {
             if b == b'\n' {
-                let line = std::mem::take(&mut buffer.partial);
-                self.push_line(&mut buffer, &line);
+                buffer.finish_line();
             } else if buffer.partial.len() < MAX_LINE {
                 buffer.partial.push(b);
             }
@@ -58,11 +77,8 @@ impl GuestLog {
 
     /// Takes the lines printed since the last call (including an unfinished one), oldest first.
     pub(crate) fn take_recent(&self) -> Vec<String> {
-        let mut buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
-        if !buffer.partial.is_empty() {
-            let line = std::mem::take(&mut buffer.partial);
-            self.push_line(&mut buffer, &line);
-        }
+        let mut buffer = self.lock();
+        buffer.finish_line();
         buffer.recent.drain(..).collect()
     }
 }
@@ -139,7 +155,7 @@ mod tests {
         for i in 0..20 {
             log.write_bytes(format!("line {i}\n").as_bytes());
         }
-        log.write_bytes(b"partial");
+        log.write_bytes(b"\n\npartial");
         let recent = log.take_recent();
         assert_eq!(recent.len(), RECENT_LINES);
         assert_eq!(recent.last().unwrap(), "partial");

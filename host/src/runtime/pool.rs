@@ -6,7 +6,7 @@
 //! unloading a model loses no accepted request.
 
 use super::replica::{InstanceRecipe, Replica};
-use super::{CallError, LoadError, ModelInfo, Tensor};
+use super::{CallError, LoadError, Tensor};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tokio::sync::oneshot;
 
@@ -23,31 +23,32 @@ pub struct ReplicaPool {
 }
 
 impl ReplicaPool {
-    /// Instantiates and initialises `replicas` instances (at least one) and starts their
-    /// threads. Returns the pool and the model's `info()`.
-    pub fn start(recipe: InstanceRecipe, replicas: usize) -> Result<(Self, ModelInfo), LoadError> {
+    /// Starts `first` (already initialised) and `replicas - 1` more instances of `recipe`,
+    /// each on its own thread.
+    pub fn start(
+        recipe: &InstanceRecipe,
+        first: Replica,
+        replicas: usize,
+    ) -> Result<Self, LoadError> {
         let replicas = replicas.max(1);
-        let mut instances = (0..replicas)
-            .map(|_| Replica::new(recipe.clone()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let info = instances[0].info()?;
+        let mut instances = vec![first];
+        for _ in 1..replicas {
+            instances.push(Replica::new(recipe.clone())?);
+        }
         let capacity = recipe.limits.queue_capacity.max(1);
         let (queue, jobs) = crossbeam_channel::bounded(capacity);
-        for (index, replica) in instances.drain(..).enumerate() {
+        for (index, replica) in instances.into_iter().enumerate() {
             let jobs = jobs.clone();
             std::thread::Builder::new()
                 .name(format!("sluice-{}-{index}", recipe.model))
                 .spawn(move || serve(replica, jobs))
                 .map_err(|e| LoadError::Io(format!("starting a replica thread: {e}")))?;
         }
-        Ok((
-            ReplicaPool {
-                queue,
-                replicas,
-                capacity,
-            },
-            info,
-        ))
+        Ok(ReplicaPool {
+            queue,
+            replicas,
+            capacity,
+        })
     }
 
     /// The number of replicas.

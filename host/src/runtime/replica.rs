@@ -49,6 +49,14 @@ impl Replica {
         })
     }
 
+    /// Changes the name this replica and its instances log under (known only after `info`).
+    pub fn rename(&mut self, model: Arc<str>) {
+        if let Some(instance) = &self.instance {
+            instance.store.data().log.set_model(model.clone());
+        }
+        self.recipe.model = model;
+    }
+
     /// Calls the model's `info`.
     pub fn info(&mut self) -> Result<ModelInfo, LoadError> {
         let recipe = &self.recipe;
