@@ -6,8 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The sample-model crates and the component file each produces.
-const SAMPLE_MODELS: &[&str] = &["digits_logreg", "digits_mlp", "faulty"];
+/// The components `sample-models/` produces (file stems): the models, and `wasi_hello`, a
+/// component that is not a model, for the load-refusal test.
+const SAMPLE_COMPONENTS: &[&str] = &["digits_logreg", "digits_mlp", "faulty", "wasi_hello"];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
@@ -65,8 +66,8 @@ fn build_sample_models(manifest_dir: &Path, out_dir: &Path) {
         );
     }
     let built = wasm_target_dir.join("wasm32-wasip2/release");
-    for model in SAMPLE_MODELS {
-        let file = format!("{model}.wasm");
+    for component in SAMPLE_COMPONENTS {
+        let file = format!("{component}.wasm");
         std::fs::copy(built.join(&file), out_dir.join(&file))
             .unwrap_or_else(|e| panic!("copying {file}: {e}"));
     }

@@ -4,6 +4,17 @@
 
 use crate::runtime::{Dtype, ModelInfo, Tensor, TensorSpec};
 
+/// Every dtype of the contract.
+pub const ALL_DTYPES: [Dtype; 7] = [
+    Dtype::Fp32,
+    Dtype::Fp64,
+    Dtype::Int32,
+    Dtype::Int64,
+    Dtype::Uint8,
+    Dtype::Boolean,
+    Dtype::Bytes,
+];
+
 /// The KServe v2 name of a dtype (`FP32`, `INT64`, ...).
 pub fn dtype_name(dtype: Dtype) -> &'static str {
     match dtype {
@@ -400,15 +411,7 @@ mod tests {
 
     #[test]
     fn dtype_names_round_trip() {
-        for d in [
-            Dtype::Fp32,
-            Dtype::Fp64,
-            Dtype::Int32,
-            Dtype::Int64,
-            Dtype::Uint8,
-            Dtype::Boolean,
-            Dtype::Bytes,
-        ] {
+        for d in ALL_DTYPES {
             assert_eq!(parse_dtype(dtype_name(d)), Some(d));
         }
         assert_eq!(parse_dtype("FP16"), None);

@@ -52,6 +52,24 @@ async fn bad_files_are_refused_with_the_reason() {
             status.message()
         );
     }
+    // A real component, but a WASI command rather than a model.
+    let status = server
+        .client
+        .load_model(load(
+            Component::Wasm(sample_component("wasi_hello")),
+            b"",
+            "",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains(
+            "does not implement `sluice:model/predictor@0.1.0`: it exports only wasi:cli/run@0.2"
+        ),
+        "{}",
+        status.message()
+    );
     let status = server
         .client
         .load_model(load(Component::Path("/no/such/file.wasm".into()), b"", ""))

@@ -40,17 +40,31 @@ fn refused(status: tonic::Status) -> anyhow::Error {
 }
 
 /// Arguments of `sluice load`.
-pub(super) struct Load {
-    pub component: PathBuf,
-    pub config: Option<PathBuf>,
-    pub name: Option<String>,
-    pub replicas: u32,
-    pub timeout_ms: u64,
-    pub memory_mib: u64,
-    pub server_path: bool,
+#[derive(Debug, clap::Args)]
+pub(super) struct LoadArgs {
+    /// The component file (.wasm).
+    component: PathBuf,
+    /// A file passed to the model's init (e.g. its trained parameters).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Serve under this name instead of the model's own.
+    #[arg(long)]
+    name: Option<String>,
+    /// Instances to run in parallel.
+    #[arg(long, default_value_t = 1)]
+    replicas: u32,
+    /// Per-call time limit in milliseconds (0: the server's default).
+    #[arg(long, default_value_t = 0)]
+    timeout_ms: u64,
+    /// Memory limit per instance in MiB (0: the server's default).
+    #[arg(long, default_value_t = 0)]
+    memory_mib: u64,
+    /// Send the path for the server to read instead of uploading the file.
+    #[arg(long)]
+    server_path: bool,
 }
 
-pub(super) async fn load(server: &ServerArgs, load: Load) -> Result<()> {
+pub(super) async fn load(server: &ServerArgs, load: LoadArgs) -> Result<()> {
     let component = if load.server_path {
         let path = std::path::absolute(&load.component)?;
         Component::Path(path.to_string_lossy().into_owned())

@@ -39,26 +39,8 @@ enum Command {
     Load {
         #[command(flatten)]
         server: ServerArgs,
-        /// The component file (.wasm).
-        component: PathBuf,
-        /// A file passed to the model's init (e.g. its trained parameters).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Serve under this name instead of the model's own.
-        #[arg(long)]
-        name: Option<String>,
-        /// Instances to run in parallel.
-        #[arg(long, default_value_t = 1)]
-        replicas: u32,
-        /// Per-call time limit in milliseconds (0: the server's default).
-        #[arg(long, default_value_t = 0)]
-        timeout_ms: u64,
-        /// Memory limit per instance in MiB (0: the server's default).
-        #[arg(long, default_value_t = 0)]
-        memory_mib: u64,
-        /// Send the path for the server to read instead of uploading the file.
-        #[arg(long)]
-        server_path: bool,
+        #[command(flatten)]
+        load: client::LoadArgs,
     },
     /// Unload a model (all versions unless --version is given).
     Unload {
@@ -131,27 +113,7 @@ pub fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve::run(args).await,
-        Command::Load {
-            server,
-            component,
-            config,
-            name,
-            replicas,
-            timeout_ms,
-            memory_mib,
-            server_path,
-        } => {
-            let load = client::Load {
-                component,
-                config,
-                name,
-                replicas,
-                timeout_ms,
-                memory_mib,
-                server_path,
-            };
-            client::load(&server, load).await
-        }
+        Command::Load { server, load } => client::load(&server, load).await,
         Command::Unload {
             server,
             name,

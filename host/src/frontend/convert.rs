@@ -124,15 +124,7 @@ mod tests {
 
     #[test]
     fn every_dtype_maps_both_ways() {
-        for d in [
-            Dtype::Fp32,
-            Dtype::Fp64,
-            Dtype::Int32,
-            Dtype::Int64,
-            Dtype::Uint8,
-            Dtype::Boolean,
-            Dtype::Bytes,
-        ] {
+        for d in crate::tensor::ALL_DTYPES {
             assert_eq!(dtype_from_proto(dtype_to_proto(d) as i32), Some(d));
         }
         assert_eq!(dtype_from_proto(0), None);
