@@ -1,9 +1,11 @@
 //! # sluice: a model-serving host where every model is a WebAssembly component
 //!
-//! A request flows `frontend` (gRPC) → `registry` (which model, checked inputs) → `runtime`
-//! (a replica of the model: a sandboxed wasmtime instance) → the guest, which may call back
-//! into `compute` for heavy math. See `docs/architecture.md` for one request traced end to end.
+//! A request flows `frontend` (gRPC) → `registry` (which model, checked inputs) → `batching`
+//! (the queue of the replica that will serve it soonest, joined into a batch) → `runtime` (a
+//! sandboxed wasmtime instance) → the guest, which may call back into `compute` for heavy
+//! math. See `docs/architecture.md` for one request traced end to end.
 
+pub mod batching;
 pub mod bundled;
 pub mod cli;
 pub mod compute;

@@ -131,14 +131,65 @@ fn serve_then_list_predict_load_inspect_unload() {
         "2",
     ]));
     assert!(
-        loaded.contains("loaded faulty-panic version 1 (2 replicas)"),
+        loaded.contains("loaded faulty-panic version 1 (2 replicas, batching adaptive(slo 100ms))"),
         "{loaded}"
+    );
+    let scaled = stdout(&server.run(&["models", "scale", "faulty-panic", "3"]));
+    assert!(
+        scaled.contains("faulty-panic version 1 now has 3 replicas"),
+        "{scaled}"
     );
     let unloaded = stdout(&server.run(&["unload", "faulty-panic"]));
     assert!(
         unloaded.contains("unloaded faulty-panic versions 1"),
         "{unloaded}"
     );
+
+    // A model config file, with a flag on top of it.
+    let model_config = Path::new(env!("CARGO_TARGET_TMPDIR")).join("logreg.toml");
+    let params = repo_file("sample-models/digits-logreg/params.slpm");
+    std::fs::write(
+        &model_config,
+        format!(
+            "replicas = 2\nconfig = {:?}\n[batching]\nmode = \"static\"\nbatch_size = 8\n",
+            params.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let logreg = sample_wasm("digits_logreg");
+    let loaded = stdout(&server.run(&[
+        "load",
+        logreg.to_str().unwrap(),
+        "--model-config",
+        model_config.to_str().unwrap(),
+        "--name",
+        "logreg-static",
+        "--max-delay-us",
+        "200",
+    ]));
+    assert!(
+        loaded.contains("logreg-static version 1 (2 replicas, batching static 8 +delay 200us)"),
+        "{loaded}"
+    );
+
+    // A short closed-loop benchmark, with its JSON report.
+    let report = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench.json");
+    let bench = stdout(&server.run(&[
+        "bench",
+        "logreg-static",
+        "--concurrency",
+        "8",
+        "--requests",
+        "200",
+        "--json",
+        report.to_str().unwrap(),
+    ]));
+    assert!(bench.contains("200 ok of 200 sent"), "{bench}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(report["ok"], 200);
+    assert!(report["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+    assert!(report["server"]["mean_batch"].as_f64().unwrap() >= 1.0);
 
     assert!(server.stop().success(), "SIGTERM drains and exits 0");
 }

@@ -2,6 +2,7 @@
 //! components (built from `sample-models/` by the host's build script), a gRPC client, and
 //! the held-out digits as request tensors.
 
+use sluice::batching::BatchingConfig;
 use sluice::bundled::{SAMPLE_MODELS, SAMPLE_WASM_DIR};
 use sluice::frontend::{FrontendOptions, RunningServer};
 use sluice::proto::{self, sluice_client::SluiceClient};
@@ -56,6 +57,7 @@ impl TestServer {
                     name: Some(sample.name.to_string()),
                     replicas: 2,
                     limits: ModelLimits::default(),
+                    batching: BatchingConfig::default(),
                 })
                 .await
                 .expect("load a bundled model");
@@ -104,6 +106,7 @@ pub fn digits_request(model: &str, samples: &[Sample]) -> proto::PredictRequest 
         model: model.to_string(),
         version: String::new(),
         inputs: vec![fp32("pixels", &[samples.len() as u64, 64], &pixels)],
+        timeout_ms: 0,
     }
 }
 

@@ -24,6 +24,7 @@ async fn load_faulty(server: &mut TestServer, fault: &str) {
                 memory_bytes: 64 << 20,
                 queue_capacity: 0,
             }),
+            batching: None,
         })
         .await
         .unwrap_or_else(|s| panic!("loading faulty-{fault}: {s}"));
@@ -35,6 +36,7 @@ fn request(model: &str, values: &[f32]) -> PredictRequest {
         model: model.to_string(),
         version: String::new(),
         inputs: vec![fp32("x", &[values.len() as u64, 1], values)],
+        timeout_ms: 0,
     }
 }
 

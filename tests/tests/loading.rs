@@ -18,7 +18,7 @@ fn load(component: Component, config: &[u8], name: &str) -> LoadModelRequest {
         config: config.to_vec(),
         name: name.to_string(),
         replicas: 1,
-        limits: None,
+        ..LoadModelRequest::default()
     }
 }
 

@@ -16,6 +16,7 @@ fn request(model: &str, version: &str, inputs: Vec<Tensor>) -> PredictRequest {
         model: model.into(),
         version: version.into(),
         inputs,
+        timeout_ms: 0,
     }
 }
 

@@ -2,6 +2,7 @@
 
 use super::ServerArgs;
 use super::json;
+use super::model_config::{ModelConfigFile, Overrides};
 use crate::frontend::MAX_MESSAGE_BYTES;
 use crate::proto::{self, load_model_request::Component, sluice_client::SluiceClient};
 use crate::tensor::dtype_name;
@@ -39,32 +40,74 @@ fn refused(status: tonic::Status) -> anyhow::Error {
     )
 }
 
-/// Arguments of `sluice load`.
+/// Arguments of `sluice load`. Settings not given here come from `--model-config`, then from
+/// the server's defaults.
 #[derive(Debug, clap::Args)]
 pub(super) struct LoadArgs {
     /// The component file (.wasm).
     component: PathBuf,
+    /// A model config file (TOML: replicas, init config, [batching], [limits]).
+    #[arg(long)]
+    model_config: Option<PathBuf>,
     /// A file passed to the model's init (e.g. its trained parameters).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Serve under this name instead of the model's own.
     #[arg(long)]
     name: Option<String>,
-    /// Instances to run in parallel.
-    #[arg(long, default_value_t = 1)]
-    replicas: u32,
-    /// Per-call time limit in milliseconds (0: the server's default).
-    #[arg(long, default_value_t = 0)]
-    timeout_ms: u64,
-    /// Memory limit per instance in MiB (0: the server's default).
-    #[arg(long, default_value_t = 0)]
-    memory_mib: u64,
+    /// Instances to run in parallel (default 1).
+    #[arg(long)]
+    replicas: Option<u32>,
+    /// Batching: adaptive (AIMD), static (needs --batch-size) or none.
+    #[arg(long, value_parser = ["adaptive", "static", "none"])]
+    batching: Option<String>,
+    /// Static batching: the batch size.
+    #[arg(long)]
+    batch_size: Option<u32>,
+    /// Adaptive batching: rows added after a full batch within the SLO.
+    #[arg(long)]
+    batch_step: Option<u32>,
+    /// Adaptive batching: fraction cut after a batch over the SLO.
+    #[arg(long)]
+    backoff: Option<f64>,
+    /// Latency objective in milliseconds.
+    #[arg(long)]
+    slo_ms: Option<u64>,
+    /// Delayed batching: wait up to this many microseconds for a fuller batch.
+    #[arg(long)]
+    max_delay_us: Option<u64>,
+    /// Requests each replica's queue may hold.
+    #[arg(long)]
+    queue: Option<u32>,
+    /// Per-call time limit in milliseconds.
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Memory limit per instance in MiB.
+    #[arg(long)]
+    memory_mib: Option<u64>,
     /// Send the path for the server to read instead of uploading the file.
     #[arg(long)]
     server_path: bool,
 }
 
 pub(super) async fn load(server: &ServerArgs, load: LoadArgs) -> Result<()> {
+    let file = match &load.model_config {
+        Some(path) => ModelConfigFile::read(path)?,
+        None => ModelConfigFile::default(),
+    };
+    let settings = file.resolve(Overrides {
+        replicas: load.replicas,
+        config: load.config,
+        mode: load.batching,
+        slo_ms: load.slo_ms,
+        step: load.batch_step,
+        backoff: load.backoff,
+        batch_size: load.batch_size,
+        max_delay_us: load.max_delay_us,
+        call_timeout_ms: load.timeout_ms,
+        memory_mib: load.memory_mib,
+        queue_capacity: load.queue,
+    })?;
     let component = if load.server_path {
         let path = std::path::absolute(&load.component)?;
         Component::Path(path.to_string_lossy().into_owned())
@@ -74,7 +117,7 @@ pub(super) async fn load(server: &ServerArgs, load: LoadArgs) -> Result<()> {
                 .with_context(|| format!("reading {}", load.component.display()))?,
         )
     };
-    let config = match &load.config {
+    let config = match &settings.config {
         Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
         None => Vec::new(),
     };
@@ -82,12 +125,9 @@ pub(super) async fn load(server: &ServerArgs, load: LoadArgs) -> Result<()> {
         component: Some(component),
         config,
         name: load.name.unwrap_or_default(),
-        replicas: load.replicas,
-        limits: Some(proto::ModelLimits {
-            call_timeout_ms: load.timeout_ms,
-            memory_bytes: load.memory_mib << 20,
-            queue_capacity: 0,
-        }),
+        replicas: settings.replicas,
+        limits: Some(settings.limits),
+        batching: Some(settings.batching),
     };
     let response = connect(server)
         .await?
@@ -98,10 +138,56 @@ pub(super) async fn load(server: &ServerArgs, load: LoadArgs) -> Result<()> {
     let model = response.model.context("the server sent no model status")?;
     let plural = if model.replicas == 1 { "" } else { "s" };
     println!(
-        "loaded {} version {} ({} replica{plural})",
+        "loaded {} version {} ({} replica{plural}, batching {})",
+        model.name,
+        model.version,
+        model.replicas,
+        batching_summary(model.batching.as_ref())
+    );
+    Ok(())
+}
+
+pub(super) async fn scale(
+    server: &ServerArgs,
+    name: &str,
+    version: Option<String>,
+    replicas: u32,
+) -> Result<()> {
+    let message = proto::ScaleModelRequest {
+        name: name.to_string(),
+        version: version.unwrap_or_default(),
+        replicas,
+    };
+    let model = connect(server)
+        .await?
+        .scale_model(admin_request(message, server)?)
+        .await
+        .map_err(refused)?
+        .into_inner()
+        .model
+        .context("the server sent no model status")?;
+    println!(
+        "{} version {} now has {} replicas",
         model.name, model.version, model.replicas
     );
     Ok(())
+}
+
+/// `adaptive(slo 20ms)`, `static 8`, `none`, with `+delay 500us` when delayed batching is on.
+fn batching_summary(batching: Option<&proto::BatchingConfig>) -> String {
+    use proto::batching_config::Mode;
+    let Some(b) = batching else {
+        return "?".into();
+    };
+    let mut summary = match Mode::try_from(b.mode) {
+        Ok(Mode::Static) if b.static_batch_size == 1 => "none".to_string(),
+        Ok(Mode::Static) => format!("static {}", b.static_batch_size),
+        _ => format!("adaptive(slo {}ms)", b.slo_ms),
+    };
+    if b.max_delay_us > 0 {
+        summary.push_str(&format!(" +delay {}us", b.max_delay_us));
+    }
+    summary
 }
 
 pub(super) async fn unload(server: &ServerArgs, name: &str, version: Option<String>) -> Result<()> {
@@ -146,6 +232,9 @@ pub(super) async fn models(server: &ServerArgs, as_json: bool) -> Result<()> {
                 serde_json::json!({
                     "name": m.name, "version": m.version, "default": m.is_default_version,
                     "replicas": m.replicas, "max_batch": m.max_batch,
+                    "batching": batching_summary(m.batching.as_ref()),
+                    "batch_sizes": m.batch_sizes, "batches_run": m.batches_run,
+                    "rows_run": m.rows_run,
                     "inputs": specs(&m.inputs), "outputs": specs(&m.outputs),
                     "sha256": m.component_sha256,
                 })
@@ -155,8 +244,8 @@ pub(super) async fn models(server: &ServerArgs, as_json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<8} {:>8} {:>9}  {:<28} OUTPUTS",
-        "NAME", "VERSION", "REPLICAS", "MAX_BATCH", "INPUTS"
+        "{:<20} {:<8} {:>8} {:>9}  {:<24} {:<12} {:<28} OUTPUTS",
+        "NAME", "VERSION", "REPLICAS", "MAX_BATCH", "BATCHING", "BATCH_NOW", "INPUTS"
     );
     for m in &models {
         let version = if m.is_default_version {
@@ -164,12 +253,15 @@ pub(super) async fn models(server: &ServerArgs, as_json: bool) -> Result<()> {
         } else {
             m.version.clone()
         };
+        let live: Vec<String> = m.batch_sizes.iter().map(u32::to_string).collect();
         println!(
-            "{:<20} {:<8} {:>8} {:>9}  {:<28} {}",
+            "{:<20} {:<8} {:>8} {:>9}  {:<24} {:<12} {:<28} {}",
             m.name,
             version,
             m.replicas,
             m.max_batch,
+            batching_summary(m.batching.as_ref()),
+            live.join(","),
             specs(&m.inputs),
             specs(&m.outputs)
         );
@@ -181,12 +273,14 @@ pub(super) async fn predict(
     server: &ServerArgs,
     model: &str,
     version: Option<String>,
+    timeout_ms: u64,
     inputs_json: &str,
 ) -> Result<()> {
     let message = proto::PredictRequest {
         model: model.to_string(),
         version: version.unwrap_or_default(),
         inputs: json::parse_inputs(inputs_json)?,
+        timeout_ms,
     };
     let response = connect(server)
         .await?

@@ -3,9 +3,11 @@
 //!
 //! Exit codes: 0 success, 1 failure (the message says why), 2 bad usage.
 
+mod bench;
 mod client;
 mod inspect;
 mod json;
+mod model_config;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -52,13 +54,15 @@ enum Command {
         #[arg(long)]
         version: Option<String>,
     },
-    /// List the loaded models.
+    /// List the loaded models, or change one (`sluice models scale NAME N`).
     Models {
         #[command(flatten)]
         server: ServerArgs,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(subcommand)]
+        action: Option<ModelsAction>,
     },
     /// Run a prediction. Inputs are JSON: {"inputs": [{"name", "datatype", "shape", "data"}]}.
     Predict {
@@ -79,9 +83,33 @@ enum Command {
         /// A version of the model (default: its default version).
         #[arg(long)]
         version: Option<String>,
+        /// The request's deadline in milliseconds (default: the model's SLO).
+        #[arg(long, default_value_t = 0)]
+        timeout_ms: u64,
     },
     /// Show a component's imports, exports and model info without serving it.
     Inspect(inspect::InspectArgs),
+    /// Drive load against a running server and report throughput and latency.
+    Bench {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        bench: bench::BenchArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsAction {
+    /// Change the number of replicas of a model while it serves.
+    Scale {
+        /// The model's name.
+        name: String,
+        /// The new number of replicas.
+        replicas: u32,
+        /// A version (default: the default version).
+        #[arg(long)]
+        version: Option<String>,
+    },
 }
 
 /// Runs the command line and returns the process exit code.
@@ -119,13 +147,25 @@ async fn run(command: Command) -> anyhow::Result<()> {
             name,
             version,
         } => client::unload(&server, &name, version).await,
-        Command::Models { server, json } => client::models(&server, json).await,
+        Command::Models {
+            server,
+            json,
+            action,
+        } => match action {
+            None => client::models(&server, json).await,
+            Some(ModelsAction::Scale {
+                name,
+                replicas,
+                version,
+            }) => client::scale(&server, &name, version, replicas).await,
+        },
         Command::Predict {
             server,
             model,
             input,
             input_file,
             version,
+            timeout_ms,
         } => {
             let text = match (input, input_file) {
                 (Some(text), _) => text,
@@ -136,8 +176,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     .map_err(|e| anyhow::anyhow!("reading inputs from {}: {e}", path.display()))?,
                 (None, None) => unreachable!("clap requires --input or --input-file"),
             };
-            client::predict(&server, &model, version, &text).await
+            client::predict(&server, &model, version, timeout_ms, &text).await
         }
         Command::Inspect(args) => inspect::run(args).await,
+        Command::Bench { server, bench } => bench::run(&server, bench).await,
     }
 }

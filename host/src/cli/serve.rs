@@ -1,6 +1,7 @@
 //! `sluice serve`: build the runtime, load the bundled sample models (unless told not to),
 //! serve gRPC until Ctrl-C or SIGTERM, then drain in-flight calls.
 
+use crate::batching::BatchingConfig;
 use crate::bundled::SAMPLE_MODELS;
 use crate::frontend::{self, FrontendOptions};
 use crate::registry::{LoadRequest, Registry};
@@ -35,6 +36,9 @@ pub(super) struct ServeArgs {
     /// Default memory limit per instance, in MiB.
     #[arg(long, default_value_t = 256)]
     memory_mib: usize,
+    /// Default latency objective in milliseconds (adaptive batching keeps batches under it).
+    #[arg(long, default_value_t = 100)]
+    slo_ms: u64,
     /// Allow admin calls from any peer that presents this token (default: loopback only).
     #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -58,6 +62,10 @@ pub(super) async fn run(args: ServeArgs) -> Result<()> {
         memory_bytes: args.memory_mib << 20,
         ..ModelLimits::default()
     };
+    let default_batching = BatchingConfig {
+        slo: Duration::from_millis(args.slo_ms),
+        ..BatchingConfig::default()
+    };
     if !args.no_samples {
         for sample in SAMPLE_MODELS {
             registry
@@ -67,6 +75,7 @@ pub(super) async fn run(args: ServeArgs) -> Result<()> {
                     name: Some(sample.name.to_string()),
                     replicas: args.sample_replicas,
                     limits: default_limits,
+                    batching: default_batching,
                 })
                 .await
                 .with_context(|| format!("loading the bundled model {}", sample.name))?;
@@ -82,6 +91,7 @@ pub(super) async fn run(args: ServeArgs) -> Result<()> {
     let options = FrontendOptions {
         admin_token: args.admin_token,
         default_limits,
+        default_batching,
     };
     frontend::serve(listener, registry, options, shutdown_signal()).await?;
     tracing::info!("stopped");

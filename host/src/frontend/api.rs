@@ -1,7 +1,9 @@
 //! The `sluice.v1.Sluice` service: predict, list, load and unload.
 
 use super::FrontendOptions;
-use super::convert::{limits_from_proto, model_status, tensor_from_proto, tensor_to_proto};
+use super::convert::{
+    batching_from_proto, limits_from_proto, model_status, tensor_from_proto, tensor_to_proto,
+};
 use super::status::to_status;
 use crate::proto::{self, load_model_request::Component, sluice_server::Sluice};
 use crate::registry::{LoadRequest, Registry};
@@ -73,7 +75,10 @@ impl Sluice for SluiceApi {
             .map(tensor_from_proto)
             .collect::<Result<Vec<_>, _>>()
             .map_err(Status::invalid_argument)?;
-        let outputs = model.predict(inputs).await.map_err(to_status)?;
+        let deadline = (request.timeout_ms > 0).then(|| {
+            tokio::time::Instant::now() + std::time::Duration::from_millis(request.timeout_ms)
+        });
+        let outputs = model.predict(inputs, deadline).await.map_err(to_status)?;
         Ok(Response::new(proto::PredictResponse {
             model: model.name.clone(),
             version: model.version.clone(),
@@ -111,6 +116,8 @@ impl Sluice for SluiceApi {
                 ));
             }
         };
+        let batching = batching_from_proto(request.batching, self.options.default_batching)
+            .map_err(Status::invalid_argument)?;
         let model = self
             .registry
             .load(LoadRequest {
@@ -119,6 +126,7 @@ impl Sluice for SluiceApi {
                 name: non_empty(request.name),
                 replicas: request.replicas.max(1) as usize,
                 limits: limits_from_proto(request.limits, self.options.default_limits),
+                batching,
             })
             .await
             .map_err(to_status)?;
@@ -138,5 +146,35 @@ impl Sluice for SluiceApi {
             .unload(&request.name, non_empty(request.version).as_deref())
             .map_err(to_status)?;
         Ok(Response::new(proto::UnloadModelResponse { versions }))
+    }
+
+    async fn scale_model(
+        &self,
+        request: Request<proto::ScaleModelRequest>,
+    ) -> Result<Response<proto::ScaleModelResponse>, Status> {
+        self.authorize_admin(&request)?;
+        let request = request.into_inner();
+        if request.replicas == 0 {
+            return Err(Status::invalid_argument(
+                "replicas: a model needs at least 1 replica",
+            ));
+        }
+        let version = non_empty(request.version);
+        let model = self
+            .registry
+            .get(&request.name, version.as_deref())
+            .map_err(to_status)?;
+        model
+            .scale(request.replicas as usize)
+            .await
+            .map_err(to_status)?;
+        let is_default = version.is_none()
+            || self
+                .registry
+                .get(&request.name, None)
+                .is_ok_and(|default| Arc::ptr_eq(&default, &model));
+        Ok(Response::new(proto::ScaleModelResponse {
+            model: Some(model_status(&model, is_default)),
+        }))
     }
 }

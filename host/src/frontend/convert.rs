@@ -1,6 +1,7 @@
 //! Conversions between the protobuf messages of the sluice API and the runtime's types. Tensor
 //! data moves (no copy): both sides hold little-endian bytes.
 
+use crate::batching::{BatchMode, BatchingConfig};
 use crate::proto;
 use crate::registry::Model;
 use crate::runtime::{Dtype, ModelLimits, Tensor, TensorSpec};
@@ -99,8 +100,79 @@ pub fn limits_from_proto(limits: Option<proto::ModelLimits>, defaults: ModelLimi
     }
 }
 
+/// Fills unset (zero) fields of a requested batching config from `defaults`.
+pub fn batching_from_proto(
+    batching: Option<proto::BatchingConfig>,
+    defaults: BatchingConfig,
+) -> Result<BatchingConfig, String> {
+    use proto::batching_config::Mode;
+    let Some(b) = batching else {
+        return Ok(defaults);
+    };
+    let default_step_backoff = match defaults.mode {
+        BatchMode::Adaptive { step, backoff } => (step, backoff),
+        BatchMode::Static { .. } => (4, 0.1),
+    };
+    let mode = match Mode::try_from(b.mode) {
+        Ok(Mode::Static) if b.static_batch_size == 0 => {
+            return Err(
+                "batching.static_batch_size: static mode needs a batch size of at least 1".into(),
+            );
+        }
+        Ok(Mode::Static) => BatchMode::Static {
+            size: b.static_batch_size as usize,
+        },
+        Ok(Mode::Adaptive | Mode::Unspecified) => {
+            if !(0.0..1.0).contains(&b.backoff) {
+                return Err(format!("batching.backoff: {} is not in [0, 1)", b.backoff));
+            }
+            BatchMode::Adaptive {
+                step: match b.additive_step {
+                    0 => default_step_backoff.0,
+                    step => step as usize,
+                },
+                backoff: if b.backoff == 0.0 {
+                    default_step_backoff.1
+                } else {
+                    b.backoff
+                },
+            }
+        }
+        Err(_) => return Err(format!("batching.mode: {} is not a valid mode", b.mode)),
+    };
+    Ok(BatchingConfig {
+        mode,
+        slo: match b.slo_ms {
+            0 => defaults.slo,
+            ms => Duration::from_millis(ms),
+        },
+        max_delay: match b.max_delay_us {
+            0 => defaults.max_delay,
+            us => Some(Duration::from_micros(us)),
+        },
+    })
+}
+
+/// The protobuf form of a batching config.
+pub fn batching_to_proto(b: BatchingConfig) -> proto::BatchingConfig {
+    use proto::batching_config::Mode;
+    let (mode, static_batch_size, additive_step, backoff) = match b.mode {
+        BatchMode::Adaptive { step, backoff } => (Mode::Adaptive, 0, step as u32, backoff),
+        BatchMode::Static { size } => (Mode::Static, size as u32, 0, 0.0),
+    };
+    proto::BatchingConfig {
+        mode: mode as i32,
+        static_batch_size,
+        additive_step,
+        backoff,
+        slo_ms: b.slo.as_millis() as u64,
+        max_delay_us: b.max_delay.map_or(0, |d| d.as_micros() as u64),
+    }
+}
+
 /// Describes a loaded model.
 pub fn model_status(model: &Model, is_default_version: bool) -> proto::ModelStatus {
+    let stats = model.stats();
     proto::ModelStatus {
         name: model.name.clone(),
         version: model.version.clone(),
@@ -115,6 +187,10 @@ pub fn model_status(model: &Model, is_default_version: bool) -> proto::ModelStat
         }),
         component_sha256: model.sha256.clone(),
         is_default_version,
+        batching: Some(batching_to_proto(model.batching())),
+        batch_sizes: model.batch_sizes().into_iter().map(|s| s as u32).collect(),
+        batches_run: stats.batches,
+        rows_run: stats.rows,
     }
 }
 
@@ -143,5 +219,39 @@ mod tests {
         let limits = limits_from_proto(Some(partial), defaults);
         assert_eq!(limits.call_timeout, Duration::from_millis(250));
         assert_eq!(limits.memory_bytes, defaults.memory_bytes);
+    }
+
+    #[test]
+    fn batching_configs_round_trip_and_bad_ones_name_the_field() {
+        let defaults = BatchingConfig::default();
+        assert_eq!(batching_from_proto(None, defaults), Ok(defaults));
+        for config in [
+            defaults,
+            BatchingConfig {
+                mode: BatchMode::Static { size: 16 },
+                slo: Duration::from_millis(20),
+                max_delay: Some(Duration::from_micros(500)),
+            },
+        ] {
+            assert_eq!(
+                batching_from_proto(Some(batching_to_proto(config)), defaults),
+                Ok(config)
+            );
+        }
+        let static_zero = proto::BatchingConfig {
+            mode: proto::batching_config::Mode::Static as i32,
+            ..Default::default()
+        };
+        let err = batching_from_proto(Some(static_zero), defaults).unwrap_err();
+        assert!(err.starts_with("batching.static_batch_size"), "{err}");
+        let bad_backoff = proto::BatchingConfig {
+            backoff: 1.5,
+            ..Default::default()
+        };
+        assert!(
+            batching_from_proto(Some(bad_backoff), defaults)
+                .unwrap_err()
+                .starts_with("batching.backoff")
+        );
     }
 }

@@ -5,6 +5,7 @@ mod api;
 pub mod convert;
 pub mod status;
 
+use crate::batching::BatchingConfig;
 use crate::proto::sluice_server::SluiceServer;
 use crate::registry::Registry;
 use crate::runtime::ModelLimits;
@@ -25,6 +26,8 @@ pub struct FrontendOptions {
     pub admin_token: Option<String>,
     /// Limits for models loaded without their own.
     pub default_limits: ModelLimits,
+    /// Batching for models loaded without their own.
+    pub default_batching: BatchingConfig,
 }
 
 /// Serves on `listener` until `shutdown` resolves, then finishes in-flight calls and returns.

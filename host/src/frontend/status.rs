@@ -12,7 +12,7 @@ pub fn to_status(error: RegistryError) -> Status {
         RegistryError::InvalidInput { .. } => Code::InvalidArgument,
         RegistryError::Call { error, .. } => match error {
             CallError::RejectedInput(_) => Code::InvalidArgument,
-            CallError::Timeout { .. } => Code::DeadlineExceeded,
+            CallError::Timeout { .. } | CallError::DeadlineExceeded => Code::DeadlineExceeded,
             CallError::MemoryExhausted(_) | CallError::QueueFull { .. } => Code::ResourceExhausted,
             CallError::Unavailable(_) => Code::Unavailable,
             CallError::ModelFailed(_) | CallError::Trapped(_) | CallError::InvalidOutput(_) => {

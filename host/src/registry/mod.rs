@@ -3,14 +3,17 @@
 //!
 //! A name maps to one or more versions; a request that names no version goes to the default
 //! one, the most recently loaded. Loading a name and version that exist replaces them: requests
-//! already queued on the old pool still finish (the pool drains when its last user drops it).
+//! already queued on the old version still finish (its replicas drain when the last request
+//! holding it is answered).
 
+use crate::batching::{BatchStats, Batcher, BatchingConfig, ReplicaRunner, RunnerFactory};
 use crate::runtime::replica::{InstanceRecipe, Replica};
-use crate::runtime::{CallError, LoadError, ModelInfo, ModelLimits, ReplicaPool, Runtime, Tensor};
+use crate::runtime::{CallError, LoadError, ModelInfo, ModelLimits, Runtime, Tensor};
 use crate::tensor;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use thiserror::Error;
+use tokio::time::Instant;
 
 /// Why a registry operation failed.
 #[derive(Debug, Error)]
@@ -60,8 +63,10 @@ pub struct LoadRequest {
     pub name: Option<String>,
     /// Instances to run (at least 1).
     pub replicas: usize,
-    /// Limits of the instances and the queue.
+    /// Limits of the instances and the queues.
     pub limits: ModelLimits,
+    /// How requests are batched.
+    pub batching: BatchingConfig,
 }
 
 /// A loaded model version: its description and its running replicas.
@@ -71,36 +76,62 @@ pub struct Model {
     /// Its version label (from `info()`).
     pub version: String,
     /// What the model declared.
-    pub info: ModelInfo,
+    pub info: Arc<ModelInfo>,
     /// Limits in force.
     pub limits: ModelLimits,
     /// Hex SHA-256 of the component.
     pub sha256: String,
-    pool: ReplicaPool,
+    batcher: Batcher<ReplicaRunner>,
 }
 
 impl Model {
-    /// Number of replicas.
+    /// Number of replicas taking requests.
     pub fn replicas(&self) -> usize {
-        self.pool.replicas()
+        self.batcher.replicas()
     }
 
-    /// Checks `inputs`, runs them on a free replica and checks the answer.
-    pub async fn predict(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RegistryError> {
-        let (inputs, batch) = tensor::check_inputs(&self.info, inputs).map_err(|message| {
+    /// The batching settings.
+    pub fn batching(&self) -> BatchingConfig {
+        self.batcher.config()
+    }
+
+    /// The live batch size limit of each replica.
+    pub fn batch_sizes(&self) -> Vec<usize> {
+        self.batcher.batch_sizes()
+    }
+
+    /// Batches and rows run so far.
+    pub fn stats(&self) -> BatchStats {
+        self.batcher.stats()
+    }
+
+    /// Checks `inputs`, queues them on the replica expected to answer soonest, and returns
+    /// the outputs (checked against the model's declaration by the replica's worker). The
+    /// request must be answered by `deadline`, by default now + the model's SLO.
+    pub async fn predict(
+        &self,
+        inputs: Vec<Tensor>,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Tensor>, RegistryError> {
+        let (inputs, rows) = tensor::check_inputs(&self.info, inputs).map_err(|message| {
             RegistryError::InvalidInput {
                 model: self.name.clone(),
                 message,
             }
         })?;
-        let call_error = |error| RegistryError::Call {
-            model: self.name.clone(),
-            error,
-        };
-        let outputs = self.pool.predict(inputs).await.map_err(call_error)?;
-        tensor::check_outputs(&self.info, &outputs, batch)
-            .map_err(|m| call_error(CallError::InvalidOutput(m)))?;
-        Ok(outputs)
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + self.batching().slo);
+        self.batcher
+            .submit(inputs, rows, deadline)
+            .await
+            .map_err(|error| RegistryError::Call {
+                model: self.name.clone(),
+                error,
+            })
+    }
+
+    /// Changes the number of replicas without dropping requests.
+    pub async fn scale(&self, replicas: usize) -> Result<(), RegistryError> {
+        Ok(self.batcher.scale(replicas).await?)
     }
 }
 
@@ -219,6 +250,8 @@ impl Registry {
     }
 }
 
+/// Compiles and instantiates a model; runs on a blocking thread inside the tokio runtime (the
+/// replicas' workers are tokio tasks).
 fn build_model(runtime: &Runtime, request: LoadRequest) -> Result<Model, LoadError> {
     let component = runtime.load_component(&request.component)?;
     let sha256 = component.sha256.clone();
@@ -241,13 +274,26 @@ fn build_model(runtime: &Runtime, request: LoadRequest) -> Result<Model, LoadErr
     let name = request.name.unwrap_or_else(|| info.name.clone());
     recipe.model = name.as_str().into();
     first.rename(recipe.model.clone());
-    let pool = ReplicaPool::start(&recipe, first, request.replicas)?;
+    let factory: RunnerFactory<ReplicaRunner> =
+        Arc::new(move || Replica::new(recipe.clone()).map(ReplicaRunner::new));
+    let mut runners = vec![ReplicaRunner::new(first)];
+    for _ in 1..request.replicas.max(1) {
+        runners.push(factory()?);
+    }
+    let info = Arc::new(info);
+    let batcher = Batcher::start(
+        runners,
+        factory,
+        request.batching,
+        info.clone(),
+        request.limits.queue_capacity,
+    );
     Ok(Model {
         name,
         version: info.version.clone(),
         info,
         limits: request.limits,
         sha256,
-        pool,
+        batcher,
     })
 }

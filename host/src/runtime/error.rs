@@ -62,8 +62,11 @@ pub enum CallError {
     /// The model's answer does not match what it declared.
     #[error("the model returned an invalid output: {0}")]
     InvalidOutput(String),
-    /// The model's queue is full; the request was not run.
-    #[error("the model's queue is full ({capacity} requests waiting)")]
+    /// The request's deadline passed while it waited; it was not run.
+    #[error("the request's deadline passed before a replica could run it")]
+    DeadlineExceeded,
+    /// Every replica's queue is full; the request was not run.
+    #[error("the model's queues are full ({capacity} requests waiting per replica)")]
     QueueFull {
         /// The queue bound.
         capacity: usize,

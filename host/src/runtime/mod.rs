@@ -1,5 +1,5 @@
 //! The sandbox: one wasmtime [`Engine`] for the process, components compiled once and cached
-//! on disk, and models run as pools of isolated instances with hard limits.
+//! on disk, and models run as sets of isolated instances (replicas) with hard limits.
 //!
 //! - [`Runtime`] owns the engine (epoch interruption on, ticked by one host thread), the
 //!   [`Linker`] with the host's imports (WASI with nothing granted, and `compute`), and the
@@ -7,18 +7,16 @@
 //!   or a [`LoadError`] that says what is wrong.
 //! - [`replica`] runs one instance: `init` with the model's config, then `predict` calls under
 //!   a deadline and a memory cap; after a trap it throws the `Store` away and starts afresh.
-//! - [`pool`] runs N replicas on their own threads behind one bounded queue.
+//!   The `batching` module decides what each replica runs and when.
 
 mod cache;
 mod error;
 mod guest_log;
 mod host;
-pub mod pool;
 pub mod replica;
 
 pub(crate) use error::error_chain;
 pub use error::{CallError, LoadError};
-pub use pool::ReplicaPool;
 
 use crate::compute::Backend;
 use host::StoreState;
@@ -39,6 +37,7 @@ pub mod bindings {
         world: "model",
         with: { "sluice:model/compute.device-tensor": crate::compute::DeviceTensor },
         imports: { default: trappable },
+        additional_derives: [PartialEq],
     });
 }
 
@@ -58,7 +57,7 @@ pub struct ModelLimits {
     /// Cap on each linear memory of an instance, and on the bytes of host compute tensors it
     /// may hold.
     pub memory_bytes: usize,
-    /// Requests that may wait for a replica before new ones are refused.
+    /// Requests that may wait in each replica's queue before new ones are refused.
     pub queue_capacity: usize,
 }
 

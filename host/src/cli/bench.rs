@@ -1,0 +1,396 @@
+//! `sluice bench`: a load generator against a running server, over gRPC.
+//!
+//! Closed loop (`--concurrency N`: N clients, each sending its next request when the last is
+//! answered) or open loop (`--rate R`: Poisson arrivals at R requests/s, each timed from its
+//! scheduled send time, so a slow server cannot hide its queueing — no coordinated omission).
+//! At the end: throughput, latency percentiles (HDR histogram), errors by status, and the
+//! server's mean batch size over the run (from `ListModels` before and after).
+
+use super::ServerArgs;
+use super::json;
+use crate::proto::{self, sluice_client::SluiceClient};
+use anyhow::{Context, Result, bail};
+use hdrhistogram::Histogram;
+use rand::Rng;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+/// The digits data, for models that take 8x8 images (`pixels`, FP32 `[-1, 64]`).
+const DIGITS_CSV: &str = include_str!("../../../sample-models/data/digits.csv");
+
+/// Flags of `sluice bench`.
+#[derive(Debug, clap::Args)]
+pub(super) struct BenchArgs {
+    /// The model to load.
+    model: String,
+    /// Closed loop: this many concurrent clients (the default, with 16).
+    #[arg(long, conflicts_with = "rate")]
+    concurrency: Option<usize>,
+    /// Open loop: this many requests per second, Poisson arrivals.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// How long to run, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Stop after this many requests instead (closed loop).
+    #[arg(long, conflicts_with = "rate")]
+    requests: Option<u64>,
+    /// Rows per request.
+    #[arg(long, default_value_t = 1)]
+    rows: usize,
+    /// Each request's deadline in milliseconds (0: the model's SLO).
+    #[arg(long, default_value_t = 0)]
+    timeout_ms: u64,
+    /// Inputs as JSON (like `predict --input-file`) instead of generated ones.
+    #[arg(long)]
+    input_file: Option<PathBuf>,
+    /// Connections to spread requests over.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// What the workers record.
+struct Recorder {
+    latency_us: Mutex<Histogram<u64>>,
+    errors: Mutex<BTreeMap<String, u64>>,
+    ok: AtomicU64,
+    sent: AtomicU64,
+}
+
+impl Recorder {
+    fn new() -> Self {
+        Recorder {
+            latency_us: Mutex::new(
+                Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+            ),
+            errors: Mutex::default(),
+            ok: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+        }
+    }
+
+    fn record(&self, started: Instant, result: Result<(), tonic::Status>) {
+        match result {
+            Ok(()) => {
+                let us = started.elapsed().as_micros().clamp(1, 60_000_000) as u64;
+                self.latency_us.lock().unwrap().saturating_record(us);
+                self.ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(status) => {
+                let code = format!("{:?}", status.code());
+                *self.errors.lock().unwrap().entry(code).or_default() += 1;
+            }
+        }
+    }
+}
+
+/// One request to send, cloned for each send.
+fn build_request(args: &BenchArgs, status: &proto::ModelStatus) -> Result<proto::PredictRequest> {
+    let inputs = match &args.input_file {
+        Some(path) => json::parse_inputs(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        )?,
+        None => generated_inputs(status, args.rows)?,
+    };
+    Ok(proto::PredictRequest {
+        model: args.model.clone(),
+        version: String::new(),
+        inputs,
+        timeout_ms: args.timeout_ms,
+    })
+}
+
+/// Digits rows for a `pixels [-1, 64]` FP32 input; zeros (empty strings for BYTES) otherwise.
+fn generated_inputs(status: &proto::ModelStatus, rows: usize) -> Result<Vec<proto::Tensor>> {
+    status
+        .inputs
+        .iter()
+        .map(|spec| {
+            let mut shape: Vec<u64> = spec.shape.iter().map(|&d| d.max(1) as u64).collect();
+            shape[0] = rows as u64;
+            let count: u64 = shape.iter().product();
+            let dtype = crate::frontend::convert::dtype_from_proto(spec.datatype)
+                .context("the model declares an unknown datatype")?;
+            let data = if spec.shape == [-1, 64] && dtype == crate::runtime::Dtype::Fp32 {
+                DIGITS_CSV
+                    .lines()
+                    .cycle()
+                    .take(rows)
+                    .flat_map(|line| line.split(',').take(64))
+                    .flat_map(|v| v.parse::<f32>().unwrap_or(0.0).to_le_bytes())
+                    .collect()
+            } else {
+                match crate::tensor::element_size(dtype) {
+                    Some(size) => vec![0; count as usize * size],
+                    None => vec![0; count as usize * 4], // BYTES: empty strings
+                }
+            };
+            Ok(proto::Tensor {
+                name: spec.name.clone(),
+                datatype: spec.datatype,
+                shape,
+                data,
+            })
+        })
+        .collect()
+}
+
+async fn model_status(
+    client: &mut SluiceClient<Channel>,
+    model: &str,
+) -> Result<proto::ModelStatus> {
+    let models = client
+        .list_models(proto::ListModelsRequest {})
+        .await?
+        .into_inner()
+        .models;
+    models
+        .into_iter()
+        .find(|m| m.name == model && m.is_default_version)
+        .with_context(|| format!("model `{model}` is not loaded on the server"))
+}
+
+pub(super) async fn run(server: &ServerArgs, args: BenchArgs) -> Result<()> {
+    if args.rows == 0 {
+        bail!("--rows must be at least 1");
+    }
+    let mut clients = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        let channel = Channel::from_shared(server.server.clone())?
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach the sluice server at {}", server.server))?;
+        clients.push(SluiceClient::new(channel));
+    }
+    let before = model_status(&mut clients[0], &args.model).await?;
+    let request = build_request(&args, &before)?;
+    let recorder = Arc::new(Recorder::new());
+    let duration = Duration::from_secs_f64(args.duration);
+    let progress = indicatif::ProgressBar::new(duration.as_millis() as u64).with_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {elapsed}/{duration} {msg}")
+            .expect("a valid template"),
+    );
+    let started = Instant::now();
+    let ticker = {
+        let (progress, recorder) = (progress.clone(), recorder.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let ok = recorder.ok.load(Ordering::Relaxed);
+                let secs = started.elapsed().as_secs_f64().max(1e-9);
+                progress.set_position(started.elapsed().as_millis() as u64);
+                progress.set_message(format!("{ok} ok, {:.0} req/s", ok as f64 / secs));
+            }
+        })
+    };
+    let mode = match args.rate {
+        Some(rate) => {
+            open_loop(&clients, &request, rate, duration, &recorder).await;
+            format!("open loop, {rate} req/s offered")
+        }
+        None => {
+            let concurrency = args.concurrency.unwrap_or(16);
+            closed_loop(
+                &clients,
+                &request,
+                concurrency,
+                duration,
+                args.requests,
+                &recorder,
+            )
+            .await;
+            format!("closed loop, {concurrency} clients")
+        }
+    };
+    let elapsed = started.elapsed();
+    ticker.abort();
+    progress.finish_and_clear();
+    let after = model_status(&mut clients[0], &args.model).await?;
+    let report = Report::new(&args, mode, elapsed, &recorder, &before, &after);
+    report.print();
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report.to_json())?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn closed_loop(
+    clients: &[SluiceClient<Channel>],
+    request: &proto::PredictRequest,
+    concurrency: usize,
+    duration: Duration,
+    limit: Option<u64>,
+    recorder: &Arc<Recorder>,
+) {
+    let stop_at = Instant::now() + duration;
+    let workers: Vec<_> = (0..concurrency.max(1))
+        .map(|i| {
+            let mut client = clients[i % clients.len()].clone();
+            let (request, recorder) = (request.clone(), recorder.clone());
+            tokio::spawn(async move {
+                while Instant::now() < stop_at {
+                    let n = recorder.sent.fetch_add(1, Ordering::Relaxed);
+                    if limit.is_some_and(|limit| n >= limit) {
+                        break;
+                    }
+                    let sent = Instant::now();
+                    let result = client.predict(request.clone()).await.map(drop);
+                    recorder.record(sent, result);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        let _ = worker.await;
+    }
+}
+
+async fn open_loop(
+    clients: &[SluiceClient<Channel>],
+    request: &proto::PredictRequest,
+    rate: f64,
+    duration: Duration,
+    recorder: &Arc<Recorder>,
+) {
+    let start = tokio::time::Instant::now();
+    let mut next = start;
+    let mut in_flight = Vec::new();
+    let mut rng = rand::rng();
+    let mut i = 0usize;
+    while next < start + duration {
+        tokio::time::sleep_until(next).await;
+        let mut client = clients[i % clients.len()].clone();
+        let (request, recorder) = (request.clone(), recorder.clone());
+        // Latency counts from the scheduled time, not from when the task got to run.
+        let scheduled = Instant::now() - (tokio::time::Instant::now() - next);
+        recorder.sent.fetch_add(1, Ordering::Relaxed);
+        in_flight.push(tokio::spawn(async move {
+            let result = client.predict(request).await.map(drop);
+            recorder.record(scheduled, result);
+        }));
+        in_flight.retain(|t| !t.is_finished());
+        // Exponential inter-arrival times give Poisson arrivals.
+        let gap = -(1.0 - rng.random::<f64>()).ln() / rate;
+        next += Duration::from_secs_f64(gap);
+        i += 1;
+    }
+    for task in in_flight {
+        let _ = task.await;
+    }
+}
+
+/// The results of one run.
+struct Report {
+    model: String,
+    mode: String,
+    rows: usize,
+    elapsed: Duration,
+    sent: u64,
+    ok: u64,
+    errors: BTreeMap<String, u64>,
+    latency_us: Histogram<u64>,
+    mean_batch: f64,
+    batch_sizes: Vec<u32>,
+}
+
+impl Report {
+    fn new(
+        args: &BenchArgs,
+        mode: String,
+        elapsed: Duration,
+        recorder: &Recorder,
+        before: &proto::ModelStatus,
+        after: &proto::ModelStatus,
+    ) -> Self {
+        let batches = after.batches_run.saturating_sub(before.batches_run);
+        let rows = after.rows_run.saturating_sub(before.rows_run);
+        Report {
+            model: args.model.clone(),
+            mode,
+            rows: args.rows,
+            elapsed,
+            sent: recorder.sent.load(Ordering::Relaxed),
+            ok: recorder.ok.load(Ordering::Relaxed),
+            errors: recorder.errors.lock().unwrap().clone(),
+            latency_us: recorder.latency_us.lock().unwrap().clone(),
+            mean_batch: if batches == 0 {
+                0.0
+            } else {
+                rows as f64 / batches as f64
+            },
+            batch_sizes: after.batch_sizes.clone(),
+        }
+    }
+
+    fn throughput(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile_ms(&self, q: f64) -> f64 {
+        self.latency_us.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    fn print(&self) {
+        println!(
+            "model {} ({}, {} row(s) per request)",
+            self.model, self.mode, self.rows
+        );
+        println!(
+            "  {} ok of {} sent in {:.1}s: {:.0} req/s, {:.0} rows/s",
+            self.ok,
+            self.ok + self.errors.values().sum::<u64>(),
+            self.elapsed.as_secs_f64(),
+            self.throughput(),
+            self.throughput() * self.rows as f64
+        );
+        println!(
+            "  latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+            self.percentile_ms(0.5),
+            self.percentile_ms(0.9),
+            self.percentile_ms(0.99),
+            self.percentile_ms(0.999),
+            self.latency_us.max() as f64 / 1000.0
+        );
+        for (code, count) in &self.errors {
+            println!("  errors {code}: {count}");
+        }
+        println!(
+            "  server: mean batch {:.2} rows, batch size now {:?}",
+            self.mean_batch, self.batch_sizes
+        );
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "model": self.model,
+            "mode": self.mode,
+            "rows_per_request": self.rows,
+            "seconds": self.elapsed.as_secs_f64(),
+            "sent": self.sent,
+            "ok": self.ok,
+            "errors": self.errors,
+            "throughput_rps": self.throughput(),
+            "latency_ms": {
+                "p50": self.percentile_ms(0.5),
+                "p90": self.percentile_ms(0.9),
+                "p99": self.percentile_ms(0.99),
+                "p999": self.percentile_ms(0.999),
+                "max": self.latency_us.max() as f64 / 1000.0,
+                "mean": self.latency_us.mean() / 1000.0,
+            },
+            "server": {
+                "mean_batch": self.mean_batch,
+                "batch_sizes": self.batch_sizes,
+            },
+        })
+    }
+}

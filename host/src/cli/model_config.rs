@@ -1,0 +1,189 @@
+//! The settings of `sluice load`: a model config file (TOML) with command-line flags on top.
+//!
+//! ```toml
+//! replicas = 2
+//! config = "params.slpm"      # passed to the model's init; relative to this file
+//!
+//! [batching]
+//! mode = "adaptive"           # "adaptive" (AIMD), "static", or "none" (batch size 1)
+//! slo_ms = 20                 # latency objective, and the default request deadline
+//! step = 4                    # adaptive: rows added after a full batch within the SLO
+//! backoff = 0.1               # adaptive: fraction cut after a batch over the SLO
+//! batch_size = 16             # static: the batch size
+//! max_delay_us = 0            # delayed batching: wait this long for a fuller batch (0: off)
+//!
+//! [limits]
+//! call_timeout_ms = 1000
+//! memory_mib = 256
+//! queue_capacity = 1024       # per replica
+//! ```
+//! Every key is optional; what is missing takes the server's default.
+
+use crate::proto;
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// A model config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfigFile {
+    replicas: Option<u32>,
+    config: Option<PathBuf>,
+    #[serde(default)]
+    batching: BatchingSection,
+    #[serde(default)]
+    limits: LimitsSection,
+}
+
+/// `[batching]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingSection {
+    mode: Option<String>,
+    slo_ms: Option<u64>,
+    step: Option<u32>,
+    backoff: Option<f64>,
+    batch_size: Option<u32>,
+    max_delay_us: Option<u64>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    call_timeout_ms: Option<u64>,
+    memory_mib: Option<u64>,
+    queue_capacity: Option<u32>,
+}
+
+/// The command-line overrides, each `None` when not given.
+#[derive(Debug, Default)]
+pub struct Overrides {
+    pub replicas: Option<u32>,
+    pub config: Option<PathBuf>,
+    pub mode: Option<String>,
+    pub slo_ms: Option<u64>,
+    pub step: Option<u32>,
+    pub backoff: Option<f64>,
+    pub batch_size: Option<u32>,
+    pub max_delay_us: Option<u64>,
+    pub call_timeout_ms: Option<u64>,
+    pub memory_mib: Option<u64>,
+    pub queue_capacity: Option<u32>,
+}
+
+/// What `sluice load` sends.
+#[derive(Debug, PartialEq)]
+pub struct Resolved {
+    pub replicas: u32,
+    pub config: Option<PathBuf>,
+    pub batching: proto::BatchingConfig,
+    pub limits: proto::ModelLimits,
+}
+
+impl ModelConfigFile {
+    /// Reads a file; its `config` path becomes relative to the file's directory.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the model config {}", path.display()))?;
+        let mut file: ModelConfigFile = toml::from_str(&text)
+            .with_context(|| format!("parsing the model config {}", path.display()))?;
+        if let (Some(config), Some(dir)) = (&file.config, path.parent()) {
+            file.config = Some(dir.join(config));
+        }
+        Ok(file)
+    }
+
+    /// Applies `flags` on top of the file.
+    pub fn resolve(self, flags: Overrides) -> Result<Resolved> {
+        use proto::batching_config::Mode;
+        let b = self.batching;
+        let mode_name = flags.mode.or(b.mode);
+        let batch_size = flags.batch_size.or(b.batch_size);
+        let (mode, static_batch_size) = match mode_name.as_deref() {
+            None | Some("adaptive") => (Mode::Adaptive, 0),
+            Some("none") => (Mode::Static, 1),
+            Some("static") => match batch_size {
+                Some(size) if size > 0 => (Mode::Static, size),
+                _ => {
+                    bail!("batching mode `static` needs a batch size (--batch-size or batch_size)")
+                }
+            },
+            Some(other) => bail!("unknown batching mode `{other}`: use adaptive, static or none"),
+        };
+        let limits = self.limits;
+        Ok(Resolved {
+            replicas: flags.replicas.or(self.replicas).unwrap_or(1),
+            config: flags.config.or(self.config),
+            batching: proto::BatchingConfig {
+                mode: mode as i32,
+                static_batch_size,
+                additive_step: flags.step.or(b.step).unwrap_or(0),
+                backoff: flags.backoff.or(b.backoff).unwrap_or(0.0),
+                slo_ms: flags.slo_ms.or(b.slo_ms).unwrap_or(0),
+                max_delay_us: flags.max_delay_us.or(b.max_delay_us).unwrap_or(0),
+            },
+            limits: proto::ModelLimits {
+                call_timeout_ms: flags
+                    .call_timeout_ms
+                    .or(limits.call_timeout_ms)
+                    .unwrap_or(0),
+                memory_bytes: flags.memory_mib.or(limits.memory_mib).unwrap_or(0) << 20,
+                queue_capacity: flags.queue_capacity.or(limits.queue_capacity).unwrap_or(0),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_paths_are_relative_to_it() {
+        let dir = std::env::temp_dir().join(format!("sluice-model-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("model.toml");
+        std::fs::write(
+            &path,
+            "replicas = 3\nconfig = \"params.bin\"\n[batching]\nmode = \"static\"\nbatch_size = 8\nslo_ms = 20\n[limits]\nmemory_mib = 64\n",
+        )
+        .unwrap();
+        let resolved = ModelConfigFile::read(&path)
+            .unwrap()
+            .resolve(Overrides {
+                replicas: Some(2),
+                max_delay_us: Some(500),
+                ..Overrides::default()
+            })
+            .unwrap();
+        assert_eq!(resolved.replicas, 2);
+        assert_eq!(resolved.config, Some(dir.join("params.bin")));
+        assert_eq!(resolved.batching.static_batch_size, 8);
+        assert_eq!(resolved.batching.slo_ms, 20);
+        assert_eq!(resolved.batching.max_delay_us, 500);
+        assert_eq!(resolved.limits.memory_bytes, 64 << 20);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bad_files_and_modes_are_explained() {
+        let err = toml::from_str::<ModelConfigFile>("replica = 2").unwrap_err();
+        assert!(err.to_string().contains("unknown field `replica`"), "{err}");
+        let static_without_size = Overrides {
+            mode: Some("static".into()),
+            ..Overrides::default()
+        };
+        let err = ModelConfigFile::default()
+            .resolve(static_without_size)
+            .unwrap_err();
+        assert!(err.to_string().contains("needs a batch size"), "{err}");
+        let none = Overrides {
+            mode: Some("none".into()),
+            ..Overrides::default()
+        };
+        let resolved = ModelConfigFile::default().resolve(none).unwrap();
+        assert_eq!(resolved.batching.static_batch_size, 1);
+    }
+}
