@@ -8,7 +8,13 @@ use std::process::Command;
 
 /// The components `sample-models/` produces (file stems): the models, and `wasi_hello`, a
 /// component that is not a model, for the load-refusal test.
-const SAMPLE_COMPONENTS: &[&str] = &["digits_logreg", "digits_mlp", "faulty", "wasi_hello"];
+const SAMPLE_COMPONENTS: &[&str] = &[
+    "digits_logreg",
+    "digits_mlp",
+    "faulty",
+    "fixed_cost",
+    "wasi_hello",
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());

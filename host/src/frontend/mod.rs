@@ -13,7 +13,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 /// The largest gRPC message accepted: room for a component upload or a large batch.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -53,7 +53,11 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(sluice)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // TCP_NODELAY: without it small replies wait on delayed ACKs (~40 ms tail spikes).
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await
 }
 
