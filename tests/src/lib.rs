@@ -65,6 +65,22 @@ impl TestServer {
         server
     }
 
+    /// What `ListModels` says.
+    pub async fn models(&mut self) -> Vec<proto::ModelStatus> {
+        let request = proto::ListModelsRequest {};
+        let response = self.client.list_models(request).await.expect("ListModels");
+        response.into_inner().models
+    }
+
+    /// The status of the default version of `name`.
+    pub async fn model(&mut self, name: &str) -> proto::ModelStatus {
+        let models = self.models().await;
+        models
+            .into_iter()
+            .find(|m| m.name == name && m.is_default_version)
+            .unwrap_or_else(|| panic!("model `{name}` is not listed"))
+    }
+
     /// A new connection to the server, for other gRPC clients.
     pub async fn channel(&self) -> Channel {
         Channel::from_shared(self.server.url())

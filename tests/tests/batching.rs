@@ -3,8 +3,8 @@
 //! scale while serving without losing a request.
 
 use sluice::proto::{
-    BatchingConfig, ListModelsRequest, LoadModelRequest, ModelLimits, PredictRequest,
-    ScaleModelRequest, batching_config::Mode, load_model_request::Component,
+    BatchingConfig, LoadModelRequest, ModelLimits, PredictRequest, ScaleModelRequest,
+    batching_config::Mode, load_model_request::Component,
 };
 use sluice_tests::{TestServer, digits_request, f32_values, fp32, output, sample_component};
 use sluice_train::Digits;
@@ -22,17 +22,6 @@ fn logreg(name: &str, replicas: u32, batching: BatchingConfig) -> LoadModelReque
         limits: None,
         batching: Some(batching),
     }
-}
-
-async fn status(server: &mut TestServer, name: &str) -> sluice::proto::ModelStatus {
-    let models = server
-        .client
-        .list_models(ListModelsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .models;
-    models.into_iter().find(|m| m.name == name).unwrap()
 }
 
 #[tokio::test]
@@ -99,7 +88,7 @@ async fn a_concurrent_burst_is_batched_and_each_caller_gets_its_own_rows() {
         );
         assert_eq!(output(&batched, "label").data, output(&alone, "label").data);
     }
-    let batched = status(&mut server, "batched").await;
+    let batched = server.model("batched").await;
     assert_eq!(
         batched.rows_run,
         requests.iter().map(|r| r.len() as u64).sum::<u64>()
@@ -250,7 +239,7 @@ async fn scaling_replicas_under_load_loses_nothing() {
     for client in clients {
         client.await.unwrap();
     }
-    let scaled = status(&mut server, "scaled").await;
+    let scaled = server.model("scaled").await;
     assert_eq!(
         scaled.rows_run,
         8 * 150 * 2,

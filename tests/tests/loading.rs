@@ -3,9 +3,7 @@
 //! refused with a message saying what is missing; admin calls need loopback or the token.
 
 use sluice::frontend::FrontendOptions;
-use sluice::proto::{
-    ListModelsRequest, LoadModelRequest, UnloadModelRequest, load_model_request::Component,
-};
+use sluice::proto::{LoadModelRequest, UnloadModelRequest, load_model_request::Component};
 use sluice_tests::{TestServer, digits_request, sample_component};
 use sluice_train::Digits;
 use tonic::Code;
@@ -121,13 +119,7 @@ async fn load_predict_unload_round_trip() {
         ))
         .await
         .unwrap();
-    let listed = server
-        .client
-        .list_models(ListModelsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .models;
+    let listed = server.models().await;
     let names: Vec<&str> = listed.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["digits-logreg", "from-path"]);
 

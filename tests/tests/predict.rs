@@ -2,7 +2,7 @@
 //! the same as the trainer's native forward pass, and visible through ListModels, health and
 //! reflection.
 
-use sluice::proto::{ListModelsRequest, PredictResponse};
+use sluice::proto::PredictResponse;
 use sluice_sdk::params::{self, Param};
 use sluice_tests::{TestServer, digits_request, f32_values, i64_values, output};
 use sluice_train::Digits;
@@ -94,13 +94,7 @@ async fn digits_models_are_accurate_and_match_the_native_forward_pass() {
 #[tokio::test]
 async fn list_models_describes_the_loaded_models() {
     let mut server = TestServer::with_samples(CACHE).await;
-    let models = server
-        .client
-        .list_models(ListModelsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .models;
+    let models = server.models().await;
     let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["digits-logreg", "digits-mlp"]);
     for m in &models {
