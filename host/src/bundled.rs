@@ -1,6 +1,7 @@
 //! The sample models compiled into the `sluice` binary, so that `sluice serve` with no flags
 //! serves something real: the digits classifiers built from `sample-models/` by the build
-//! script, with the parameters the trainer wrote.
+//! script, with the parameters the trainer wrote. They ship as a model repository
+//! ([`write_sample_repository`]), so the default server is an ordinary repository server.
 
 /// A component and its init config, embedded at build time.
 pub struct BundledModel {
@@ -29,3 +30,22 @@ pub const SAMPLE_MODELS: &[BundledModel] = &[
 /// The directory where the build script left every sample component, including the
 /// misbehaving `faulty.wasm` used by the tests. Valid on the machine that built this crate.
 pub const SAMPLE_WASM_DIR: &str = env!("SLUICE_SAMPLE_WASM_DIR");
+
+/// Writes the sample models as a model repository: `DIR/<name>/1/model.wasm`, the trained
+/// parameters, and a `config.toml` asking for `replicas` replicas.
+pub fn write_sample_repository(dir: &std::path::Path, replicas: usize) -> std::io::Result<()> {
+    for sample in SAMPLE_MODELS {
+        let version_dir = dir.join(sample.name).join("1");
+        std::fs::create_dir_all(&version_dir)?;
+        std::fs::write(
+            version_dir.join(crate::repository::COMPONENT_FILE),
+            sample.component,
+        )?;
+        std::fs::write(version_dir.join("params.slpm"), sample.config)?;
+        std::fs::write(
+            version_dir.join(crate::repository::CONFIG_FILE),
+            format!("replicas = {replicas}\nconfig = \"params.slpm\"\n"),
+        )?;
+    }
+    Ok(())
+}

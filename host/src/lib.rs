@@ -11,6 +11,7 @@ pub mod cli;
 pub mod compute;
 pub mod frontend;
 pub mod registry;
+pub mod repository;
 pub mod runtime;
 pub mod tensor;
 

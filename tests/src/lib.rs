@@ -55,6 +55,7 @@ impl TestServer {
                     component: sample.component.to_vec(),
                     config: sample.config.to_vec(),
                     name: Some(sample.name.to_string()),
+                    version: None,
                     replicas: 2,
                     limits: ModelLimits::default(),
                     batching: BatchingConfig::default(),

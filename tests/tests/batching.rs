@@ -19,8 +19,8 @@ fn logreg(name: &str, replicas: u32, batching: BatchingConfig) -> LoadModelReque
         config: std::fs::read(sluice_train::params_path("digits-logreg")).unwrap(),
         name: name.into(),
         replicas,
-        limits: None,
         batching: Some(batching),
+        ..Default::default()
     }
 }
 

@@ -24,7 +24,7 @@ async fn load_faulty(server: &mut TestServer, fault: &str) {
                 memory_bytes: 64 << 20,
                 queue_capacity: 0,
             }),
-            batching: None,
+            ..Default::default()
         })
         .await
         .unwrap_or_else(|s| panic!("loading faulty-{fault}: {s}"));

@@ -2,9 +2,9 @@
 
 use super::ServerArgs;
 use super::json;
-use super::model_config::{ModelConfigFile, Overrides};
 use crate::frontend::MAX_MESSAGE_BYTES;
 use crate::proto::{self, load_model_request::Component, sluice_client::SluiceClient};
+use crate::repository::config::{ModelConfigFile, Overrides};
 use crate::tensor::dtype_name;
 use anyhow::{Context, Result, anyhow};
 use std::path::PathBuf;
@@ -55,6 +55,9 @@ pub(super) struct LoadArgs {
     /// Serve under this name instead of the model's own.
     #[arg(long)]
     name: Option<String>,
+    /// Serve as this version instead of the model's own.
+    #[arg(long)]
+    version: Option<String>,
     /// Instances to run in parallel (default 1).
     #[arg(long)]
     replicas: Option<u32>,
@@ -125,6 +128,7 @@ pub(super) async fn load(server: &ServerArgs, load: LoadArgs) -> Result<()> {
         component: Some(component),
         config,
         name: load.name.unwrap_or_default(),
+        version: load.version.unwrap_or_default(),
         replicas: settings.replicas,
         limits: Some(settings.limits),
         batching: Some(settings.batching),
@@ -171,6 +175,39 @@ pub(super) async fn scale(
         model.name, model.version, model.replicas
     );
     Ok(())
+}
+
+pub(super) async fn set_version(
+    server: &ServerArgs,
+    name: &str,
+    version: Option<String>,
+) -> Result<()> {
+    let message = proto::SetDefaultVersionRequest {
+        name: name.to_string(),
+        version: version.clone().unwrap_or_default(),
+    };
+    connect(server)
+        .await?
+        .set_default_version(admin_request(message, server)?)
+        .await
+        .map_err(refused)?;
+    match version {
+        Some(v) => println!("{name}: version {v} is now the default"),
+        None => println!("{name}: the most recently loaded version is now the default"),
+    }
+    Ok(())
+}
+
+/// `ready`, `loading`, `failed: why`, `draining`.
+fn state(m: &proto::ModelStatus) -> String {
+    use proto::model_status::State;
+    match State::try_from(m.state) {
+        Ok(State::Ready) => "ready".into(),
+        Ok(State::Loading) => "loading".into(),
+        Ok(State::Failed) => format!("failed: {}", m.reason),
+        Ok(State::Draining) => "draining".into(),
+        _ => "?".into(),
+    }
 }
 
 /// `adaptive(slo 20ms)`, `static 8`, `none`, with `+delay 500us` when delayed batching is on.
@@ -231,6 +268,7 @@ pub(super) async fn models(server: &ServerArgs, as_json: bool) -> Result<()> {
             .map(|m| {
                 serde_json::json!({
                     "name": m.name, "version": m.version, "default": m.is_default_version,
+                    "state": state(m),
                     "replicas": m.replicas, "max_batch": m.max_batch,
                     "batching": batching_summary(m.batching.as_ref()),
                     "batch_sizes": m.batch_sizes, "batches_run": m.batches_run,
@@ -244,8 +282,8 @@ pub(super) async fn models(server: &ServerArgs, as_json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<8} {:>8} {:>9}  {:<24} {:<12} {:<28} OUTPUTS",
-        "NAME", "VERSION", "REPLICAS", "MAX_BATCH", "BATCHING", "BATCH_NOW", "INPUTS"
+        "{:<20} {:<8} {:<9} {:>8} {:>9}  {:<24} {:<12} {:<28} OUTPUTS",
+        "NAME", "VERSION", "STATE", "REPLICAS", "MAX_BATCH", "BATCHING", "BATCH_NOW", "INPUTS"
     );
     for m in &models {
         let version = if m.is_default_version {
@@ -254,10 +292,16 @@ pub(super) async fn models(server: &ServerArgs, as_json: bool) -> Result<()> {
             m.version.clone()
         };
         let live: Vec<String> = m.batch_sizes.iter().map(u32::to_string).collect();
+        let state = state(m);
+        if m.state != proto::model_status::State::Ready as i32 {
+            println!("{:<20} {:<8} {state}", m.name, m.version);
+            continue;
+        }
         println!(
-            "{:<20} {:<8} {:>8} {:>9}  {:<24} {:<12} {:<28} {}",
+            "{:<20} {:<8} {:<9} {:>8} {:>9}  {:<24} {:<12} {:<28} {}",
             m.name,
             version,
+            state,
             m.replicas,
             m.max_batch,
             batching_summary(m.batching.as_ref()),

@@ -7,7 +7,7 @@ mod bench;
 mod client;
 mod inspect;
 mod json;
-mod model_config;
+
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -110,6 +110,14 @@ enum ModelsAction {
         #[arg(long)]
         version: Option<String>,
     },
+    /// Make a loaded version the default (roll back or forward); without a version, return to
+    /// "the most recently loaded".
+    SetVersion {
+        /// The model's name.
+        name: String,
+        /// The version.
+        version: Option<String>,
+    },
 }
 
 /// Runs the command line and returns the process exit code.
@@ -158,6 +166,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 replicas,
                 version,
             }) => client::scale(&server, &name, version, replicas).await,
+            Some(ModelsAction::SetVersion { name, version }) => {
+                client::set_version(&server, &name, version).await
+            }
         },
         Command::Predict {
             server,

@@ -2,9 +2,10 @@
 //! serve gRPC until Ctrl-C or SIGTERM, then drain in-flight calls.
 
 use crate::batching::BatchingConfig;
-use crate::bundled::SAMPLE_MODELS;
+use crate::bundled::write_sample_repository;
 use crate::frontend::{self, FrontendOptions};
-use crate::registry::{LoadRequest, Registry};
+use crate::registry::Registry;
+use crate::repository::Repository;
 use crate::runtime::{ModelLimits, Runtime, RuntimeConfig};
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
@@ -18,8 +19,14 @@ pub(super) struct ServeArgs {
     /// Address for gRPC.
     #[arg(long, default_value = "127.0.0.1:8001")]
     listen: SocketAddr,
-    /// Do not load the bundled sample models.
+    /// Serve the models in this repository: DIR/<model>/<version>/model.wasm (+ config.toml).
     #[arg(long)]
+    repository: Option<PathBuf>,
+    /// With --repository: load at start only, do not watch for changes (explicit mode).
+    #[arg(long, requires = "repository")]
+    no_watch: bool,
+    /// Do not load the bundled sample models (when no --repository is given).
+    #[arg(long, conflicts_with = "repository")]
     no_samples: bool,
     /// Replicas of each bundled sample model.
     #[arg(long, default_value_t = 2)]
@@ -51,7 +58,7 @@ pub(super) async fn run(args: ServeArgs) -> Result<()> {
         args.cache_dir.or_else(RuntimeConfig::default_cache_dir)
     };
     let runtime = Runtime::new(RuntimeConfig {
-        cache_dir,
+        cache_dir: cache_dir.clone(),
         ..RuntimeConfig::default()
     })
     .context("starting the wasm runtime")?;
@@ -66,19 +73,36 @@ pub(super) async fn run(args: ServeArgs) -> Result<()> {
         slo: Duration::from_millis(args.slo_ms),
         ..BatchingConfig::default()
     };
-    if !args.no_samples {
-        for sample in SAMPLE_MODELS {
-            registry
-                .load(LoadRequest {
-                    component: sample.component.to_vec(),
-                    config: sample.config.to_vec(),
-                    name: Some(sample.name.to_string()),
-                    replicas: args.sample_replicas,
-                    limits: default_limits,
-                    batching: default_batching,
+    let repository_dir = match (&args.repository, args.no_samples) {
+        (Some(dir), _) => Some(dir.clone()),
+        (None, true) => None,
+        (None, false) => {
+            // The bundled samples, written out as a repository (the same files
+            // `--repository` would read).
+            let dir = cache_dir
+                .clone()
+                .unwrap_or_else(|| {
+                    std::env::temp_dir().join(format!("sluice-{}", std::process::id()))
                 })
-                .await
-                .with_context(|| format!("loading the bundled model {}", sample.name))?;
+                .join("sample-repo");
+            write_sample_repository(&dir, args.sample_replicas)
+                .with_context(|| format!("writing the sample repository to {}", dir.display()))?;
+            Some(dir)
+        }
+    };
+    let mut _watcher = None;
+    if let Some(dir) = repository_dir {
+        let repository = Arc::new(Repository::new(
+            dir.clone(),
+            registry.clone(),
+            default_limits,
+            default_batching,
+        ));
+        let report = repository.sync().await?;
+        tracing::info!(repository = %dir.display(), loaded = report.loaded.len(),
+            failed = report.failed.len(), "model repository loaded");
+        if args.repository.is_some() && !args.no_watch {
+            _watcher = Some(repository.watch()?);
         }
     }
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -2,7 +2,8 @@
 
 use super::FrontendOptions;
 use super::convert::{
-    batching_from_proto, limits_from_proto, model_status, tensor_from_proto, tensor_to_proto,
+    batching_from_proto, entry_status, limits_from_proto, model_status, tensor_from_proto,
+    tensor_to_proto,
 };
 use super::status::to_status;
 use crate::proto::{self, load_model_request::Component, sluice_server::Sluice};
@@ -90,12 +91,7 @@ impl Sluice for SluiceApi {
         &self,
         _request: Request<proto::ListModelsRequest>,
     ) -> Result<Response<proto::ListModelsResponse>, Status> {
-        let models = self
-            .registry
-            .list()
-            .iter()
-            .map(|(model, is_default)| model_status(model, *is_default))
-            .collect();
+        let models = self.registry.list().iter().map(entry_status).collect();
         Ok(Response::new(proto::ListModelsResponse { models }))
     }
 
@@ -124,6 +120,7 @@ impl Sluice for SluiceApi {
                 component,
                 config: request.config,
                 name: non_empty(request.name),
+                version: non_empty(request.version),
                 replicas: request.replicas.max(1) as usize,
                 limits: limits_from_proto(request.limits, self.options.default_limits),
                 batching,
@@ -176,5 +173,18 @@ impl Sluice for SluiceApi {
         Ok(Response::new(proto::ScaleModelResponse {
             model: Some(model_status(&model, is_default)),
         }))
+    }
+
+    async fn set_default_version(
+        &self,
+        request: Request<proto::SetDefaultVersionRequest>,
+    ) -> Result<Response<proto::SetDefaultVersionResponse>, Status> {
+        self.authorize_admin(&request)?;
+        let request = request.into_inner();
+        let version = non_empty(request.version);
+        self.registry
+            .set_default_version(&request.name, version.as_deref())
+            .map_err(to_status)?;
+        Ok(Response::new(proto::SetDefaultVersionResponse {}))
     }
 }

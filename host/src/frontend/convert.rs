@@ -3,7 +3,7 @@
 
 use crate::batching::{BatchMode, BatchingConfig};
 use crate::proto;
-use crate::registry::Model;
+use crate::registry::{Model, ModelEntry, ModelState};
 use crate::runtime::{Dtype, ModelLimits, Tensor, TensorSpec};
 use std::time::Duration;
 
@@ -170,7 +170,7 @@ pub fn batching_to_proto(b: BatchingConfig) -> proto::BatchingConfig {
     }
 }
 
-/// Describes a loaded model.
+/// Describes a ready model.
 pub fn model_status(model: &Model, is_default_version: bool) -> proto::ModelStatus {
     let stats = model.stats();
     proto::ModelStatus {
@@ -191,7 +191,31 @@ pub fn model_status(model: &Model, is_default_version: bool) -> proto::ModelStat
         batch_sizes: model.batch_sizes().into_iter().map(|s| s as u32).collect(),
         batches_run: stats.batches,
         rows_run: stats.rows,
+        state: proto::model_status::State::Ready as i32,
+        reason: String::new(),
     }
+}
+
+/// Describes one row of the registry's list, whatever its state.
+pub fn entry_status(entry: &ModelEntry) -> proto::ModelStatus {
+    use proto::model_status::State;
+    let mut status = match &entry.model {
+        Some(model) => model_status(model, entry.is_default),
+        None => proto::ModelStatus {
+            name: entry.name.clone(),
+            version: entry.version.clone(),
+            ..Default::default()
+        },
+    };
+    let (state, reason) = match &entry.state {
+        ModelState::Loading => (State::Loading, ""),
+        ModelState::Ready => (State::Ready, ""),
+        ModelState::Failed(reason) => (State::Failed, reason.as_str()),
+        ModelState::Draining => (State::Draining, ""),
+    };
+    status.state = state as i32;
+    status.reason = reason.to_string();
+    status
 }
 
 #[cfg(test)]

@@ -2,16 +2,17 @@
 //! checked, queued and its answer checked on the way to and from a model's replicas.
 //!
 //! A name maps to one or more versions; a request that names no version goes to the default
-//! one, the most recently loaded. Loading a name and version that exist replaces them: requests
-//! already queued on the old version still finish (its replicas drain when the last request
-//! holding it is answered).
+//! one: the version pinned with `set_default_version`, else the most recently loaded. Loading
+//! a name and version that exist replaces them once the new one is ready: requests already
+//! queued on the old version still finish (its replicas drain when the last request holding it
+//! is answered).
 
 use crate::batching::{BatchStats, Batcher, BatchingConfig, ReplicaRunner, RunnerFactory};
 use crate::runtime::replica::{InstanceRecipe, Replica};
 use crate::runtime::{CallError, LoadError, ModelInfo, ModelLimits, Runtime, Tensor};
 use crate::tensor;
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use thiserror::Error;
 use tokio::time::Instant;
 
@@ -61,6 +62,8 @@ pub struct LoadRequest {
     pub config: Vec<u8>,
     /// Serve under this name instead of the model's own.
     pub name: Option<String>,
+    /// Serve as this version instead of the one the model declares.
+    pub version: Option<String>,
     /// Instances to run (at least 1).
     pub replicas: usize,
     /// Limits of the instances and the queues.
@@ -135,15 +138,60 @@ impl Model {
     }
 }
 
+/// Where a model version is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelState {
+    /// Being compiled and instantiated (repository loads, whose name and version are known
+    /// before the component is read).
+    Loading,
+    /// Serving.
+    Ready,
+    /// The last attempt to load it failed; an older version, if any, keeps serving.
+    Failed(String),
+    /// Unloaded, but requests it accepted are still being answered.
+    Draining,
+}
+
+/// One row of [`Registry::list`].
+pub struct ModelEntry {
+    /// The model's name.
+    pub name: String,
+    /// The version label.
+    pub version: String,
+    /// Its state.
+    pub state: ModelState,
+    /// The running model (ready or draining).
+    pub model: Option<Arc<Model>>,
+    /// Whether requests without a version go to it.
+    pub is_default: bool,
+}
+
 #[derive(Default)]
 struct Versions {
-    /// In load order; the last is the default.
+    /// Ready versions, in load order.
     loaded: Vec<Arc<Model>>,
+    /// The version set with `set_default_version`; otherwise the last loaded is the default.
+    pinned: Option<String>,
+    /// Versions being loaded.
+    loading: Vec<String>,
+    /// Versions whose last load failed, with the reason.
+    failed: BTreeMap<String, String>,
 }
 
 impl Versions {
     fn labels(&self) -> Vec<String> {
         self.loaded.iter().map(|m| m.version.clone()).collect()
+    }
+
+    fn default_model(&self) -> Option<&Arc<Model>> {
+        let pinned = self.pinned.as_deref();
+        pinned
+            .and_then(|v| self.loaded.iter().find(|m| m.version == v))
+            .or_else(|| self.loaded.last())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.loaded.is_empty() && self.loading.is_empty() && self.failed.is_empty()
     }
 }
 
@@ -151,6 +199,8 @@ impl Versions {
 pub struct Registry {
     runtime: Arc<Runtime>,
     models: RwLock<BTreeMap<String, Versions>>,
+    /// Unloaded versions that may still be answering requests.
+    draining: Mutex<Vec<Weak<Model>>>,
 }
 
 impl Registry {
@@ -159,6 +209,7 @@ impl Registry {
         Registry {
             runtime,
             models: RwLock::default(),
+            draining: Mutex::default(),
         }
     }
 
@@ -167,31 +218,71 @@ impl Registry {
         &self.runtime
     }
 
-    /// Compiles, instantiates and initialises a model, then makes it the default version of
-    /// its name. Compilation runs on a blocking thread.
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Versions>> {
+        self.models.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Versions>> {
+        self.models.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Compiles, instantiates and initialises a model (on a blocking thread), then adds it;
+    /// unless another version is pinned it becomes the default of its name. A version that
+    /// exists is replaced once the new one is ready. When the request names both the model
+    /// and the version, the load shows as `Loading` meanwhile and a failure is recorded as
+    /// `Failed` for `list`; versions already serving are not touched by a failure.
     pub async fn load(&self, request: LoadRequest) -> Result<Arc<Model>, RegistryError> {
+        let known = request.name.clone().zip(request.version.clone());
+        if let Some((name, version)) = &known {
+            self.write()
+                .entry(name.clone())
+                .or_default()
+                .loading
+                .push(version.clone());
+        }
         let runtime = self.runtime.clone();
-        let model = tokio::task::spawn_blocking(move || build_model(&runtime, request))
+        let built = tokio::task::spawn_blocking(move || build_model(&runtime, request))
             .await
-            .map_err(|e| LoadError::Io(format!("the load task failed: {e}")))??;
-        let model = Arc::new(model);
-        let mut models = self.models.write().unwrap_or_else(|p| p.into_inner());
+            .unwrap_or_else(|e| Err(LoadError::Io(format!("the load task failed: {e}"))));
+        let mut models = self.write();
+        if let Some((name, version)) = &known {
+            let versions = models.entry(name.clone()).or_default();
+            versions.loading.retain(|v| v != version);
+            match &built {
+                Ok(_) => versions.failed.remove(version),
+                Err(e) => versions.failed.insert(version.clone(), e.to_string()),
+            };
+        }
+        let model = Arc::new(built?);
         let versions = models.entry(model.name.clone()).or_default();
-        versions.loaded.retain(|m| m.version != model.version);
+        let replaced: Vec<Arc<Model>> = versions
+            .loaded
+            .extract_if(.., |m| m.version == model.version)
+            .collect();
         versions.loaded.push(model.clone());
+        drop(models);
+        self.drain(replaced);
         tracing::info!(model = %model.name, version = %model.version, replicas = model.replicas(),
             sha256 = %model.sha256, "model loaded");
         Ok(model)
     }
 
+    /// Keeps track of versions taken out of service until their last request is answered.
+    fn drain(&self, models: Vec<Arc<Model>>) {
+        let mut draining = self.draining.lock().unwrap_or_else(|p| p.into_inner());
+        draining.retain(|m| m.strong_count() > 0);
+        draining.extend(models.iter().map(Arc::downgrade));
+    }
+
     /// The model `name` in `version`, or its default version.
     pub fn get(&self, name: &str, version: Option<&str>) -> Result<Arc<Model>, RegistryError> {
-        let models = self.models.read().unwrap_or_else(|p| p.into_inner());
+        let models = self.read();
         let versions = models
             .get(name)
+            .filter(|v| !v.loaded.is_empty())
             .ok_or_else(|| RegistryError::ModelNotFound(name.to_string()))?;
         let found = match version {
-            None => versions.loaded.last(),
+            None => versions.default_model(),
             Some(v) => versions.loaded.iter().find(|m| m.version == v),
         };
         found
@@ -203,50 +294,122 @@ impl Registry {
             })
     }
 
+    /// Makes `version` the default of `name` (roll back or forward), atomically: a request
+    /// sees either the old default or the new one. `None` returns to "the last loaded".
+    pub fn set_default_version(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<(), RegistryError> {
+        let mut models = self.write();
+        let versions = models
+            .get_mut(name)
+            .filter(|v| !v.loaded.is_empty())
+            .ok_or_else(|| RegistryError::ModelNotFound(name.to_string()))?;
+        if let Some(v) = version
+            && !versions.loaded.iter().any(|m| m.version == v)
+        {
+            return Err(RegistryError::VersionNotFound {
+                name: name.to_string(),
+                version: v.to_string(),
+                loaded: versions.labels(),
+            });
+        }
+        versions.pinned = version.map(str::to_string);
+        tracing::info!(model = name, version = ?version, "default version set");
+        Ok(())
+    }
+
     /// Unloads one version, or all versions when `version` is `None`; returns the versions
-    /// removed. Requests already queued on them still finish.
+    /// removed. Requests already queued on them still finish (they show as `Draining`).
     pub fn unload(&self, name: &str, version: Option<&str>) -> Result<Vec<String>, RegistryError> {
-        let mut models = self.models.write().unwrap_or_else(|p| p.into_inner());
+        let mut models = self.write();
         let versions = models
             .get_mut(name)
             .ok_or_else(|| RegistryError::ModelNotFound(name.to_string()))?;
         let removed = match version {
-            None => std::mem::take(&mut versions.loaded),
+            None => {
+                versions.failed.clear();
+                std::mem::take(&mut versions.loaded)
+            }
             Some(v) => {
-                let index = versions
-                    .loaded
-                    .iter()
-                    .position(|m| m.version == v)
-                    .ok_or_else(|| RegistryError::VersionNotFound {
-                        name: name.to_string(),
-                        version: v.to_string(),
-                        loaded: versions.labels(),
-                    })?;
-                vec![versions.loaded.remove(index)]
+                let failed = versions.failed.remove(v).is_some();
+                let index = versions.loaded.iter().position(|m| m.version == v);
+                match index {
+                    Some(index) => vec![versions.loaded.remove(index)],
+                    None if failed => Vec::new(),
+                    None => {
+                        return Err(RegistryError::VersionNotFound {
+                            name: name.to_string(),
+                            version: v.to_string(),
+                            loaded: versions.labels(),
+                        });
+                    }
+                }
             }
         };
-        if versions.loaded.is_empty() {
+        if versions
+            .pinned
+            .as_deref()
+            .is_some_and(|p| !versions.loaded.iter().any(|m| m.version == p))
+        {
+            versions.pinned = None;
+        }
+        if versions.is_empty() {
             models.remove(name);
         }
+        drop(models);
         let labels: Vec<String> = removed.iter().map(|m| m.version.clone()).collect();
+        self.drain(removed);
         tracing::info!(model = name, versions = ?labels, "model unloaded");
         Ok(labels)
     }
 
-    /// Every loaded version, by name, with a flag for the default version of each name.
-    pub fn list(&self) -> Vec<(Arc<Model>, bool)> {
-        let models = self.models.read().unwrap_or_else(|p| p.into_inner());
-        models
-            .values()
-            .flat_map(|versions| {
-                let count = versions.loaded.len();
-                versions
-                    .loaded
-                    .iter()
-                    .enumerate()
-                    .map(move |(i, m)| (m.clone(), i + 1 == count))
-            })
-            .collect()
+    /// Every version the registry knows of: ready, loading, failed and draining, by name.
+    pub fn list(&self) -> Vec<ModelEntry> {
+        let mut entries = Vec::new();
+        for (name, versions) in self.read().iter() {
+            let default = versions.default_model();
+            for model in &versions.loaded {
+                entries.push(ModelEntry {
+                    name: name.clone(),
+                    version: model.version.clone(),
+                    state: ModelState::Ready,
+                    is_default: default.is_some_and(|d| Arc::ptr_eq(d, model)),
+                    model: Some(model.clone()),
+                });
+            }
+            let others = versions
+                .loading
+                .iter()
+                .map(|v| (v, ModelState::Loading))
+                .chain(
+                    versions
+                        .failed
+                        .iter()
+                        .map(|(v, why)| (v, ModelState::Failed(why.clone()))),
+                );
+            for (version, state) in others {
+                entries.push(ModelEntry {
+                    name: name.clone(),
+                    version: version.clone(),
+                    state,
+                    model: None,
+                    is_default: false,
+                });
+            }
+        }
+        let draining = self.draining.lock().unwrap_or_else(|p| p.into_inner());
+        for model in draining.iter().filter_map(Weak::upgrade) {
+            entries.push(ModelEntry {
+                name: model.name.clone(),
+                version: model.version.clone(),
+                state: ModelState::Draining,
+                model: Some(model),
+                is_default: false,
+            });
+        }
+        entries
     }
 }
 
@@ -290,7 +453,7 @@ fn build_model(runtime: &Runtime, request: LoadRequest) -> Result<Model, LoadErr
     );
     Ok(Model {
         name,
-        version: info.version.clone(),
+        version: request.version.unwrap_or_else(|| info.version.clone()),
         info,
         limits: request.limits,
         sha256,

@@ -1,4 +1,6 @@
-//! The settings of `sluice load`: a model config file (TOML) with command-line flags on top.
+//! A model config file (TOML): the settings of one model version, used by `sluice load
+//! --model-config` (with command-line flags on top) and as `config.toml` in a model
+//! repository.
 //!
 //! ```toml
 //! replicas = 2
@@ -57,7 +59,8 @@ pub struct LimitsSection {
     queue_capacity: Option<u32>,
 }
 
-/// The command-line overrides, each `None` when not given.
+/// Settings given on top of the file (the command line), each `None` when not given.
+#[allow(missing_docs)]
 #[derive(Debug, Default)]
 pub struct Overrides {
     pub replicas: Option<u32>,
@@ -73,7 +76,8 @@ pub struct Overrides {
     pub queue_capacity: Option<u32>,
 }
 
-/// What `sluice load` sends.
+/// The resolved settings, in the API's terms (zero = the server's default).
+#[allow(missing_docs)]
 #[derive(Debug, PartialEq)]
 pub struct Resolved {
     pub replicas: u32,
