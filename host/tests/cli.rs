@@ -223,6 +223,27 @@ fn inspect_shows_imports_exports_and_model_info() {
 }
 
 #[test]
+fn init_repo_writes_the_samples_as_a_repository() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("init-repo");
+    let _ = std::fs::remove_dir_all(&dir);
+    let output = Command::new(SLUICE)
+        .args(["init-repo", dir.to_str().unwrap(), "--replicas", "3"])
+        .output()
+        .unwrap();
+    assert!(stdout(&output).contains("sluice serve --repository"));
+    for model in ["digits-logreg", "digits-mlp"] {
+        let version = dir.join(model).join("1");
+        assert!(
+            std::fs::read(version.join("model.wasm"))
+                .unwrap()
+                .starts_with(b"\0asm")
+        );
+        let config = std::fs::read_to_string(version.join("config.toml")).unwrap();
+        assert!(config.contains("replicas = 3"), "{config}");
+    }
+}
+
+#[test]
 fn usage_errors_exit_with_2() {
     let output = Command::new(SLUICE).args(["predict"]).output().unwrap();
     assert_eq!(output.status.code(), Some(2));

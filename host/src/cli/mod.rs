@@ -89,6 +89,14 @@ enum Command {
     },
     /// Show a component's imports, exports and model info without serving it.
     Inspect(inspect::InspectArgs),
+    /// Write the bundled sample models as a model repository (what `serve` with no flags serves).
+    InitRepo {
+        /// The directory to create or fill.
+        dir: PathBuf,
+        /// Replicas each sample asks for in its config.toml.
+        #[arg(long, default_value_t = 2)]
+        replicas: usize,
+    },
     /// Drive load against a running server and report throughput and latency.
     Bench {
         #[command(flatten)]
@@ -190,6 +198,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
             client::predict(&server, &model, version, timeout_ms, &text).await
         }
         Command::Inspect(args) => inspect::run(args).await,
+        Command::InitRepo { dir, replicas } => {
+            crate::bundled::write_sample_repository(&dir, replicas)
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", dir.display()))?;
+            println!(
+                "wrote the sample repository to {}; serve it with `sluice serve --repository {}`",
+                dir.display(),
+                dir.display()
+            );
+            Ok(())
+        }
         Command::Bench { server, bench } => bench::run(&server, bench).await,
     }
 }
