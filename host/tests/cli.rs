@@ -174,6 +174,7 @@ fn serve_then_list_predict_load_inspect_unload() {
 
     // A short closed-loop benchmark, with its JSON report.
     let report = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench.json");
+    let plot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench.svg");
     let bench = stdout(&server.run(&[
         "bench",
         "logreg-static",
@@ -183,6 +184,8 @@ fn serve_then_list_predict_load_inspect_unload() {
         "200",
         "--json",
         report.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
     ]));
     assert!(bench.contains("200 ok of 200 sent"), "{bench}");
     let report: serde_json::Value =
@@ -190,6 +193,11 @@ fn serve_then_list_predict_load_inspect_unload() {
     assert_eq!(report["ok"], 200);
     assert!(report["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
     assert!(report["server"]["mean_batch"].as_f64().unwrap() >= 1.0);
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("p99.9") && svg.contains("<polyline"),
+        "{svg}"
+    );
 
     assert!(server.stop().success(), "SIGTERM drains and exits 0");
 }

@@ -54,6 +54,9 @@ pub(super) struct BenchArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Also draw the latency distribution (latency by percentile) as SVG to this file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 /// What the workers record.
@@ -220,6 +223,10 @@ pub(super) async fn run(server: &ServerArgs, args: BenchArgs) -> Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&report.to_json())?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    if let Some(path) = &args.plot {
+        std::fs::write(path, report.latency_svg())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(())
 }
 
@@ -367,6 +374,58 @@ impl Report {
             "  server: mean batch {:.2} rows, batch size now {:?}",
             self.mean_batch, self.batch_sizes
         );
+    }
+
+    /// Latency against percentile on a "nines" axis (50, 90, 99, 99.9, 99.99), as SVG.
+    fn latency_svg(&self) -> String {
+        const QUANTILES: [(f64, &str); 9] = [
+            (0.5, "p50"),
+            (0.75, "p75"),
+            (0.9, "p90"),
+            (0.95, "p95"),
+            (0.99, "p99"),
+            (0.995, "p99.5"),
+            (0.999, "p99.9"),
+            (0.9995, "p99.95"),
+            (0.9999, "p99.99"),
+        ];
+        let (width, height, pad) = (640.0, 360.0, 60.0);
+        let nines = |q: f64| -(1.0 - q).log10(); // 0.5 -> 0.3, 0.9999 -> 4
+        let max_ms = self.percentile_ms(0.9999).max(1e-3);
+        let x = |q: f64| {
+            pad + (nines(q) - nines(0.5)) / (nines(0.9999) - nines(0.5)) * (width - 2.0 * pad)
+        };
+        let y = |ms: f64| height - pad - ms / max_ms * (height - 2.0 * pad);
+        let points: Vec<String> = QUANTILES
+            .iter()
+            .map(|&(q, _)| format!("{:.1},{:.1}", x(q), y(self.percentile_ms(q))))
+            .collect();
+        let mut svg = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
+             font-family=\"sans-serif\" font-size=\"11\">\n\
+             <text x=\"{pad}\" y=\"24\" font-size=\"13\">{} ({}): latency by percentile, \
+             {:.0} req/s</text>\n\
+             <polyline fill=\"none\" stroke=\"#3b78c2\" stroke-width=\"2\" points=\"{}\"/>\n",
+            self.model,
+            self.mode,
+            self.throughput(),
+            points.join(" ")
+        );
+        for &(q, label) in &QUANTILES {
+            let ms = self.percentile_ms(q);
+            svg += &format!(
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"#3b78c2\"/>\
+                 <text x=\"{:.1}\" y=\"{:.1}\">{ms:.2} ms</text>\
+                 <text x=\"{:.1}\" y=\"{:.1}\">{label}</text>\n",
+                x(q),
+                y(ms),
+                x(q) + 4.0,
+                y(ms) - 6.0,
+                x(q) - 8.0,
+                height - pad + 18.0,
+            );
+        }
+        svg + "</svg>\n"
     }
 
     fn to_json(&self) -> serde_json::Value {
