@@ -26,7 +26,7 @@ fn main() {
 fn compile_protos(manifest_dir: &Path, out_dir: &Path) {
     let proto_dir = manifest_dir.join("proto");
     println!("cargo:rerun-if-changed={}", proto_dir.display());
-    let files = ["sluice/v1/sluice.proto"];
+    let files = ["sluice/v1/sluice.proto", "inference/grpc_service.proto"];
     let descriptors = protox::compile(files, [&proto_dir]).expect("compiling .proto files");
     let descriptor_path = out_dir.join("sluice_descriptor.bin");
     std::fs::write(

@@ -20,7 +20,15 @@ pub mod tensor;
 pub mod proto {
     tonic::include_proto!("sluice.v1");
 
-    /// The encoded descriptor set of the sluice API, served through gRPC reflection.
+    /// The encoded descriptor set of both APIs (`sluice.v1` and `inference`), served through
+    /// gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/sluice_descriptor.bin"));
+}
+
+/// Code generated from `proto/inference/grpc_service.proto`: the Open Inference Protocol
+/// (KServe v2) with Triton's model-repository extension.
+#[allow(missing_docs, clippy::all)]
+pub mod inference {
+    tonic::include_proto!("inference");
 }

@@ -91,31 +91,34 @@ pub(super) async fn run(args: ServeArgs) -> Result<()> {
         }
     };
     let mut _watcher = None;
+    let mut repository = None;
     if let Some(dir) = repository_dir {
-        let repository = Arc::new(Repository::new(
+        let repo = Arc::new(Repository::new(
             dir.clone(),
             registry.clone(),
             default_limits,
             default_batching,
         ));
-        let report = repository.sync().await?;
+        let report = repo.sync().await?;
         tracing::info!(repository = %dir.display(), loaded = report.loaded.len(),
             failed = report.failed.len(), "model repository loaded");
         if args.repository.is_some() && !args.no_watch {
-            _watcher = Some(repository.watch()?);
+            _watcher = Some(repo.watch()?);
         }
+        repository = Some(repo);
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, "serving gRPC (sluice.v1, health, reflection)");
+    tracing::info!(%addr, "serving gRPC (sluice.v1, inference (KServe v2), health, reflection)");
     // One plain line on stdout, so scripts (and the CLI tests) learn the port chosen for :0.
     println!("listening on {addr}");
     let options = FrontendOptions {
         admin_token: args.admin_token,
         default_limits,
         default_batching,
+        repository,
     };
     frontend::serve(listener, registry, options, shutdown_signal()).await?;
     tracing::info!("stopped");

@@ -1,11 +1,11 @@
 //! The `sluice.v1.Sluice` service: predict, list, load and unload.
 
-use super::FrontendOptions;
 use super::convert::{
     batching_from_proto, entry_status, limits_from_proto, model_status, tensor_from_proto,
     tensor_to_proto,
 };
 use super::status::to_status;
+use super::{FrontendOptions, authorize_admin};
 use crate::proto::{self, load_model_request::Component, sluice_server::Sluice};
 use crate::registry::{LoadRequest, Registry};
 use std::sync::Arc;
@@ -19,33 +19,6 @@ pub(super) struct SluiceApi {
 impl SluiceApi {
     pub(super) fn new(registry: Arc<Registry>, options: FrontendOptions) -> Self {
         SluiceApi { registry, options }
-    }
-
-    /// Admin calls load code into the server: only from loopback, or with the admin token.
-    fn authorize_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        match &self.options.admin_token {
-            Some(token) => {
-                let presented = request
-                    .metadata()
-                    .get("authorization")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "));
-                if presented == Some(token.as_str()) {
-                    Ok(())
-                } else {
-                    Err(Status::unauthenticated(
-                        "this call needs `authorization: Bearer <admin token>` metadata",
-                    ))
-                }
-            }
-            None => match request.remote_addr() {
-                Some(peer) if peer.ip().is_loopback() => Ok(()),
-                peer => Err(Status::permission_denied(format!(
-                    "admin calls are accepted only from loopback (peer: {peer:?}); start the \
-                     server with --admin-token to allow remote administration"
-                ))),
-            },
-        }
     }
 }
 
@@ -99,7 +72,7 @@ impl Sluice for SluiceApi {
         &self,
         request: Request<proto::LoadModelRequest>,
     ) -> Result<Response<proto::LoadModelResponse>, Status> {
-        self.authorize_admin(&request)?;
+        authorize_admin(&self.options, &request)?;
         let request = request.into_inner();
         let component = match request.component {
             Some(Component::Wasm(bytes)) => bytes,
@@ -136,7 +109,7 @@ impl Sluice for SluiceApi {
         &self,
         request: Request<proto::UnloadModelRequest>,
     ) -> Result<Response<proto::UnloadModelResponse>, Status> {
-        self.authorize_admin(&request)?;
+        authorize_admin(&self.options, &request)?;
         let request = request.into_inner();
         let versions = self
             .registry
@@ -149,7 +122,7 @@ impl Sluice for SluiceApi {
         &self,
         request: Request<proto::ScaleModelRequest>,
     ) -> Result<Response<proto::ScaleModelResponse>, Status> {
-        self.authorize_admin(&request)?;
+        authorize_admin(&self.options, &request)?;
         let request = request.into_inner();
         if request.replicas == 0 {
             return Err(Status::invalid_argument(
@@ -179,7 +152,7 @@ impl Sluice for SluiceApi {
         &self,
         request: Request<proto::SetDefaultVersionRequest>,
     ) -> Result<Response<proto::SetDefaultVersionResponse>, Status> {
-        self.authorize_admin(&request)?;
+        authorize_admin(&self.options, &request)?;
         let request = request.into_inner();
         let version = non_empty(request.version);
         self.registry

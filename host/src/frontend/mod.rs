@@ -1,25 +1,31 @@
-//! The gRPC frontend: the `sluice.v1.Sluice` service, the standard `grpc.health.v1` service and
-//! server reflection (so `grpcurl` and other generic tools work), all on one port.
+//! The gRPC frontend, on one port: the `sluice.v1.Sluice` service, the Open Inference Protocol
+//! (`inference.GRPCInferenceService`, KServe v2 with Triton's repository extension), the
+//! standard `grpc.health.v1` service and server reflection (so `grpcurl` and other generic
+//! tools work).
 
 mod api;
 pub mod convert;
+pub mod kserve;
 pub mod status;
 
 use crate::batching::BatchingConfig;
+use crate::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::proto::sluice_server::SluiceServer;
 use crate::registry::Registry;
+use crate::repository::Repository;
 use crate::runtime::ModelLimits;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Status};
 
 /// The largest gRPC message accepted: room for a component upload or a large batch.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// How the frontend behaves.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct FrontendOptions {
     /// When set, admin calls (load, unload) need `authorization: Bearer <token>` and are then
     /// accepted from any peer; when unset they are accepted from loopback peers only.
@@ -28,6 +34,39 @@ pub struct FrontendOptions {
     pub default_limits: ModelLimits,
     /// Batching for models loaded without their own.
     pub default_batching: BatchingConfig,
+    /// The model repository, if the server has one (for the repository extension's
+    /// load and unload).
+    pub repository: Option<Arc<Repository>>,
+}
+
+/// Admin calls load code into the server: only from loopback, or with the admin token.
+pub(crate) fn authorize_admin<T>(
+    options: &FrontendOptions,
+    request: &Request<T>,
+) -> Result<(), Status> {
+    match &options.admin_token {
+        Some(token) => {
+            let presented = request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if presented == Some(token.as_str()) {
+                Ok(())
+            } else {
+                Err(Status::unauthenticated(
+                    "this call needs `authorization: Bearer <admin token>` metadata",
+                ))
+            }
+        }
+        None => match request.remote_addr() {
+            Some(peer) if peer.ip().is_loopback() => Ok(()),
+            peer => Err(Status::permission_denied(format!(
+                "admin calls are accepted only from loopback (peer: {peer:?}); start the \
+                 server with --admin-token to allow remote administration"
+            ))),
+        },
+    }
 }
 
 /// Serves on `listener` until `shutdown` resolves, then finishes in-flight calls and returns.
@@ -46,13 +85,17 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("the embedded descriptor sets are valid");
-    let sluice = SluiceServer::new(api::SluiceApi::new(registry, options))
+    let sluice = SluiceServer::new(api::SluiceApi::new(registry.clone(), options.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let kserve = GrpcInferenceServiceServer::new(kserve::KserveApi::new(registry, options))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(sluice)
+        .add_service(kserve)
         // TCP_NODELAY: without it small replies wait on delayed ACKs (~40 ms tail spikes).
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),

@@ -277,6 +277,21 @@ impl Repository {
         Ok(report)
     }
 
+    /// The model directories present (whether or not they are loaded).
+    pub fn model_names(&self) -> Result<Vec<String>, RepositoryError> {
+        Ok(subdirectories(&self.dir)?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect())
+    }
+
+    /// Loads `model` again from its directory even if its files did not change (e.g. after an
+    /// unload through the API), then syncs the rest.
+    pub async fn reload(&self, model: &str) -> Result<SyncReport, RepositoryError> {
+        self.seen.lock().await.retain(|(m, _), _| m != model);
+        self.sync().await
+    }
+
     /// Syncs whenever files under the directory change, until the returned watcher is dropped.
     pub fn watch(self: &Arc<Self>) -> Result<RepositoryWatcher, RepositoryError> {
         let (changed, mut changes) = tokio::sync::mpsc::channel::<()>(1);

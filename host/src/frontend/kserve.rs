@@ -1,0 +1,444 @@
+//! `inference.GRPCInferenceService`: the Open Inference Protocol (KServe v2) over gRPC, with
+//! Triton's model-repository extension, on the same port as the sluice API.
+//!
+//! Inputs may come as typed `contents` or as `raw_input_contents` (what Triton's client
+//! sends); outputs always go back as `raw_output_contents` (what Triton's client reads).
+//! Raw contents are exactly the bytes a model receives, so they cross without conversion.
+
+use super::status::to_status;
+use super::{FrontendOptions, authorize_admin};
+use crate::inference::{
+    self, grpc_inference_service_server::GrpcInferenceService,
+    model_infer_request::InferInputTensor, model_infer_response::InferOutputTensor,
+    model_metadata_response::TensorMetadata, repository_index_response::ModelIndex,
+};
+use crate::registry::{ModelState, Registry};
+use crate::runtime::{Dtype, Tensor, TensorSpec};
+use crate::tensor::{dtype_name, parse_dtype};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// What `ServerMetadata` reports as the platform of every model.
+pub const PLATFORM: &str = "sluice_wasm";
+
+pub(super) struct KserveApi {
+    registry: Arc<Registry>,
+    options: FrontendOptions,
+}
+
+impl KserveApi {
+    pub(super) fn new(registry: Arc<Registry>, options: FrontendOptions) -> Self {
+        KserveApi { registry, options }
+    }
+}
+
+fn non_empty(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// Encodes typed `contents` as the little-endian bytes the model takes.
+fn typed_to_raw(
+    name: &str,
+    dtype: Dtype,
+    c: inference::InferTensorContents,
+) -> Result<Vec<u8>, String> {
+    let le = |bytes: Vec<[u8; 8]>| bytes.concat();
+    Ok(match dtype {
+        Dtype::Fp32 => c
+            .fp32_contents
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        Dtype::Fp64 => le(c.fp64_contents.iter().map(|v| v.to_le_bytes()).collect()),
+        Dtype::Int32 => c
+            .int_contents
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        Dtype::Int64 => le(c.int64_contents.iter().map(|v| v.to_le_bytes()).collect()),
+        Dtype::Boolean => c.bool_contents.iter().map(|&b| u8::from(b)).collect(),
+        Dtype::Uint8 => c
+            .uint_contents
+            .iter()
+            .map(|&v| {
+                u8::try_from(v).map_err(|_| format!("input `{name}`: {v} does not fit UINT8"))
+            })
+            .collect::<Result<_, _>>()?,
+        Dtype::Bytes => c
+            .bytes_contents
+            .iter()
+            .flat_map(|b| {
+                (b.len() as u32)
+                    .to_le_bytes()
+                    .into_iter()
+                    .chain(b.iter().copied())
+            })
+            .collect(),
+    })
+}
+
+/// Converts one request input; `raw` is its `raw_input_contents` entry, if the request used
+/// raw contents.
+fn input_tensor(t: InferInputTensor, raw: Option<Vec<u8>>) -> Result<Tensor, Status> {
+    let dtype = parse_dtype(&t.datatype).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "input `{}`: datatype `{}` is not supported (supported: FP32, FP64, INT32, INT64, \
+             UINT8, BOOL, BYTES)",
+            t.name, t.datatype
+        ))
+    })?;
+    let shape = t
+        .shape
+        .iter()
+        .map(|&d| u32::try_from(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| {
+            Status::invalid_argument(format!(
+                "input `{}`: shape {:?} is invalid",
+                t.name, t.shape
+            ))
+        })?;
+    let data = match (raw, t.contents) {
+        (Some(_), Some(_)) => {
+            return Err(Status::invalid_argument(format!(
+                "input `{}`: give either contents or raw_input_contents, not both",
+                t.name
+            )));
+        }
+        (Some(raw), None) => raw,
+        (None, Some(contents)) => {
+            typed_to_raw(&t.name, dtype, contents).map_err(Status::invalid_argument)?
+        }
+        (None, None) => Vec::new(),
+    };
+    Ok(Tensor {
+        name: t.name,
+        dtype,
+        shape,
+        data,
+    })
+}
+
+fn metadata(spec: &TensorSpec) -> TensorMetadata {
+    TensorMetadata {
+        name: spec.name.clone(),
+        datatype: dtype_name(spec.dtype).to_string(),
+        shape: spec.shape.clone(),
+    }
+}
+
+/// Triton's names for model states.
+fn index_state(state: &ModelState) -> (&'static str, String) {
+    match state {
+        ModelState::Loading => ("LOADING", String::new()),
+        ModelState::Ready => ("READY", String::new()),
+        ModelState::Failed(reason) => ("UNAVAILABLE", reason.clone()),
+        ModelState::Draining => ("UNLOADING", String::new()),
+    }
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for KserveApi {
+    async fn server_live(
+        &self,
+        _request: Request<inference::ServerLiveRequest>,
+    ) -> Result<Response<inference::ServerLiveResponse>, Status> {
+        Ok(Response::new(inference::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _request: Request<inference::ServerReadyRequest>,
+    ) -> Result<Response<inference::ServerReadyResponse>, Status> {
+        // The server starts answering only after its repository's first sync.
+        Ok(Response::new(inference::ServerReadyResponse {
+            ready: true,
+        }))
+    }
+
+    async fn model_ready(
+        &self,
+        request: Request<inference::ModelReadyRequest>,
+    ) -> Result<Response<inference::ModelReadyResponse>, Status> {
+        let request = request.into_inner();
+        let ready = self
+            .registry
+            .get(&request.name, non_empty(&request.version))
+            .is_ok();
+        Ok(Response::new(inference::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _request: Request<inference::ServerMetadataRequest>,
+    ) -> Result<Response<inference::ServerMetadataResponse>, Status> {
+        Ok(Response::new(inference::ServerMetadataResponse {
+            name: "sluice".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: vec!["model_repository".into()],
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<inference::ModelMetadataRequest>,
+    ) -> Result<Response<inference::ModelMetadataResponse>, Status> {
+        let request = request.into_inner();
+        let model = self
+            .registry
+            .get(&request.name, non_empty(&request.version))
+            .map_err(to_status)?;
+        let versions = self
+            .registry
+            .list()
+            .into_iter()
+            .filter(|e| e.name == model.name && e.state == ModelState::Ready)
+            .map(|e| e.version)
+            .collect();
+        Ok(Response::new(inference::ModelMetadataResponse {
+            name: model.name.clone(),
+            versions,
+            platform: PLATFORM.into(),
+            inputs: model.info.inputs.iter().map(metadata).collect(),
+            outputs: model.info.outputs.iter().map(metadata).collect(),
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<inference::ModelInferRequest>,
+    ) -> Result<Response<inference::ModelInferResponse>, Status> {
+        let request = request.into_inner();
+        let model = self
+            .registry
+            .get(&request.model_name, non_empty(&request.model_version))
+            .map_err(to_status)?;
+        let raw = request.raw_input_contents;
+        if !raw.is_empty() && raw.len() != request.inputs.len() {
+            return Err(Status::invalid_argument(format!(
+                "raw_input_contents has {} entries for {} inputs",
+                raw.len(),
+                request.inputs.len()
+            )));
+        }
+        let mut raw = raw.into_iter();
+        let inputs = request
+            .inputs
+            .into_iter()
+            .map(|t| input_tensor(t, raw.next()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let wanted: Vec<String> = request.outputs.into_iter().map(|o| o.name).collect();
+        if let Some(unknown) = wanted
+            .iter()
+            .find(|name| !model.info.outputs.iter().any(|s| &s.name == *name))
+        {
+            return Err(Status::invalid_argument(format!(
+                "requested output `{unknown}` is not an output of model `{}`",
+                model.name
+            )));
+        }
+        let outputs = model.predict(inputs, None).await.map_err(to_status)?;
+        let mut response = inference::ModelInferResponse {
+            model_name: model.name.clone(),
+            model_version: model.version.clone(),
+            id: request.id,
+            ..Default::default()
+        };
+        for t in outputs {
+            if !wanted.is_empty() && !wanted.contains(&t.name) {
+                continue;
+            }
+            response.outputs.push(InferOutputTensor {
+                name: t.name,
+                datatype: dtype_name(t.dtype).into(),
+                shape: t.shape.iter().map(|&d| i64::from(d)).collect(),
+                ..Default::default()
+            });
+            response.raw_output_contents.push(t.data);
+        }
+        Ok(Response::new(response))
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<inference::RepositoryIndexRequest>,
+    ) -> Result<Response<inference::RepositoryIndexResponse>, Status> {
+        let ready_only = request.into_inner().ready;
+        let mut models: Vec<ModelIndex> = self
+            .registry
+            .list()
+            .iter()
+            .map(|e| {
+                let (state, reason) = index_state(&e.state);
+                ModelIndex {
+                    name: e.name.clone(),
+                    version: e.version.clone(),
+                    state: state.into(),
+                    reason,
+                }
+            })
+            .collect();
+        if let Some(repository) = &self.options.repository {
+            for name in repository
+                .model_names()
+                .map_err(|e| Status::internal(e.to_string()))?
+            {
+                if !models.iter().any(|m| m.name == name) {
+                    models.push(ModelIndex {
+                        name,
+                        state: "UNAVAILABLE".into(),
+                        reason: "unloaded".into(),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        models.retain(|m| !ready_only || m.state == "READY");
+        Ok(Response::new(inference::RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<inference::RepositoryModelLoadRequest>,
+    ) -> Result<Response<inference::RepositoryModelLoadResponse>, Status> {
+        authorize_admin(&self.options, &request)?;
+        let name = request.into_inner().model_name;
+        let repository = self.options.repository.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this server has no model repository (start it with --repository); \
+                 load components with sluice.v1.Sluice/LoadModel instead",
+            )
+        })?;
+        let report = repository
+            .reload(&name)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if let Some((_, version, reason)) = report.failed.iter().find(|f| f.0 == name) {
+            return Err(Status::invalid_argument(format!(
+                "model `{name}` version {version} failed to load: {reason}"
+            )));
+        }
+        self.registry.get(&name, None).map_err(|_| {
+            Status::not_found(format!("model `{name}` is not in the model repository"))
+        })?;
+        Ok(Response::new(inference::RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<inference::RepositoryModelUnloadRequest>,
+    ) -> Result<Response<inference::RepositoryModelUnloadResponse>, Status> {
+        authorize_admin(&self.options, &request)?;
+        let name = request.into_inner().model_name;
+        self.registry.unload(&name, None).map_err(to_status)?;
+        Ok(Response::new(inference::RepositoryModelUnloadResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use inference::InferTensorContents;
+
+    fn input(datatype: &str, shape: &[i64], contents: InferTensorContents) -> InferInputTensor {
+        InferInputTensor {
+            name: "x".into(),
+            datatype: datatype.into(),
+            shape: shape.to_vec(),
+            contents: Some(contents),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn typed_contents_become_the_raw_layout() {
+        let fp32 = input(
+            "FP32",
+            &[1, 2],
+            InferTensorContents {
+                fp32_contents: vec![1.5, -2.0],
+                ..Default::default()
+            },
+        );
+        let t = input_tensor(fp32, None).unwrap();
+        assert_eq!(
+            t.data,
+            [1.5f32.to_le_bytes(), (-2.0f32).to_le_bytes()].concat()
+        );
+        let bytes = input(
+            "BYTES",
+            &[2],
+            InferTensorContents {
+                bytes_contents: vec![b"ab".to_vec(), Vec::new()],
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            input_tensor(bytes, None).unwrap().data,
+            [2, 0, 0, 0, b'a', b'b', 0, 0, 0, 0]
+        );
+        let boolean = input(
+            "BOOL",
+            &[2],
+            InferTensorContents {
+                bool_contents: vec![true, false],
+                ..Default::default()
+            },
+        );
+        assert_eq!(input_tensor(boolean, None).unwrap().data, [1, 0]);
+        let int64 = input(
+            "INT64",
+            &[1],
+            InferTensorContents {
+                int64_contents: vec![-3],
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            input_tensor(int64, None).unwrap().data,
+            (-3i64).to_le_bytes()
+        );
+    }
+
+    #[test]
+    fn bad_inputs_name_the_tensor() {
+        let fp16 = input("FP16", &[1], InferTensorContents::default());
+        assert!(
+            input_tensor(fp16, None)
+                .unwrap_err()
+                .message()
+                .contains("`FP16` is not supported")
+        );
+        let big = input(
+            "UINT8",
+            &[1],
+            InferTensorContents {
+                uint_contents: vec![300],
+                ..Default::default()
+            },
+        );
+        assert!(
+            input_tensor(big, None)
+                .unwrap_err()
+                .message()
+                .contains("300 does not fit UINT8")
+        );
+        let negative = input("FP32", &[-1], InferTensorContents::default());
+        assert!(
+            input_tensor(negative, None)
+                .unwrap_err()
+                .message()
+                .contains("shape [-1] is invalid")
+        );
+        let both = input(
+            "FP32",
+            &[1],
+            InferTensorContents {
+                fp32_contents: vec![1.0],
+                ..Default::default()
+            },
+        );
+        let err = input_tensor(both, Some(vec![0; 4])).unwrap_err();
+        assert!(err.message().contains("not both"));
+    }
+}
