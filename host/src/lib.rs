@@ -10,6 +10,7 @@ pub mod bundled;
 pub mod cli;
 pub mod compute;
 pub mod frontend;
+pub mod metrics;
 pub mod registry;
 pub mod repository;
 pub mod runtime;

@@ -25,7 +25,14 @@ impl Server {
     fn start() -> Server {
         let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
         let mut child = Command::new(SLUICE)
-            .args(["serve", "--listen", "127.0.0.1:0", "--sample-replicas", "1"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--sample-replicas", "1"])
             .arg("--cache-dir")
             .arg(&cache)
             .stdout(Stdio::piped())
@@ -33,9 +40,11 @@ impl Server {
             .spawn()
             .expect("spawn sluice serve");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut line).unwrap();
+        let mut http_line = String::new();
+        stdout.read_line(&mut http_line).unwrap();
+        assert!(http_line.starts_with("http on "), "{http_line:?}");
         let addr = line
             .trim()
             .strip_prefix("listening on ")

@@ -132,6 +132,8 @@ struct Pending {
     /// Set when a worker takes the request into a batch: from then on the caller waits for
     /// the result even past its deadline (the call is bounded by the model's time limit).
     started: Arc<AtomicBool>,
+    /// When it was queued (for the queue-time metric).
+    enqueued: Instant,
     reply: oneshot::Sender<Result<Vec<Tensor>, CallError>>,
 }
 
@@ -218,6 +220,8 @@ impl Slot {
 
 /// What the workers of one model share.
 struct Shared {
+    /// The name the model is served under (for metrics).
+    model: Arc<str>,
     config: BatchingConfig,
     info: Arc<ModelInfo>,
     queue_capacity: usize,
@@ -243,8 +247,10 @@ pub struct Batcher<R: BatchRunner> {
 }
 
 impl<R: BatchRunner> Batcher<R> {
-    /// Starts one worker per runner. Must be called within a tokio runtime.
+    /// Starts one worker per runner for the model served as `model`. Must be called within a
+    /// tokio runtime.
     pub fn start(
+        model: Arc<str>,
         runners: Vec<R>,
         factory: RunnerFactory<R>,
         config: BatchingConfig,
@@ -255,6 +261,7 @@ impl<R: BatchRunner> Batcher<R> {
             slots: RwLock::default(),
             factory,
             shared: Arc::new(Shared {
+                model,
                 config,
                 info,
                 queue_capacity,
@@ -326,6 +333,7 @@ impl<R: BatchRunner> Batcher<R> {
             inputs,
             rows,
             started: started.clone(),
+            enqueued: Instant::now(),
             reply,
         };
         let queued = {
@@ -443,8 +451,10 @@ async fn serve<R: BatchRunner>(
         let rows: usize = batch.iter().map(|p| p.rows).sum();
         slot.busy_rows.store(rows, Ordering::Relaxed);
         let started = Instant::now();
+        let waits: Vec<Duration> = batch.iter().map(|p| started - p.enqueued).collect();
         run_batch(&mut runner, batch, &shared.info).await;
         let latency = started.elapsed();
+        crate::metrics::record_batch(&shared.model, rows, latency, waits.into_iter());
         sizer.observe(rows, latency);
         slot.record_latency(latency);
         slot.batch_size.store(sizer.size(), Ordering::Relaxed);

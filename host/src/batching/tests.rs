@@ -109,6 +109,7 @@ fn start(setup: Setup) -> (Arc<Batcher<FakeRunner>>, Log) {
     let runners = (0..setup.replicas).map(|_| make().unwrap()).collect();
     let factory: RunnerFactory<FakeRunner> = Arc::new(make);
     let batcher = Batcher::start(
+        "fake".into(),
         runners,
         factory,
         setup.config,

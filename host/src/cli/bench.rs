@@ -7,7 +7,7 @@
 //! server's mean batch size over the run (from `ListModels` before and after).
 
 use super::ServerArgs;
-use super::json;
+use crate::frontend::json;
 use crate::proto::{self, sluice_client::SluiceClient};
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;

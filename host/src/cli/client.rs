@@ -1,8 +1,8 @@
 //! The client commands: they talk to a running server over the sluice gRPC API.
 
 use super::ServerArgs;
-use super::json;
 use crate::frontend::MAX_MESSAGE_BYTES;
+use crate::frontend::json;
 use crate::proto::{self, load_model_request::Component, sluice_client::SluiceClient};
 use crate::repository::config::{ModelConfigFile, Overrides};
 use crate::tensor::dtype_name;

@@ -6,7 +6,6 @@
 mod bench;
 mod client;
 mod inspect;
-mod json;
 
 mod serve;
 

@@ -16,9 +16,12 @@ use std::time::Duration;
 /// Flags of `sluice serve`.
 #[derive(Debug, clap::Args)]
 pub(super) struct ServeArgs {
-    /// Address for gRPC.
+    /// Address for gRPC (the sluice API and KServe v2).
     #[arg(long, default_value = "127.0.0.1:8001")]
     listen: SocketAddr,
+    /// Address for HTTP (KServe v2 REST).
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    http_listen: SocketAddr,
     /// Serve the models in this repository: DIR/<model>/<version>/model.wasm (+ config.toml).
     #[arg(long)]
     repository: Option<PathBuf>,
@@ -110,17 +113,44 @@ pub(super) async fn run(args: ServeArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
+    let http_listener = tokio::net::TcpListener::bind(args.http_listen)
+        .await
+        .with_context(|| format!("binding {}", args.http_listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, "serving gRPC (sluice.v1, inference (KServe v2), health, reflection)");
-    // One plain line on stdout, so scripts (and the CLI tests) learn the port chosen for :0.
-    println!("listening on {addr}");
+    let http_addr = http_listener.local_addr()?;
+    tracing::info!(%addr, %http_addr, "serving gRPC (sluice.v1, inference (KServe v2), health, \
+        reflection) and HTTP (KServe v2 REST)");
+    // Plain lines on stdout, so scripts (and the CLI tests) learn the ports chosen for :0. A
+    // closed stdout must not stop the server, so write errors are ignored.
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "listening on {addr}\nhttp on {http_addr}");
+        let _ = stdout.flush();
+    }
     let options = FrontendOptions {
         admin_token: args.admin_token,
         default_limits,
         default_batching,
         repository,
     };
-    frontend::serve(listener, registry, options, shutdown_signal()).await?;
+    // One signal stops both servers; each finishes its in-flight requests.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|&s| s).await;
+    };
+    let http = tokio::spawn(frontend::rest::serve(
+        http_listener,
+        registry.clone(),
+        options.clone(),
+        until_stopped(stopped.clone()),
+    ));
+    frontend::serve(listener, registry, options, until_stopped(stopped)).await?;
+    http.await.context("the HTTP server task failed")??;
     tracing::info!("stopped");
     Ok(())
 }

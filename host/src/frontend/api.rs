@@ -52,7 +52,7 @@ impl Sluice for SluiceApi {
         let deadline = (request.timeout_ms > 0).then(|| {
             tokio::time::Instant::now() + std::time::Duration::from_millis(request.timeout_ms)
         });
-        let outputs = model.predict(inputs, deadline).await.map_err(to_status)?;
+        let outputs = super::predict(&model, inputs, deadline).await?;
         Ok(Response::new(proto::PredictResponse {
             model: model.name.clone(),
             version: model.version.clone(),

@@ -13,6 +13,7 @@ use crate::inference::{
     model_metadata_response::TensorMetadata, repository_index_response::ModelIndex,
 };
 use crate::registry::{ModelState, Registry};
+use crate::repository::Repository;
 use crate::runtime::{Dtype, Tensor, TensorSpec};
 use crate::tensor::{dtype_name, parse_dtype};
 use std::sync::Arc;
@@ -237,7 +238,7 @@ impl GrpcInferenceService for KserveApi {
                 model.name
             )));
         }
-        let outputs = model.predict(inputs, None).await.map_err(to_status)?;
+        let outputs = super::predict(&model, inputs, None).await?;
         let mut response = inference::ModelInferResponse {
             model_name: model.name.clone(),
             model_version: model.version.clone(),
@@ -264,36 +265,11 @@ impl GrpcInferenceService for KserveApi {
         request: Request<inference::RepositoryIndexRequest>,
     ) -> Result<Response<inference::RepositoryIndexResponse>, Status> {
         let ready_only = request.into_inner().ready;
-        let mut models: Vec<ModelIndex> = self
-            .registry
-            .list()
-            .iter()
-            .map(|e| {
-                let (state, reason) = index_state(&e.state);
-                ModelIndex {
-                    name: e.name.clone(),
-                    version: e.version.clone(),
-                    state: state.into(),
-                    reason,
-                }
-            })
-            .collect();
-        if let Some(repository) = &self.options.repository {
-            for name in repository
-                .model_names()
-                .map_err(|e| Status::internal(e.to_string()))?
-            {
-                if !models.iter().any(|m| m.name == name) {
-                    models.push(ModelIndex {
-                        name,
-                        state: "UNAVAILABLE".into(),
-                        reason: "unloaded".into(),
-                        ..Default::default()
-                    });
-                }
-            }
-        }
-        models.retain(|m| !ready_only || m.state == "READY");
+        let models = repository_index(
+            &self.registry,
+            self.options.repository.as_deref(),
+            ready_only,
+        )?;
         Ok(Response::new(inference::RepositoryIndexResponse { models }))
     }
 
@@ -303,24 +279,7 @@ impl GrpcInferenceService for KserveApi {
     ) -> Result<Response<inference::RepositoryModelLoadResponse>, Status> {
         authorize_admin(&self.options, &request)?;
         let name = request.into_inner().model_name;
-        let repository = self.options.repository.as_ref().ok_or_else(|| {
-            Status::failed_precondition(
-                "this server has no model repository (start it with --repository); \
-                 load components with sluice.v1.Sluice/LoadModel instead",
-            )
-        })?;
-        let report = repository
-            .reload(&name)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        if let Some((_, version, reason)) = report.failed.iter().find(|f| f.0 == name) {
-            return Err(Status::invalid_argument(format!(
-                "model `{name}` version {version} failed to load: {reason}"
-            )));
-        }
-        self.registry.get(&name, None).map_err(|_| {
-            Status::not_found(format!("model `{name}` is not in the model repository"))
-        })?;
+        repository_load(&self.registry, self.options.repository.as_deref(), &name).await?;
         Ok(Response::new(inference::RepositoryModelLoadResponse {}))
     }
 
@@ -333,6 +292,72 @@ impl GrpcInferenceService for KserveApi {
         self.registry.unload(&name, None).map_err(to_status)?;
         Ok(Response::new(inference::RepositoryModelUnloadResponse {}))
     }
+}
+
+/// The repository extension's index: every version the registry knows, and the repository's
+/// models that are not loaded. Shared by gRPC and REST.
+pub(super) fn repository_index(
+    registry: &Registry,
+    repository: Option<&Repository>,
+    ready_only: bool,
+) -> Result<Vec<ModelIndex>, Status> {
+    let mut models: Vec<ModelIndex> = registry
+        .list()
+        .iter()
+        .map(|e| {
+            let (state, reason) = index_state(&e.state);
+            ModelIndex {
+                name: e.name.clone(),
+                version: e.version.clone(),
+                state: state.into(),
+                reason,
+            }
+        })
+        .collect();
+    if let Some(repository) = repository {
+        for name in repository
+            .model_names()
+            .map_err(|e| Status::internal(e.to_string()))?
+        {
+            if !models.iter().any(|m| m.name == name) {
+                models.push(ModelIndex {
+                    name,
+                    state: "UNAVAILABLE".into(),
+                    reason: "unloaded".into(),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    models.retain(|m| !ready_only || m.state == "READY");
+    Ok(models)
+}
+
+/// The repository extension's load: (re)loads `name` from the model repository.
+pub(super) async fn repository_load(
+    registry: &Registry,
+    repository: Option<&Repository>,
+    name: &str,
+) -> Result<(), Status> {
+    let repository = repository.ok_or_else(|| {
+        Status::failed_precondition(
+            "this server has no model repository (start it with --repository); \
+             load components with sluice.v1.Sluice/LoadModel instead",
+        )
+    })?;
+    let report = repository
+        .reload(name)
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+    if let Some((_, version, reason)) = report.failed.iter().find(|f| f.0 == name) {
+        return Err(Status::invalid_argument(format!(
+            "model `{name}` version {version} failed to load: {reason}"
+        )));
+    }
+    registry
+        .get(name, None)
+        .map_err(|_| Status::not_found(format!("model `{name}` is not in the model repository")))?;
+    Ok(())
 }
 
 #[cfg(test)]

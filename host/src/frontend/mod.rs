@@ -5,15 +5,18 @@
 
 mod api;
 pub mod convert;
+pub mod json;
 pub mod kserve;
+pub mod rest;
 pub mod status;
 
 use crate::batching::BatchingConfig;
 use crate::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::proto::sluice_server::SluiceServer;
-use crate::registry::Registry;
+use crate::registry::{Model, Registry};
 use crate::repository::Repository;
 use crate::runtime::ModelLimits;
+use crate::runtime::Tensor;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,27 +42,25 @@ pub struct FrontendOptions {
     pub repository: Option<Arc<Repository>>,
 }
 
-/// Admin calls load code into the server: only from loopback, or with the admin token.
-pub(crate) fn authorize_admin<T>(
+/// Admin calls load code into the server: they are accepted from loopback peers, or, when the
+/// server has an admin token, from any peer whose `authorization` is `Bearer <token>`.
+pub(crate) fn check_admin(
     options: &FrontendOptions,
-    request: &Request<T>,
+    authorization: Option<&str>,
+    peer: Option<SocketAddr>,
 ) -> Result<(), Status> {
     match &options.admin_token {
         Some(token) => {
-            let presented = request
-                .metadata()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
+            let presented = authorization.and_then(|v| v.strip_prefix("Bearer "));
             if presented == Some(token.as_str()) {
                 Ok(())
             } else {
                 Err(Status::unauthenticated(
-                    "this call needs `authorization: Bearer <admin token>` metadata",
+                    "this call needs `authorization: Bearer <admin token>`",
                 ))
             }
         }
-        None => match request.remote_addr() {
+        None => match peer {
             Some(peer) if peer.ip().is_loopback() => Ok(()),
             peer => Err(Status::permission_denied(format!(
                 "admin calls are accepted only from loopback (peer: {peer:?}); start the \
@@ -67,6 +68,35 @@ pub(crate) fn authorize_admin<T>(
             ))),
         },
     }
+}
+
+/// [`check_admin`] for a gRPC request.
+pub(crate) fn authorize_admin<T>(
+    options: &FrontendOptions,
+    request: &Request<T>,
+) -> Result<(), Status> {
+    let authorization = request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    check_admin(options, authorization, request.remote_addr())
+}
+
+/// Runs a request on `model` (all protocols go through here), maps a failure to its status
+/// and records the request's metrics.
+pub(crate) async fn predict(
+    model: &Model,
+    inputs: Vec<Tensor>,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<Vec<Tensor>, Status> {
+    let started = std::time::Instant::now();
+    let result = model
+        .predict(inputs, deadline)
+        .await
+        .map_err(status::to_status);
+    let failure = result.as_ref().err().map(Status::code);
+    crate::metrics::record_request(&model.name, started.elapsed(), failure);
+    result
 }
 
 /// Serves on `listener` until `shutdown` resolves, then finishes in-flight calls and returns.

@@ -437,6 +437,7 @@ fn build_model(runtime: &Runtime, request: LoadRequest) -> Result<Model, LoadErr
     let name = request.name.unwrap_or_else(|| info.name.clone());
     recipe.model = name.as_str().into();
     first.rename(recipe.model.clone());
+    let recipe_model = recipe.model.clone();
     let factory: RunnerFactory<ReplicaRunner> =
         Arc::new(move || Replica::new(recipe.clone()).map(ReplicaRunner::new));
     let mut runners = vec![ReplicaRunner::new(first)];
@@ -445,6 +446,7 @@ fn build_model(runtime: &Runtime, request: LoadRequest) -> Result<Model, LoadErr
     }
     let info = Arc::new(info);
     let batcher = Batcher::start(
+        recipe_model,
         runners,
         factory,
         request.batching,

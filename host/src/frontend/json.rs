@@ -1,4 +1,4 @@
-//! JSON tensors for the command line, in KServe v2's shape:
+//! JSON tensors, in KServe v2's shape (the CLI's inputs and outputs, and the REST API's):
 //! `{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": [0, 1, ...]}`. `data` may
 //! be flat or nested; `BYTES` elements are strings. Converted to and from the raw
 //! little-endian bytes the API carries.
@@ -46,7 +46,8 @@ fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
     }
 }
 
-fn encode(t: JsonTensor) -> Result<proto::Tensor> {
+/// Encodes one JSON tensor as an API tensor (raw little-endian bytes).
+pub fn encode(t: JsonTensor) -> Result<proto::Tensor> {
     let dtype = parse_dtype(&t.datatype)
         .ok_or_else(|| anyhow!("tensor `{}`: unknown datatype `{}`", t.name, t.datatype))?;
     let mut values = Vec::new();

@@ -1,0 +1,147 @@
+//! Prometheus metrics, served as text at `/metrics` on the HTTP port: requests, failures by
+//! gRPC code, latency (total, queue, compute) and batch sizes per model, and replicas per
+//! model version. One process-wide registry, as Prometheus exporters usually have.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+/// Latency buckets in seconds: 100 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
+];
+/// Batch-size buckets in rows.
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    failures: IntCounterVec,
+    request_seconds: HistogramVec,
+    queue_seconds: HistogramVec,
+    compute_seconds: HistogramVec,
+    batch_rows: HistogramVec,
+    replicas: IntGaugeVec,
+}
+
+fn histogram(name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        &["model"],
+    )
+    .expect("valid histogram")
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let m = Metrics {
+        registry: Registry::new(),
+        requests: IntCounterVec::new(
+            Opts::new(
+                "sluice_requests_total",
+                "Inference requests received, per model",
+            ),
+            &["model"],
+        )
+        .expect("valid counter"),
+        failures: IntCounterVec::new(
+            Opts::new(
+                "sluice_request_failures_total",
+                "Inference requests that failed, per model and gRPC code",
+            ),
+            &["model", "code"],
+        )
+        .expect("valid counter"),
+        request_seconds: histogram(
+            "sluice_request_duration_seconds",
+            "Time from a checked request to its answer (queue + compute)",
+            LATENCY_BUCKETS,
+        ),
+        queue_seconds: histogram(
+            "sluice_queue_duration_seconds",
+            "Time a request waited in its replica's queue",
+            LATENCY_BUCKETS,
+        ),
+        compute_seconds: histogram(
+            "sluice_compute_duration_seconds",
+            "Time one batch took to run on a replica",
+            LATENCY_BUCKETS,
+        ),
+        batch_rows: histogram("sluice_batch_rows", "Rows per batch run", BATCH_BUCKETS),
+        replicas: IntGaugeVec::new(
+            Opts::new(
+                "sluice_model_replicas",
+                "Replicas serving each loaded model version",
+            ),
+            &["model", "version"],
+        )
+        .expect("valid gauge"),
+    };
+    for collector in [
+        Box::new(m.requests.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(m.failures.clone()),
+        Box::new(m.request_seconds.clone()),
+        Box::new(m.queue_seconds.clone()),
+        Box::new(m.compute_seconds.clone()),
+        Box::new(m.batch_rows.clone()),
+        Box::new(m.replicas.clone()),
+    ] {
+        m.registry.register(collector).expect("unique metric names");
+    }
+    m
+});
+
+/// Records a request to `model` and its outcome (`None` when it succeeded, else the gRPC code).
+pub fn record_request(model: &str, elapsed: Duration, failure: Option<tonic::Code>) {
+    METRICS.requests.with_label_values(&[model]).inc();
+    METRICS
+        .request_seconds
+        .with_label_values(&[model])
+        .observe(elapsed.as_secs_f64());
+    if let Some(code) = failure {
+        METRICS
+            .failures
+            .with_label_values(&[model, &format!("{code:?}")])
+            .inc();
+    }
+}
+
+/// Records one batch: its rows, how long it ran, and how long each request in it waited.
+pub fn record_batch(
+    model: &str,
+    rows: usize,
+    compute: Duration,
+    waits: impl Iterator<Item = Duration>,
+) {
+    METRICS
+        .batch_rows
+        .with_label_values(&[model])
+        .observe(rows as f64);
+    METRICS
+        .compute_seconds
+        .with_label_values(&[model])
+        .observe(compute.as_secs_f64());
+    let queue = METRICS.queue_seconds.with_label_values(&[model]);
+    waits.for_each(|wait| queue.observe(wait.as_secs_f64()));
+}
+
+/// The text exposition of every metric, with the replica gauge set from `replicas`
+/// (`(model, version, replicas)` of each loaded version).
+pub fn render(replicas: impl Iterator<Item = (String, String, usize)>) -> String {
+    METRICS.replicas.reset();
+    for (model, version, count) in replicas {
+        METRICS
+            .replicas
+            .with_label_values(&[&model, &version])
+            .set(count as i64);
+    }
+    let mut text = Vec::new();
+    prometheus::TextEncoder::new()
+        .encode(&METRICS.registry.gather(), &mut text)
+        .expect("text encoding cannot fail");
+    String::from_utf8(text).expect("the text format is UTF-8")
+}
