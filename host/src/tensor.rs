@@ -42,6 +42,21 @@ pub fn parse_dtype(name: &str) -> Option<Dtype> {
     })
 }
 
+/// Converts a request's shape (KServe's int64, the sluice API's uint64) to the contract's
+/// u32 dimensions; the error names the input.
+pub fn shape_to_u32<D: Copy + TryInto<u32> + std::fmt::Debug>(
+    input: &str,
+    shape: &[D],
+) -> Result<Vec<u32>, String> {
+    shape
+        .iter()
+        .map(|&d| d.try_into().ok())
+        .collect::<Option<Vec<u32>>>()
+        .ok_or_else(|| {
+            format!("input `{input}`: shape {shape:?} is invalid (dimensions are 0..2^32)")
+        })
+}
+
 /// Bytes per element, or `None` for variable-length `BYTES`.
 pub fn element_size(dtype: Dtype) -> Option<usize> {
     match dtype {

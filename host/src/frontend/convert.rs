@@ -5,6 +5,7 @@ use crate::batching::{BatchMode, BatchingConfig};
 use crate::proto;
 use crate::registry::{Model, ModelEntry, ModelState};
 use crate::runtime::{Dtype, ModelLimits, Tensor, TensorSpec};
+use crate::tensor::shape_to_u32;
 use std::time::Duration;
 
 /// Maps a protobuf dtype to the WIT one; `None` for `UNSPECIFIED` or an unknown number.
@@ -44,17 +45,7 @@ pub fn tensor_from_proto(t: proto::Tensor) -> Result<Tensor, String> {
             t.name, t.datatype
         )
     })?;
-    let shape = t
-        .shape
-        .iter()
-        .map(|&d| u32::try_from(d))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| {
-            format!(
-                "inputs[`{}`].shape: {:?} has a dimension over 2^32",
-                t.name, t.shape
-            )
-        })?;
+    let shape = shape_to_u32(&t.name, &t.shape)?;
     Ok(Tensor {
         name: t.name,
         dtype,

@@ -15,7 +15,7 @@ use crate::inference::{
 use crate::registry::{ModelState, Registry};
 use crate::repository::Repository;
 use crate::runtime::{Dtype, Tensor, TensorSpec};
-use crate::tensor::{dtype_name, parse_dtype};
+use crate::tensor::{dtype_name, parse_dtype, shape_to_u32};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -88,17 +88,7 @@ fn input_tensor(t: InferInputTensor, raw: Option<Vec<u8>>) -> Result<Tensor, Sta
             t.name, t.datatype
         ))
     })?;
-    let shape = t
-        .shape
-        .iter()
-        .map(|&d| u32::try_from(d))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| {
-            Status::invalid_argument(format!(
-                "input `{}`: shape {:?} is invalid",
-                t.name, t.shape
-            ))
-        })?;
+    let shape = shape_to_u32(&t.name, &t.shape).map_err(Status::invalid_argument)?;
     let data = match (raw, t.contents) {
         (Some(_), Some(_)) => {
             return Err(Status::invalid_argument(format!(
@@ -189,13 +179,7 @@ impl GrpcInferenceService for KserveApi {
             .registry
             .get(&request.name, non_empty(&request.version))
             .map_err(to_status)?;
-        let versions = self
-            .registry
-            .list()
-            .into_iter()
-            .filter(|e| e.name == model.name && e.state == ModelState::Ready)
-            .map(|e| e.version)
-            .collect();
+        let versions = self.registry.ready_versions(&model.name);
         Ok(Response::new(inference::ModelMetadataResponse {
             name: model.name.clone(),
             versions,

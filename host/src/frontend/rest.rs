@@ -133,13 +133,7 @@ fn specs(specs: &[TensorSpec]) -> Value {
 
 fn metadata(api: &Api, name: &str, version: Option<&str>) -> Result<Json<Value>> {
     let model = api.registry.get(name, version).map_err(to_status)?;
-    let versions: Vec<String> = api
-        .registry
-        .list()
-        .into_iter()
-        .filter(|e| e.name == model.name && e.state == ModelState::Ready)
-        .map(|e| e.version)
-        .collect();
+    let versions = api.registry.ready_versions(&model.name);
     Ok(Json(json!({
         "name": model.name,
         "versions": versions,

@@ -294,6 +294,14 @@ impl Registry {
             })
     }
 
+    /// The ready versions of `name`, in load order.
+    pub fn ready_versions(&self, name: &str) -> Vec<String> {
+        self.read()
+            .get(name)
+            .map(Versions::labels)
+            .unwrap_or_default()
+    }
+
     /// Makes `version` the default of `name` (roll back or forward), atomically: a request
     /// sees either the old default or the new one. `None` returns to "the last loaded".
     pub fn set_default_version(
