@@ -112,7 +112,7 @@ async fn busy_model(server: &mut TestServer, queue_capacity: u32, call_ms: u64) 
             limits: Some(ModelLimits {
                 call_timeout_ms: call_ms,
                 queue_capacity,
-                memory_bytes: 0,
+                ..Default::default()
             }),
             batching: Some(BatchingConfig {
                 mode: Mode::Static as i32,

@@ -22,7 +22,8 @@ async fn load_faulty(server: &mut TestServer, fault: &str) {
             limits: Some(ModelLimits {
                 call_timeout_ms: 200,
                 memory_bytes: 64 << 20,
-                queue_capacity: 0,
+                max_response_bytes: 1 << 20,
+                ..Default::default()
             }),
             ..Default::default()
         })
@@ -52,6 +53,16 @@ async fn every_fault_fails_only_its_own_request() {
             "wrong-shape",
             Code::Internal,
             "output `y` has batch size 3, but the request had 2",
+        ),
+        (
+            "wrong-dtype",
+            Code::Internal,
+            "output `y`: expected dtype FP32, got INT64",
+        ),
+        (
+            "huge-output",
+            Code::ResourceExhausted,
+            "over its response limit of 1048576 bytes",
         ),
     ];
     for (fault, ..) in &faults {

@@ -97,6 +97,33 @@ async fn malformed_requests_are_refused_with_the_cause_named() {
             status.message()
         );
     }
+    // A request over the model's size limit is refused before it is queued.
+    let small_limit = sluice::proto::LoadModelRequest {
+        component: Some(sluice::proto::load_model_request::Component::Wasm(
+            sluice_tests::sample_component("digits_logreg"),
+        )),
+        config: std::fs::read(sluice_train::params_path("digits-logreg")).unwrap(),
+        name: "small-requests".into(),
+        limits: Some(sluice::proto::ModelLimits {
+            max_request_bytes: 1024,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    server.client.load_model(small_limit).await.unwrap();
+    let big = request("small-requests", "", vec![pixels(&[8, 64], 8 * 64)]);
+    let status = server.client.predict(big).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .contains("2048 bytes, over the model's limit of 1024 bytes"),
+        "{}",
+        status.message()
+    );
+    let ok = request("small-requests", "", vec![pixels(&[2, 64], 2 * 64)]);
+    assert!(server.client.predict(ok).await.is_ok());
+
     // The model is unharmed.
     let ok = server
         .client

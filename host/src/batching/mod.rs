@@ -15,7 +15,7 @@ pub mod rows;
 pub mod sizer;
 
 use crate::runtime::replica::Replica;
-use crate::runtime::{CallError, LoadError, ModelInfo, Tensor};
+use crate::runtime::{CallError, LoadError, ModelInfo, ModelLimits, Tensor};
 use crate::tensor;
 use queue::DeadlineQueue;
 use sizer::BatchSizer;
@@ -225,6 +225,7 @@ struct Shared {
     config: BatchingConfig,
     info: Arc<ModelInfo>,
     queue_capacity: usize,
+    max_response_bytes: usize,
     batches: AtomicU64,
     rows: AtomicU64,
 }
@@ -255,7 +256,7 @@ impl<R: BatchRunner> Batcher<R> {
         factory: RunnerFactory<R>,
         config: BatchingConfig,
         info: Arc<ModelInfo>,
-        queue_capacity: usize,
+        limits: &ModelLimits,
     ) -> Self {
         let batcher = Batcher {
             slots: RwLock::default(),
@@ -264,7 +265,8 @@ impl<R: BatchRunner> Batcher<R> {
                 model,
                 config,
                 info,
-                queue_capacity,
+                queue_capacity: limits.queue_capacity,
+                max_response_bytes: limits.max_response_bytes,
                 batches: AtomicU64::new(0),
                 rows: AtomicU64::new(0),
             }),
@@ -452,7 +454,7 @@ async fn serve<R: BatchRunner>(
         slot.busy_rows.store(rows, Ordering::Relaxed);
         let started = Instant::now();
         let waits: Vec<Duration> = batch.iter().map(|p| started - p.enqueued).collect();
-        run_batch(&mut runner, batch, &shared.info).await;
+        run_batch(&mut runner, batch, &shared).await;
         let latency = started.elapsed();
         crate::metrics::record_batch(&shared.model, rows, latency, waits.into_iter());
         sizer.observe(rows, latency);
@@ -510,7 +512,8 @@ fn take_batch(slot: &Slot, size: usize) -> Vec<Pending> {
 /// Runs a batch and answers its callers. If the batch fails and held several requests, each
 /// is retried alone, so that one bad request (or one that makes the model trap) fails only
 /// itself.
-async fn run_batch<R: BatchRunner>(runner: &mut R, batch: Vec<Pending>, info: &ModelInfo) {
+async fn run_batch<R: BatchRunner>(runner: &mut R, batch: Vec<Pending>, shared: &Shared) {
+    let info = &shared.info;
     let rows: Vec<usize> = batch.iter().map(|p| p.rows).collect();
     let total = rows.iter().sum();
     let mut replies = Vec::with_capacity(batch.len());
@@ -524,7 +527,7 @@ async fn run_batch<R: BatchRunner>(runner: &mut R, batch: Vec<Pending>, info: &M
     match result.and_then(|outputs| rows::split(outputs, &rows).map_err(CallError::InvalidOutput)) {
         Ok(parts) => {
             for (reply, part) in replies.into_iter().zip(parts) {
-                let _ = reply.send(Ok(part));
+                let _ = reply.send(within_limit(part, shared.max_response_bytes));
             }
         }
         Err(error) if replies.len() == 1 || inputs.is_empty() => {
@@ -539,10 +542,20 @@ async fn run_batch<R: BatchRunner>(runner: &mut R, batch: Vec<Pending>, info: &M
                     continue;
                 }
                 let (_, result) = runner.run(part).await;
-                let _ = reply.send(result.and_then(|outputs| checked(info, outputs, n)));
+                let result = result.and_then(|outputs| checked(info, outputs, n));
+                let _ = reply.send(result.and_then(|o| within_limit(o, shared.max_response_bytes)));
             }
         }
     }
+}
+
+/// Refuses one request's answer if it is larger than the model's response limit.
+fn within_limit(outputs: Vec<Tensor>, limit: usize) -> Result<Vec<Tensor>, CallError> {
+    let bytes = outputs.iter().map(|t| t.data.len()).sum();
+    if bytes > limit {
+        return Err(CallError::ResponseTooLarge { bytes, limit });
+    }
+    Ok(outputs)
 }
 
 fn checked(info: &ModelInfo, outputs: Vec<Tensor>, rows: usize) -> Result<Vec<Tensor>, CallError> {

@@ -114,7 +114,10 @@ fn start(setup: Setup) -> (Arc<Batcher<FakeRunner>>, Log) {
         factory,
         setup.config,
         info(setup.max_batch),
-        setup.queue_capacity,
+        &ModelLimits {
+            queue_capacity: setup.queue_capacity,
+            ..ModelLimits::default()
+        },
     );
     (Arc::new(batcher), log)
 }

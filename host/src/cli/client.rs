@@ -88,6 +88,12 @@ pub(super) struct LoadArgs {
     /// Memory limit per instance in MiB.
     #[arg(long)]
     memory_mib: Option<u64>,
+    /// Largest request accepted, in bytes of input tensors.
+    #[arg(long)]
+    max_request_bytes: Option<u64>,
+    /// Largest answer to one request, in bytes of output tensors.
+    #[arg(long)]
+    max_response_bytes: Option<u64>,
     /// Send the path for the server to read instead of uploading the file.
     #[arg(long)]
     server_path: bool,
@@ -110,6 +116,8 @@ pub(super) async fn load(server: &ServerArgs, load: LoadArgs) -> Result<()> {
         call_timeout_ms: load.timeout_ms,
         memory_mib: load.memory_mib,
         queue_capacity: load.queue,
+        max_request_bytes: load.max_request_bytes,
+        max_response_bytes: load.max_response_bytes,
     })?;
     let component = if load.server_path {
         let path = std::path::absolute(&load.component)?;

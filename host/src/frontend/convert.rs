@@ -88,6 +88,14 @@ pub fn limits_from_proto(limits: Option<proto::ModelLimits>, defaults: ModelLimi
             0 => defaults.queue_capacity,
             n => n as usize,
         },
+        max_request_bytes: match l.max_request_bytes {
+            0 => defaults.max_request_bytes,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        },
+        max_response_bytes: match l.max_response_bytes {
+            0 => defaults.max_response_bytes,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        },
     }
 }
 
@@ -175,6 +183,8 @@ pub fn model_status(model: &Model, is_default_version: bool) -> proto::ModelStat
             call_timeout_ms: model.limits.call_timeout.as_millis() as u64,
             memory_bytes: model.limits.memory_bytes as u64,
             queue_capacity: model.limits.queue_capacity as u32,
+            max_request_bytes: model.limits.max_request_bytes as u64,
+            max_response_bytes: model.limits.max_response_bytes as u64,
         }),
         component_sha256: model.sha256.clone(),
         is_default_version,
@@ -229,7 +239,7 @@ mod tests {
         let partial = proto::ModelLimits {
             call_timeout_ms: 250,
             memory_bytes: 0,
-            queue_capacity: 0,
+            ..Default::default()
         };
         let limits = limits_from_proto(Some(partial), defaults);
         assert_eq!(limits.call_timeout, Duration::from_millis(250));

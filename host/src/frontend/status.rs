@@ -13,7 +13,9 @@ pub fn to_status(error: RegistryError) -> Status {
         RegistryError::Call { error, .. } => match error {
             CallError::RejectedInput(_) => Code::InvalidArgument,
             CallError::Timeout { .. } | CallError::DeadlineExceeded => Code::DeadlineExceeded,
-            CallError::MemoryExhausted(_) | CallError::QueueFull { .. } => Code::ResourceExhausted,
+            CallError::MemoryExhausted(_)
+            | CallError::QueueFull { .. }
+            | CallError::ResponseTooLarge { .. } => Code::ResourceExhausted,
             CallError::Unavailable(_) => Code::Unavailable,
             CallError::ModelFailed(_) | CallError::Trapped(_) | CallError::InvalidOutput(_) => {
                 Code::Internal

@@ -116,6 +116,16 @@ impl Model {
         inputs: Vec<Tensor>,
         deadline: Option<Instant>,
     ) -> Result<Vec<Tensor>, RegistryError> {
+        let bytes: usize = inputs.iter().map(|t| t.data.len()).sum();
+        if bytes > self.limits.max_request_bytes {
+            return Err(RegistryError::InvalidInput {
+                model: self.name.clone(),
+                message: format!(
+                    "the request's inputs are {bytes} bytes, over the model's limit of {} bytes",
+                    self.limits.max_request_bytes
+                ),
+            });
+        }
         let (inputs, rows) = tensor::check_inputs(&self.info, inputs).map_err(|message| {
             RegistryError::InvalidInput {
                 model: self.name.clone(),
@@ -459,7 +469,7 @@ fn build_model(runtime: &Runtime, request: LoadRequest) -> Result<Model, LoadErr
         factory,
         request.batching,
         info.clone(),
-        request.limits.queue_capacity,
+        &request.limits,
     );
     Ok(Model {
         name,

@@ -18,6 +18,8 @@
 //! call_timeout_ms = 1000
 //! memory_mib = 256
 //! queue_capacity = 1024       # per replica
+//! max_request_bytes = 16777216
+//! max_response_bytes = 16777216
 //! ```
 //! Every key is optional; what is missing takes the server's default.
 
@@ -57,6 +59,8 @@ pub struct LimitsSection {
     call_timeout_ms: Option<u64>,
     memory_mib: Option<u64>,
     queue_capacity: Option<u32>,
+    max_request_bytes: Option<u64>,
+    max_response_bytes: Option<u64>,
 }
 
 /// Settings given on top of the file (the command line), each `None` when not given.
@@ -74,6 +78,8 @@ pub struct Overrides {
     pub call_timeout_ms: Option<u64>,
     pub memory_mib: Option<u64>,
     pub queue_capacity: Option<u32>,
+    pub max_request_bytes: Option<u64>,
+    pub max_response_bytes: Option<u64>,
 }
 
 /// The resolved settings, in the API's terms (zero = the server's default).
@@ -135,6 +141,14 @@ impl ModelConfigFile {
                     .unwrap_or(0),
                 memory_bytes: flags.memory_mib.or(limits.memory_mib).unwrap_or(0) << 20,
                 queue_capacity: flags.queue_capacity.or(limits.queue_capacity).unwrap_or(0),
+                max_request_bytes: flags
+                    .max_request_bytes
+                    .or(limits.max_request_bytes)
+                    .unwrap_or(0),
+                max_response_bytes: flags
+                    .max_response_bytes
+                    .or(limits.max_response_bytes)
+                    .unwrap_or(0),
             },
         })
     }

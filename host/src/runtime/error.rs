@@ -59,6 +59,14 @@ pub enum CallError {
     /// The model trapped (panicked, hit `unreachable`, overflowed its stack, ...).
     #[error("the model trapped: {0}")]
     Trapped(String),
+    /// The model's answer to one request is larger than the model's response limit.
+    #[error("the model's answer is {bytes} bytes, over its response limit of {limit} bytes")]
+    ResponseTooLarge {
+        /// The size of the answer.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The model's answer does not match what it declared.
     #[error("the model returned an invalid output: {0}")]
     InvalidOutput(String),

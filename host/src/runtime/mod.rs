@@ -59,6 +59,10 @@ pub struct ModelLimits {
     pub memory_bytes: usize,
     /// Requests that may wait in each replica's queue before new ones are refused.
     pub queue_capacity: usize,
+    /// Largest request accepted (the bytes of all its input tensors).
+    pub max_request_bytes: usize,
+    /// Largest answer returned to one request (the bytes of its output tensors).
+    pub max_response_bytes: usize,
 }
 
 impl Default for ModelLimits {
@@ -67,6 +71,8 @@ impl Default for ModelLimits {
             call_timeout: Duration::from_secs(1),
             memory_bytes: 256 << 20,
             queue_capacity: 1024,
+            max_request_bytes: 16 << 20,
+            max_response_bytes: 16 << 20,
         }
     }
 }

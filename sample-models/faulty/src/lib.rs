@@ -1,8 +1,9 @@
 //! A model that misbehaves on purpose, so the tests can prove that a fault fails only its own
-//! request. Its config is the name of the fault (UTF-8): `loop`, `oom`, `panic`, `recursion` or
-//! `wrong-shape`. It serves as `faulty-<fault>`, with input `x` and output `y`, both FP32
-//! `[-1, 1]`: it echoes `x`, except that a batch containing the value `1.0` triggers the fault.
-//! So a test can send a bad request and then a good one to the same model.
+//! request. Its config is the name of the fault (UTF-8): `loop`, `oom`, `panic`, `recursion`,
+//! `wrong-shape`, `wrong-dtype` or `huge-output`. It serves as `faulty-<fault>`, with input `x`
+//! FP32 `[-1, 1]` and output `y` FP32 `[-1, -1]`: it echoes `x`, except that a batch containing
+//! the value `1.0` triggers the fault. So a test can send a bad request and then a good one to
+//! the same model.
 
 use sluice_sdk::{Dtype, Model, ModelError, ModelInfo, Tensor, TensorSpec};
 use std::hint::black_box;
@@ -20,6 +21,10 @@ enum Fault {
     Recursion,
     /// Returns one row more than it was given.
     WrongShape,
+    /// Returns `y` as INT64 instead of the declared FP32.
+    WrongDtype,
+    /// Returns 1 Mi values (4 MiB) per row: valid, but larger than a sane response limit.
+    HugeOutput,
 }
 
 /// The configured faulty model.
@@ -43,9 +48,12 @@ impl Model for Faulty {
             "panic" => Fault::Panic,
             "recursion" => Fault::Recursion,
             "wrong-shape" => Fault::WrongShape,
+            "wrong-dtype" => Fault::WrongDtype,
+            "huge-output" => Fault::HugeOutput,
             other => {
                 return Err(ModelError::Internal(format!(
-                    "unknown fault `{other}`; expected loop, oom, panic, recursion or wrong-shape"
+                    "unknown fault `{other}`; expected loop, oom, panic, recursion, wrong-shape, \
+                     wrong-dtype or huge-output"
                 )));
             }
         };
@@ -60,7 +68,7 @@ impl Model for Faulty {
             name: self.name.clone(),
             version: "1".into(),
             inputs: vec![TensorSpec::new("x", Dtype::Fp32, &[-1, 1])],
-            outputs: vec![TensorSpec::new("y", Dtype::Fp32, &[-1, 1])],
+            outputs: vec![TensorSpec::new("y", Dtype::Fp32, &[-1, -1])],
             max_batch: 8,
         }
     }
@@ -85,6 +93,15 @@ impl Model for Faulty {
                     black_box(recurse(0));
                 }
                 Fault::WrongShape => rows += 1,
+                Fault::WrongDtype => {
+                    let y: Vec<i64> = values.iter().map(|&v| v as i64).collect();
+                    return Ok(vec![Tensor::from_i64("y", &[rows, 1], &y)]);
+                }
+                Fault::HugeOutput => {
+                    const WIDTH: u32 = 1 << 20;
+                    let y = vec![0.5f32; (rows * WIDTH) as usize];
+                    return Ok(vec![Tensor::from_f32("y", &[rows, WIDTH], &y)]);
+                }
             }
         }
         let mut y = values;
