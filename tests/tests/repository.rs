@@ -188,10 +188,21 @@ async fn a_removed_version_finishes_its_requests() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let versions = finish(stop, handles).await;
     assert!(versions.contains(&"2".to_string()) && versions.last().unwrap() == "1");
+    use sluice::proto::model_status::State;
     let models = server.models().await;
+    let ready: Vec<&str> = models
+        .iter()
+        .filter(|m| m.state == State::Ready as i32)
+        .map(|m| m.version.as_str())
+        .collect();
+    assert_eq!(ready, ["1"]);
+    let two = models
+        .iter()
+        .find(|m| m.version == "2")
+        .expect("version 2 is still listed");
     assert!(
-        models.iter().all(|m| m.version == "1"),
-        "version 2 is gone once drained"
+        [State::Draining as i32, State::Unloaded as i32].contains(&two.state),
+        "version 2 is draining or unloaded: {two:?}"
     );
     server.shutdown().await;
 }

@@ -214,6 +214,7 @@ fn state(m: &proto::ModelStatus) -> String {
         Ok(State::Loading) => "loading".into(),
         Ok(State::Failed) => format!("failed: {}", m.reason),
         Ok(State::Draining) => "draining".into(),
+        Ok(State::Unloaded) => "unloaded".into(),
         _ => "?".into(),
     }
 }

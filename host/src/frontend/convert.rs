@@ -213,6 +213,7 @@ pub fn entry_status(entry: &ModelEntry) -> proto::ModelStatus {
         ModelState::Ready => (State::Ready, ""),
         ModelState::Failed(reason) => (State::Failed, reason.as_str()),
         ModelState::Draining => (State::Draining, ""),
+        ModelState::Unloaded => (State::Unloaded, ""),
     };
     status.state = state as i32;
     status.reason = reason.to_string();

@@ -125,6 +125,7 @@ fn index_state(state: &ModelState) -> (&'static str, String) {
         ModelState::Ready => ("READY", String::new()),
         ModelState::Failed(reason) => ("UNAVAILABLE", reason.clone()),
         ModelState::Draining => ("UNLOADING", String::new()),
+        ModelState::Unloaded => ("UNAVAILABLE", "unloaded".into()),
     }
 }
 

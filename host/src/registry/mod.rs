@@ -160,6 +160,8 @@ pub enum ModelState {
     Failed(String),
     /// Unloaded, but requests it accepted are still being answered.
     Draining,
+    /// Unloaded and drained (the most recent ones are remembered).
+    Unloaded,
 }
 
 /// One row of [`Registry::list`].
@@ -174,6 +176,16 @@ pub struct ModelEntry {
     pub model: Option<Arc<Model>>,
     /// Whether requests without a version go to it.
     pub is_default: bool,
+}
+
+/// How many retired versions `list` remembers.
+const RETIRED_REMEMBERED: usize = 64;
+
+/// A version taken out of service.
+struct Retired {
+    name: String,
+    version: String,
+    model: Weak<Model>,
 }
 
 #[derive(Default)]
@@ -209,8 +221,9 @@ impl Versions {
 pub struct Registry {
     runtime: Arc<Runtime>,
     models: RwLock<BTreeMap<String, Versions>>,
-    /// Unloaded versions that may still be answering requests.
-    draining: Mutex<Vec<Weak<Model>>>,
+    /// Versions taken out of service, most recent last: draining while a request still holds
+    /// them, then unloaded.
+    retired: Mutex<Vec<Retired>>,
 }
 
 impl Registry {
@@ -219,7 +232,7 @@ impl Registry {
         Registry {
             runtime,
             models: RwLock::default(),
-            draining: Mutex::default(),
+            retired: Mutex::default(),
         }
     }
 
@@ -277,11 +290,16 @@ impl Registry {
         Ok(model)
     }
 
-    /// Keeps track of versions taken out of service until their last request is answered.
+    /// Remembers versions taken out of service, to list them as draining, then unloaded.
     fn drain(&self, models: Vec<Arc<Model>>) {
-        let mut draining = self.draining.lock().unwrap_or_else(|p| p.into_inner());
-        draining.retain(|m| m.strong_count() > 0);
-        draining.extend(models.iter().map(Arc::downgrade));
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.extend(models.iter().map(|m| Retired {
+            name: m.name.clone(),
+            version: m.version.clone(),
+            model: Arc::downgrade(m),
+        }));
+        let excess = retired.len().saturating_sub(RETIRED_REMEMBERED);
+        retired.drain(..excess);
     }
 
     /// The model `name` in `version`, or its default version.
@@ -383,7 +401,8 @@ impl Registry {
         Ok(labels)
     }
 
-    /// Every version the registry knows of: ready, loading, failed and draining, by name.
+    /// Every version the registry knows of: ready, loading, failed, then the recently
+    /// retired (draining or unloaded).
     pub fn list(&self) -> Vec<ModelEntry> {
         let mut entries = Vec::new();
         for (name, versions) in self.read().iter() {
@@ -417,13 +436,24 @@ impl Registry {
                 });
             }
         }
-        let draining = self.draining.lock().unwrap_or_else(|p| p.into_inner());
-        for model in draining.iter().filter_map(Weak::upgrade) {
+        let retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        for r in retired.iter() {
+            let model = r.model.upgrade();
+            let serving = entries.iter().any(|e| {
+                e.name == r.name && e.version == r.version && e.state == ModelState::Ready
+            });
+            if model.is_none() && serving {
+                continue; // replaced by a reload and drained: nothing to report
+            }
             entries.push(ModelEntry {
-                name: model.name.clone(),
-                version: model.version.clone(),
-                state: ModelState::Draining,
-                model: Some(model),
+                name: r.name.clone(),
+                version: r.version.clone(),
+                state: if model.is_some() {
+                    ModelState::Draining
+                } else {
+                    ModelState::Unloaded
+                },
+                model,
                 is_default: false,
             });
         }
