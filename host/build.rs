@@ -6,13 +6,15 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The components `sample-models/` produces (file stems): the models, and `wasi_hello`, a
-/// component that is not a model, for the load-refusal test.
+/// The components `sample-models/` produces (file stems): the models, and for the
+/// load-refusal tests `wasi_hello` (not a model) and `unknown_import` (imports what the host
+/// does not provide).
 const SAMPLE_COMPONENTS: &[&str] = &[
     "digits_logreg",
     "digits_mlp",
     "faulty",
     "fixed_cost",
+    "unknown_import",
     "wasi_hello",
 ];
 

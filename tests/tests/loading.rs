@@ -68,6 +68,25 @@ async fn bad_files_are_refused_with_the_reason() {
         "{}",
         status.message()
     );
+    // A model that also imports an interface the host does not provide.
+    let status = server
+        .client
+        .load_model(load(
+            Component::Wasm(sample_component("unknown_import")),
+            b"",
+            "",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .contains("imports an interface the host does not provide")
+            && status.message().contains("test:unknown/secrets"),
+        "{}",
+        status.message()
+    );
     let status = server
         .client
         .load_model(load(Component::Path("/no/such/file.wasm".into()), b"", ""))

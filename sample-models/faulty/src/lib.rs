@@ -1,9 +1,9 @@
 //! A model that misbehaves on purpose, so the tests can prove that a fault fails only its own
 //! request. Its config is the name of the fault (UTF-8): `loop`, `oom`, `panic`, `recursion`,
-//! `wrong-shape`, `wrong-dtype` or `huge-output`. It serves as `faulty-<fault>`, with input `x`
-//! FP32 `[-1, 1]` and output `y` FP32 `[-1, -1]`: it echoes `x`, except that a batch containing
-//! the value `1.0` triggers the fault. So a test can send a bad request and then a good one to
-//! the same model.
+//! `wrong-shape`, `wrong-dtype`, `huge-output` or `straggler`. It serves as `faulty-<fault>`,
+//! with input `x` FP32 `[-1, 1]` and output `y` FP32 `[-1, -1]`: it echoes `x`, except that a
+//! batch containing the value `1.0` triggers the fault. So a test can send a bad request and
+//! then a good one to the same model.
 
 use sluice_sdk::{Dtype, Model, ModelError, ModelInfo, Tensor, TensorSpec};
 use std::hint::black_box;
@@ -25,6 +25,8 @@ enum Fault {
     WrongDtype,
     /// Returns 1 Mi values (4 MiB) per row: valid, but larger than a sane response limit.
     HugeOutput,
+    /// Answers correctly, but only after 100 ms of work: slow only sometimes.
+    Straggler,
 }
 
 /// The configured faulty model.
@@ -50,10 +52,11 @@ impl Model for Faulty {
             "wrong-shape" => Fault::WrongShape,
             "wrong-dtype" => Fault::WrongDtype,
             "huge-output" => Fault::HugeOutput,
+            "straggler" => Fault::Straggler,
             other => {
                 return Err(ModelError::Internal(format!(
                     "unknown fault `{other}`; expected loop, oom, panic, recursion, wrong-shape, \
-                     wrong-dtype or huge-output"
+                     wrong-dtype, huge-output or straggler"
                 )));
             }
         };
@@ -96,6 +99,12 @@ impl Model for Faulty {
                 Fault::WrongDtype => {
                     let y: Vec<i64> = values.iter().map(|&v| v as i64).collect();
                     return Ok(vec![Tensor::from_i64("y", &[rows, 1], &y)]);
+                }
+                Fault::Straggler => {
+                    let started = std::time::Instant::now();
+                    while started.elapsed() < std::time::Duration::from_millis(100) {
+                        black_box(&values);
+                    }
                 }
                 Fault::HugeOutput => {
                     const WIDTH: u32 = 1 << 20;
