@@ -53,11 +53,15 @@ fn build_sample_models(manifest_dir: &Path, out_dir: &Path) {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo.join("target"));
     let wasm_target_dir = target_root.join("sample-models");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(cargo)
+    // The guests build with the toolchain pinned in rust-toolchain.toml, which has the
+    // wasm32-wasip2 target, whatever toolchain builds the host (nightly, for fuzzing): through
+    // the `cargo` on PATH (rustup's proxy), without the outer build's toolchain choice.
+    let output = Command::new("cargo")
         .current_dir(repo.join("sample-models"))
         .args(["build", "--release", "--target", "wasm32-wasip2"])
         .env("CARGO_TARGET_DIR", &wasm_target_dir)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
         // What the outer cargo sets for the host must not leak into the guest build.
         .env_remove("RUSTC_WRAPPER")
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
