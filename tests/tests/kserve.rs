@@ -78,42 +78,24 @@ async fn health_metadata_and_inference() {
             .into_inner()
             .ready
     );
-    let ready = |name: &str, version: &str| inference::ModelReadyRequest {
-        name: name.into(),
-        version: version.into(),
-    };
-    assert!(
-        kserve
-            .model_ready(ready("digits-mlp", ""))
+    for (name, version, expected) in [
+        ("digits-mlp", "", true),
+        ("digits-mlp", "1", true),
+        ("digits-mlp", "9", false),
+        ("nope", "", false),
+    ] {
+        let request = inference::ModelReadyRequest {
+            name: name.into(),
+            version: version.into(),
+        };
+        let ready = kserve
+            .model_ready(request)
             .await
             .unwrap()
             .into_inner()
-            .ready
-    );
-    assert!(
-        kserve
-            .model_ready(ready("digits-mlp", "1"))
-            .await
-            .unwrap()
-            .into_inner()
-            .ready
-    );
-    assert!(
-        !kserve
-            .model_ready(ready("digits-mlp", "9"))
-            .await
-            .unwrap()
-            .into_inner()
-            .ready
-    );
-    assert!(
-        !kserve
-            .model_ready(ready("nope", ""))
-            .await
-            .unwrap()
-            .into_inner()
-            .ready
-    );
+            .ready;
+        assert_eq!(ready, expected, "{name} {version:?}");
+    }
 
     let meta = kserve
         .server_metadata(inference::ServerMetadataRequest {})
