@@ -78,11 +78,6 @@ impl<T> DeadlineQueue<T> {
         self.heap.pop().map(|e| (e.deadline, e.item))
     }
 
-    /// The item that `pop` would return next.
-    pub fn peek(&self) -> Option<&T> {
-        self.heap.peek().map(|e| &e.item)
-    }
-
     /// Number of items waiting.
     pub fn len(&self) -> usize {
         self.heap.len()

@@ -214,15 +214,7 @@ impl GrpcInferenceService for KserveApi {
             .map(|t| input_tensor(t, raw.next()))
             .collect::<Result<Vec<_>, _>>()?;
         let wanted: Vec<String> = request.outputs.into_iter().map(|o| o.name).collect();
-        if let Some(unknown) = wanted
-            .iter()
-            .find(|name| !model.info.outputs.iter().any(|s| &s.name == *name))
-        {
-            return Err(Status::invalid_argument(format!(
-                "requested output `{unknown}` is not an output of model `{}`",
-                model.name
-            )));
-        }
+        super::check_requested_outputs(&model, wanted.iter().map(String::as_str))?;
         let outputs = super::predict(&model, inputs, None).await?;
         let mut response = inference::ModelInferResponse {
             model_name: model.name.clone(),

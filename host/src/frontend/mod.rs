@@ -82,6 +82,23 @@ pub(crate) fn authorize_admin<T>(
     check_admin(options, authorization, request.remote_addr())
 }
 
+/// Refuses requested outputs (KServe's `outputs`) that the model does not declare.
+pub(crate) fn check_requested_outputs<'a>(
+    model: &Model,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<(), Status> {
+    match names
+        .into_iter()
+        .find(|name| !model.info.outputs.iter().any(|s| s.name == *name))
+    {
+        Some(unknown) => Err(Status::invalid_argument(format!(
+            "requested output `{unknown}` is not an output of model `{}`",
+            model.name
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Runs a request on `model` (all protocols go through here), maps a failure to its status
 /// and records the request's metrics.
 pub(crate) async fn predict(

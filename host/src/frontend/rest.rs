@@ -78,21 +78,12 @@ pub fn router(registry: Arc<Registry>, options: FrontendOptions) -> Router {
             get(|| async { Json(json!({ "ready": true })) }),
         )
         .route("/v2", get(server_metadata))
-        .route("/v2/models/{name}", get(model_metadata))
-        .route(
-            "/v2/models/{name}/versions/{version}",
-            get(model_metadata_version),
-        )
-        .route("/v2/models/{name}/ready", get(model_ready))
-        .route(
-            "/v2/models/{name}/versions/{version}/ready",
-            get(model_ready_version),
-        )
+        .route("/v2/models/{name}", get(metadata))
+        .route("/v2/models/{name}/versions/{version}", get(metadata))
+        .route("/v2/models/{name}/ready", get(ready))
+        .route("/v2/models/{name}/versions/{version}/ready", get(ready))
         .route("/v2/models/{name}/infer", post(infer))
-        .route(
-            "/v2/models/{name}/versions/{version}/infer",
-            post(infer_version),
-        )
+        .route("/v2/models/{name}/versions/{version}/infer", post(infer))
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{name}/load", post(repository_load))
         .route("/metrics", get(metrics))
@@ -131,8 +122,18 @@ fn specs(specs: &[TensorSpec]) -> Value {
         .collect()
 }
 
-fn metadata(api: &Api, name: &str, version: Option<&str>) -> Result<Json<Value>> {
-    let model = api.registry.get(name, version).map_err(to_status)?;
+/// `/v2/models/{name}` or `/v2/models/{name}/versions/{version}`.
+#[derive(Deserialize)]
+struct ModelPath {
+    name: String,
+    version: Option<String>,
+}
+
+async fn metadata(State(api): State<Api>, Path(path): Path<ModelPath>) -> Result<Json<Value>> {
+    let model = api
+        .registry
+        .get(&path.name, path.version.as_deref())
+        .map_err(to_status)?;
     let versions = api.registry.ready_versions(&model.name);
     Ok(Json(json!({
         "name": model.name,
@@ -143,31 +144,11 @@ fn metadata(api: &Api, name: &str, version: Option<&str>) -> Result<Json<Value>>
     })))
 }
 
-async fn model_metadata(State(api): State<Api>, Path(name): Path<String>) -> Result<Json<Value>> {
-    metadata(&api, &name, None)
-}
-
-async fn model_metadata_version(
-    State(api): State<Api>,
-    Path((name, version)): Path<(String, String)>,
-) -> Result<Json<Value>> {
-    metadata(&api, &name, Some(&version))
-}
-
-fn ready(api: &Api, name: &str, version: Option<&str>) -> Result<Json<Value>> {
-    api.registry.get(name, version).map_err(to_status)?;
-    Ok(Json(json!({ "name": name, "ready": true })))
-}
-
-async fn model_ready(State(api): State<Api>, Path(name): Path<String>) -> Result<Json<Value>> {
-    ready(&api, &name, None)
-}
-
-async fn model_ready_version(
-    State(api): State<Api>,
-    Path((name, version)): Path<(String, String)>,
-) -> Result<Json<Value>> {
-    ready(&api, &name, Some(&version))
+async fn ready(State(api): State<Api>, Path(path): Path<ModelPath>) -> Result<Json<Value>> {
+    api.registry
+        .get(&path.name, path.version.as_deref())
+        .map_err(to_status)?;
+    Ok(Json(json!({ "name": path.name, "ready": true })))
 }
 
 #[derive(Deserialize)]
@@ -222,20 +203,11 @@ fn split_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<(&'a [u8], &'a 
 
 async fn infer(
     State(api): State<Api>,
-    Path(name): Path<String>,
+    Path(path): Path<ModelPath>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
-    run_infer(&api, &name, None, &headers, &body).await
-}
-
-async fn infer_version(
-    State(api): State<Api>,
-    Path((name, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response> {
-    run_infer(&api, &name, Some(&version), &headers, &body).await
+    run_infer(&api, &path.name, path.version.as_deref(), &headers, &body).await
 }
 
 async fn run_infer(
@@ -292,16 +264,7 @@ async fn run_infer(
         };
         inputs.push(super::convert::tensor_from_proto(tensor).map_err(bad_request)?);
     }
-    if let Some(unknown) = request
-        .outputs
-        .iter()
-        .find(|o| !model.info.outputs.iter().any(|s| s.name == o.name))
-    {
-        return Err(bad_request(format!(
-            "requested output `{}` is not an output of model `{}`",
-            unknown.name, model.name
-        )));
-    }
+    super::check_requested_outputs(&model, request.outputs.iter().map(|o| o.name.as_str()))?;
     let all_binary = flag(&request.parameters, "binary_data_output");
     let outputs = super::predict(&model, inputs, None).await?;
     let mut json_outputs = Vec::new();

@@ -236,11 +236,6 @@ impl Registry {
         }
     }
 
-    /// The runtime models run on.
-    pub fn runtime(&self) -> &Arc<Runtime> {
-        &self.runtime
-    }
-
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Versions>> {
         self.models.write().unwrap_or_else(|p| p.into_inner())
     }
