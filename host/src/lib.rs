@@ -7,6 +7,7 @@
 
 pub mod batching;
 pub mod bundled;
+pub mod cache;
 pub mod cli;
 pub mod compute;
 pub mod frontend;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod registry;
 pub mod repository;
 pub mod runtime;
+pub mod selection;
 pub mod tensor;
 
 /// Code generated from `proto/sluice/v1/sluice.proto`.

@@ -1,6 +1,7 @@
 //! Prometheus metrics, served as text at `/metrics` on the HTTP port: requests, failures by
 //! gRPC code, latency (total, queue, compute) and batch sizes per model, and replicas per
-//! model version. One process-wide registry, as Prometheus exporters usually have.
+//! model version; prediction-cache hits and misses per model; default outputs per
+//! application. One process-wide registry, as Prometheus exporters usually have.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
@@ -27,6 +28,8 @@ struct Metrics {
     compute_seconds: HistogramVec,
     batch_rows: HistogramVec,
     replicas: IntGaugeVec,
+    cache_lookups: IntCounterVec,
+    default_outputs: IntCounterVec,
 }
 
 fn histogram(name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
@@ -80,6 +83,23 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["model", "version"],
         )
         .expect("valid gauge"),
+        cache_lookups: IntCounterVec::new(
+            Opts::new(
+                "sluice_cache_lookups_total",
+                "Prediction-cache lookups per model, by result (hit, miss, coalesced)",
+            ),
+            &["model", "result"],
+        )
+        .expect("valid counter"),
+        default_outputs: IntCounterVec::new(
+            Opts::new(
+                "sluice_app_default_outputs_total",
+                "Rows answered with an application's default output, by reason \
+                 (no-answer, low-confidence)",
+            ),
+            &["app", "reason"],
+        )
+        .expect("valid counter"),
     };
     for collector in [
         Box::new(m.requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -89,6 +109,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(m.compute_seconds.clone()),
         Box::new(m.batch_rows.clone()),
         Box::new(m.replicas.clone()),
+        Box::new(m.cache_lookups.clone()),
+        Box::new(m.default_outputs.clone()),
     ] {
         m.registry.register(collector).expect("unique metric names");
     }
@@ -108,6 +130,41 @@ pub fn record_request(model: &str, elapsed: Duration, failure: Option<tonic::Cod
             .with_label_values(&[model, &format!("{code:?}")])
             .inc();
     }
+}
+
+/// Runs a request on `model` and records it (every protocol and the selection layer go
+/// through here).
+pub async fn predict_recorded(
+    model: &crate::registry::Model,
+    inputs: Vec<crate::runtime::Tensor>,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<Vec<crate::runtime::Tensor>, crate::registry::RegistryError> {
+    let started = std::time::Instant::now();
+    let result = model.predict(inputs, deadline).await;
+    let failure = result.as_ref().err().map(crate::frontend::status::code);
+    record_request(&model.name, started.elapsed(), failure);
+    result
+}
+
+/// Records a prediction-cache lookup for `model`.
+pub fn record_cache(model: &str, lookup: crate::cache::Lookup) {
+    let result = match lookup {
+        crate::cache::Lookup::Hit => "hit",
+        crate::cache::Lookup::Miss => "miss",
+        crate::cache::Lookup::Coalesced => "coalesced",
+    };
+    METRICS
+        .cache_lookups
+        .with_label_values(&[model, result])
+        .inc();
+}
+
+/// Records a row answered with `app`'s default output, and why.
+pub fn record_default_output(app: &str, reason: &str) {
+    METRICS
+        .default_outputs
+        .with_label_values(&[app, reason])
+        .inc();
 }
 
 /// Records one batch: its rows, how long it ran, and how long each request in it waited.

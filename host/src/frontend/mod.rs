@@ -99,21 +99,16 @@ pub(crate) fn check_requested_outputs<'a>(
     }
 }
 
-/// Runs a request on `model` (all protocols go through here), maps a failure to its status
-/// and records the request's metrics.
+/// Runs a request on `model` (all protocols go through here), records it, and maps a failure
+/// to its status.
 pub(crate) async fn predict(
     model: &Model,
     inputs: Vec<Tensor>,
     deadline: Option<tokio::time::Instant>,
 ) -> Result<Vec<Tensor>, Status> {
-    let started = std::time::Instant::now();
-    let result = model
-        .predict(inputs, deadline)
+    crate::metrics::predict_recorded(model, inputs, deadline)
         .await
-        .map_err(status::to_status);
-    let failure = result.as_ref().err().map(Status::code);
-    crate::metrics::record_request(&model.name, started.elapsed(), failure);
-    result
+        .map_err(status::to_status)
 }
 
 /// Serves on `listener` until `shutdown` resolves, then finishes in-flight calls and returns.

@@ -7,7 +7,12 @@ use tonic::{Code, Status};
 
 /// The status a registry error is answered with.
 pub fn to_status(error: RegistryError) -> Status {
-    let code = match &error {
+    Status::new(code(&error), error.to_string())
+}
+
+/// The gRPC code of a registry error.
+pub fn code(error: &RegistryError) -> Code {
+    match error {
         RegistryError::ModelNotFound(_) | RegistryError::VersionNotFound { .. } => Code::NotFound,
         RegistryError::InvalidInput { .. } => Code::InvalidArgument,
         RegistryError::Call { error, .. } => match error {
@@ -25,8 +30,7 @@ pub fn to_status(error: RegistryError) -> Status {
             LoadError::Io(_) => Code::Internal,
             _ => Code::InvalidArgument,
         },
-    };
-    Status::new(code, error.to_string())
+    }
 }
 
 #[cfg(test)]
