@@ -10,7 +10,7 @@ use anyhow::{Context, Result, anyhow};
 use std::path::PathBuf;
 use tonic::transport::Channel;
 
-async fn connect(server: &ServerArgs) -> Result<SluiceClient<Channel>> {
+pub(super) async fn connect(server: &ServerArgs) -> Result<SluiceClient<Channel>> {
     let client = SluiceClient::connect(server.server.clone())
         .await
         .with_context(|| format!("cannot reach the sluice server at {}", server.server))?;
@@ -20,7 +20,7 @@ async fn connect(server: &ServerArgs) -> Result<SluiceClient<Channel>> {
 }
 
 /// Wraps an admin call's message, adding the token if one was given.
-fn admin_request<T>(message: T, server: &ServerArgs) -> Result<tonic::Request<T>> {
+pub(super) fn admin_request<T>(message: T, server: &ServerArgs) -> Result<tonic::Request<T>> {
     let mut request = tonic::Request::new(message);
     if let Some(token) = &server.token {
         let value = format!("Bearer {token}")
@@ -32,7 +32,7 @@ fn admin_request<T>(message: T, server: &ServerArgs) -> Result<tonic::Request<T>
 }
 
 /// The server's refusal, as an error with its code and message.
-fn refused(status: tonic::Status) -> anyhow::Error {
+pub(super) fn refused(status: tonic::Status) -> anyhow::Error {
     anyhow!(
         "the server answered {:?}: {}",
         status.code(),

@@ -1,8 +1,10 @@
-//! The `sluice` command line: `serve` runs a server; `load`, `unload`, `models` and `predict`
-//! talk to one over gRPC; `inspect` looks inside a component file locally.
+//! The `sluice` command line: `serve` runs a server; `load`, `unload`, `models`, `predict`,
+//! `apps`, `feedback` and `bench` talk to one over gRPC; `inspect` looks inside a component
+//! file locally.
 //!
 //! Exit codes: 0 success, 1 failure (the message says why), 2 bad usage.
 
+mod apps;
 mod bench;
 mod client;
 mod inspect;
@@ -30,6 +32,36 @@ struct ServerArgs {
     /// Admin token, sent as `authorization: Bearer <token>` (needed when the server has one).
     #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+}
+
+/// Where a command's JSON inputs come from: {"inputs": [{"name", "datatype", "shape", "data"}]}.
+#[derive(Debug, clap::Args)]
+struct InputArgs {
+    /// The inputs as a JSON string.
+    #[arg(
+        long,
+        conflicts_with = "input_file",
+        required_unless_present = "input_file"
+    )]
+    input: Option<String>,
+    /// A file holding the inputs as JSON (`-` for stdin).
+    #[arg(long)]
+    input_file: Option<PathBuf>,
+}
+
+impl InputArgs {
+    /// The JSON text.
+    fn read(self) -> anyhow::Result<String> {
+        match (self.input, self.input_file) {
+            (Some(text), _) => Ok(text),
+            (None, Some(path)) if path.as_os_str() == "-" => {
+                Ok(std::io::read_to_string(std::io::stdin())?)
+            }
+            (None, Some(path)) => std::fs::read_to_string(&path)
+                .map_err(|e| anyhow::anyhow!("reading inputs from {}: {e}", path.display())),
+            (None, None) => unreachable!("clap requires --input or --input-file"),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,22 +101,28 @@ enum Command {
         server: ServerArgs,
         /// The model's name.
         model: String,
-        /// The inputs as a JSON string.
-        #[arg(
-            long,
-            conflicts_with = "input_file",
-            required_unless_present = "input_file"
-        )]
-        input: Option<String>,
-        /// A file holding the inputs as JSON (`-` for stdin).
-        #[arg(long)]
-        input_file: Option<PathBuf>,
+        #[command(flatten)]
+        input: InputArgs,
         /// A version of the model (default: its default version).
         #[arg(long)]
         version: Option<String>,
         /// The request's deadline in milliseconds (default: the model's SLO).
         #[arg(long, default_value_t = 0)]
         timeout_ms: u64,
+    },
+    /// List applications, or register, change, query or inspect one.
+    Apps {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(subcommand)]
+        action: Option<apps::AppsAction>,
+    },
+    /// Give the true labels of a query on an application, so its policy learns.
+    Feedback {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        feedback: apps::FeedbackArgs,
     },
     /// Show a component's imports, exports and model info without serving it.
     Inspect(inspect::InspectArgs),
@@ -181,21 +219,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             server,
             model,
             input,
-            input_file,
             version,
             timeout_ms,
-        } => {
-            let text = match (input, input_file) {
-                (Some(text), _) => text,
-                (None, Some(path)) if path.as_os_str() == "-" => {
-                    std::io::read_to_string(std::io::stdin())?
-                }
-                (None, Some(path)) => std::fs::read_to_string(&path)
-                    .map_err(|e| anyhow::anyhow!("reading inputs from {}: {e}", path.display()))?,
-                (None, None) => unreachable!("clap requires --input or --input-file"),
-            };
-            client::predict(&server, &model, version, timeout_ms, &text).await
-        }
+        } => client::predict(&server, &model, version, timeout_ms, &input.read()?).await,
+        Command::Apps { server, action } => apps::run(&server, action).await,
+        Command::Feedback { server, feedback } => apps::feedback(&server, feedback).await,
         Command::Inspect(args) => inspect::run(args).await,
         Command::InitRepo { dir, replicas } => {
             crate::bundled::write_sample_repository(&dir, replicas)

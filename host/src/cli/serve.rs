@@ -1,12 +1,15 @@
 //! `sluice serve`: build the runtime, load the bundled sample models (unless told not to),
-//! serve gRPC until Ctrl-C or SIGTERM, then drain in-flight calls.
+//! open the applications and their learned state, serve gRPC and HTTP until Ctrl-C or SIGTERM,
+//! then drain in-flight calls.
 
 use crate::batching::BatchingConfig;
 use crate::bundled::write_sample_repository;
+use crate::cache::PredictionCache;
 use crate::frontend::{self, FrontendOptions};
 use crate::registry::Registry;
 use crate::repository::Repository;
 use crate::runtime::{ModelLimits, Runtime, RuntimeConfig};
+use crate::selection::{Applications, Store};
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -49,6 +52,17 @@ pub(super) struct ServeArgs {
     /// Default latency objective in milliseconds (adaptive batching keeps batches under it).
     #[arg(long, default_value_t = 100)]
     slo_ms: u64,
+    /// Directory of the durable store of applications and what they learned
+    /// (default: $XDG_DATA_HOME/sluice or ~/.local/share/sluice).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Keep applications and selection state in memory only (lost when the server stops).
+    #[arg(long, conflicts_with = "state_dir")]
+    no_state: bool,
+    /// Memory for the prediction cache, in MiB (0: no caching, identical in-flight queries
+    /// are still coalesced).
+    #[arg(long, default_value_t = 64)]
+    cache_mib: usize,
     /// Allow admin calls from any peer that presents this token (default: loopback only).
     #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -110,6 +124,22 @@ pub(super) async fn run(args: ServeArgs) -> Result<()> {
         }
         repository = Some(repo);
     }
+    let store = if args.no_state {
+        Store::in_memory()
+    } else {
+        let dir = args.state_dir.or_else(default_state_dir).context(
+            "no --state-dir given and no home directory; pass --state-dir or --no-state",
+        )?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating the state directory {}", dir.display()))?;
+        Store::open(&dir.join(STATE_FILE))?
+    };
+    let cache = Arc::new(PredictionCache::new(args.cache_mib << 20));
+    let applications = Applications::open(registry.clone(), cache, store)?;
+    tracing::info!(
+        applications = applications.list().len(),
+        "applications restored"
+    );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -133,6 +163,7 @@ pub(super) async fn run(args: ServeArgs) -> Result<()> {
         default_limits,
         default_batching,
         repository,
+        applications: Some(Arc::new(applications)),
     };
     // One signal stops both servers; each finishes its in-flight requests.
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -153,6 +184,17 @@ pub(super) async fn run(args: ServeArgs) -> Result<()> {
     http.await.context("the HTTP server task failed")??;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The store's file name inside the state directory.
+const STATE_FILE: &str = "state.redb";
+
+/// `$XDG_DATA_HOME/sluice`, else `~/.local/share/sluice`.
+fn default_state_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .map(|dir| dir.join("sluice"))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -1,29 +1,56 @@
-//! The `sluice.v1.Sluice` service: predict, list, load and unload.
+//! The `sluice.v1.Sluice` service: models (predict, list, load, unload, scale, versions) and
+//! applications (register, link, predict through selection, feedback, state).
 
+use super::apps::{
+    answer_to_proto, application_from_proto, application_to_proto, state_to_proto, value_from_proto,
+};
 use super::convert::{
     batching_from_proto, entry_status, limits_from_proto, model_status, tensor_from_proto,
     tensor_to_proto,
 };
-use super::status::to_status;
+use super::status::{selection_status, to_status};
 use super::{FrontendOptions, authorize_admin};
 use crate::proto::{self, load_model_request::Component, sluice_server::Sluice};
 use crate::registry::{LoadRequest, Registry};
+use crate::runtime::Tensor;
+use crate::selection::Applications;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 pub(super) struct SluiceApi {
     registry: Arc<Registry>,
+    applications: Arc<Applications>,
     options: FrontendOptions,
 }
 
 impl SluiceApi {
     pub(super) fn new(registry: Arc<Registry>, options: FrontendOptions) -> Self {
-        SluiceApi { registry, options }
+        SluiceApi {
+            registry,
+            applications: options.applications(),
+            options,
+        }
     }
 }
 
 fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
+}
+
+fn tensors_from_proto(tensors: Vec<proto::Tensor>) -> Result<Vec<Tensor>, Status> {
+    tensors
+        .into_iter()
+        .map(tensor_from_proto)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Status::invalid_argument)
+}
+
+fn required<'a>(value: &'a str, field: &str) -> Result<&'a str, Status> {
+    if value.is_empty() {
+        Err(Status::invalid_argument(format!("{field}: required")))
+    } else {
+        Ok(value)
+    }
 }
 
 #[tonic::async_trait]
@@ -43,12 +70,7 @@ impl Sluice for SluiceApi {
                 Some(request.version.as_str()).filter(|v| !v.is_empty()),
             )
             .map_err(to_status)?;
-        let inputs = request
-            .inputs
-            .into_iter()
-            .map(tensor_from_proto)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(Status::invalid_argument)?;
+        let inputs = tensors_from_proto(request.inputs)?;
         let deadline = (request.timeout_ms > 0).then(|| {
             tokio::time::Instant::now() + std::time::Duration::from_millis(request.timeout_ms)
         });
@@ -159,5 +181,167 @@ impl Sluice for SluiceApi {
             .set_default_version(&request.name, version.as_deref())
             .map_err(to_status)?;
         Ok(Response::new(proto::SetDefaultVersionResponse {}))
+    }
+
+    async fn register_application(
+        &self,
+        request: Request<proto::RegisterApplicationRequest>,
+    ) -> Result<Response<proto::RegisterApplicationResponse>, Status> {
+        authorize_admin(&self.options, &request)?;
+        let spec = application_from_proto(request.into_inner().application)
+            .map_err(Status::invalid_argument)?;
+        let application = application_to_proto(&spec);
+        self.applications
+            .register(spec)
+            .await
+            .map_err(selection_status)?;
+        Ok(Response::new(proto::RegisterApplicationResponse {
+            application: Some(application),
+        }))
+    }
+
+    async fn link_model(
+        &self,
+        request: Request<proto::LinkModelRequest>,
+    ) -> Result<Response<proto::LinkModelResponse>, Status> {
+        authorize_admin(&self.options, &request)?;
+        let request = request.into_inner();
+        let spec = self
+            .applications
+            .link(
+                required(&request.app, "app")?,
+                required(&request.model, "model")?,
+            )
+            .await
+            .map_err(selection_status)?;
+        Ok(Response::new(proto::LinkModelResponse {
+            application: Some(application_to_proto(&spec)),
+        }))
+    }
+
+    async fn unlink_model(
+        &self,
+        request: Request<proto::UnlinkModelRequest>,
+    ) -> Result<Response<proto::UnlinkModelResponse>, Status> {
+        authorize_admin(&self.options, &request)?;
+        let request = request.into_inner();
+        let spec = self
+            .applications
+            .unlink(
+                required(&request.app, "app")?,
+                required(&request.model, "model")?,
+            )
+            .await
+            .map_err(selection_status)?;
+        Ok(Response::new(proto::UnlinkModelResponse {
+            application: Some(application_to_proto(&spec)),
+        }))
+    }
+
+    async fn list_applications(
+        &self,
+        _request: Request<proto::ListApplicationsRequest>,
+    ) -> Result<Response<proto::ListApplicationsResponse>, Status> {
+        let applications = self
+            .applications
+            .list()
+            .iter()
+            .map(application_to_proto)
+            .collect();
+        Ok(Response::new(proto::ListApplicationsResponse {
+            applications,
+        }))
+    }
+
+    async fn delete_application(
+        &self,
+        request: Request<proto::DeleteApplicationRequest>,
+    ) -> Result<Response<proto::DeleteApplicationResponse>, Status> {
+        authorize_admin(&self.options, &request)?;
+        let request = request.into_inner();
+        self.applications
+            .delete(required(&request.app, "app")?)
+            .await
+            .map_err(selection_status)?;
+        Ok(Response::new(proto::DeleteApplicationResponse {}))
+    }
+
+    async fn predict_app(
+        &self,
+        request: Request<proto::PredictAppRequest>,
+    ) -> Result<Response<proto::PredictAppResponse>, Status> {
+        let request = request.into_inner();
+        let app = required(&request.app, "app")?;
+        let inputs = tensors_from_proto(request.inputs)?;
+        let answer = self
+            .applications
+            .predict(app, &request.user_id, inputs, request.bypass_cache)
+            .await
+            .map_err(selection_status)?;
+        Ok(Response::new(answer_to_proto(answer)))
+    }
+
+    async fn feedback(
+        &self,
+        request: Request<proto::FeedbackRequest>,
+    ) -> Result<Response<proto::FeedbackResponse>, Status> {
+        let request = request.into_inner();
+        let app = required(&request.app, "app")?;
+        let inputs = tensors_from_proto(request.inputs)?;
+        let labels = request
+            .labels
+            .into_iter()
+            .enumerate()
+            .map(|(i, label)| value_from_proto(Some(label), &format!("labels[{i}]")))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Status::invalid_argument)?;
+        let outcome = self
+            .applications
+            .feedback(app, &request.user_id, inputs, labels)
+            .await
+            .map_err(selection_status)?;
+        Ok(Response::new(proto::FeedbackResponse {
+            losses: outcome
+                .losses
+                .into_iter()
+                .map(|(model, loss)| proto::ModelLoss { model, loss })
+                .collect(),
+            chosen: outcome.chosen,
+            state: Some(state_to_proto(
+                &outcome.spec,
+                &request.user_id,
+                &outcome.state,
+            )),
+        }))
+    }
+
+    async fn get_selection_state(
+        &self,
+        request: Request<proto::GetSelectionStateRequest>,
+    ) -> Result<Response<proto::GetSelectionStateResponse>, Status> {
+        let request = request.into_inner();
+        let app = required(&request.app, "app")?;
+        let (spec, state) = self
+            .applications
+            .selection_state(app, &request.user_id)
+            .await
+            .map_err(selection_status)?;
+        Ok(Response::new(proto::GetSelectionStateResponse {
+            state: Some(state_to_proto(&spec, &request.user_id, &state)),
+        }))
+    }
+
+    async fn reset_selection_state(
+        &self,
+        request: Request<proto::ResetSelectionStateRequest>,
+    ) -> Result<Response<proto::ResetSelectionStateResponse>, Status> {
+        authorize_admin(&self.options, &request)?;
+        let request = request.into_inner();
+        let user = (!request.all_users).then_some(request.user_id.as_str());
+        self.applications
+            .reset(required(&request.app, "app")?, user)
+            .await
+            .map_err(selection_status)?;
+        Ok(Response::new(proto::ResetSelectionStateResponse {}))
     }
 }

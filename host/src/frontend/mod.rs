@@ -4,6 +4,7 @@
 //! tools work).
 
 mod api;
+pub mod apps;
 pub mod convert;
 pub mod json;
 pub mod kserve;
@@ -17,6 +18,7 @@ use crate::registry::{Model, Registry};
 use crate::repository::Repository;
 use crate::runtime::ModelLimits;
 use crate::runtime::Tensor;
+use crate::selection::{Applications, Store};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +42,33 @@ pub struct FrontendOptions {
     /// The model repository, if the server has one (for the repository extension's
     /// load and unload).
     pub repository: Option<Arc<Repository>>,
+    /// Applications and their selection state; `None` gives the server a fresh in-memory set
+    /// (nothing persisted) with a 64 MiB prediction cache.
+    pub applications: Option<Arc<Applications>>,
+}
+
+/// The prediction cache of servers that were given no applications.
+const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
+impl FrontendOptions {
+    /// These options with `applications` set (to an in-memory set if it was `None`), so that
+    /// every protocol of one server shares one set.
+    pub fn with_applications(mut self, registry: &Arc<Registry>) -> FrontendOptions {
+        if self.applications.is_none() {
+            let cache = Arc::new(crate::cache::PredictionCache::new(DEFAULT_CACHE_BYTES));
+            let applications = Applications::open(registry.clone(), cache, Store::in_memory())
+                .expect("an empty in-memory store opens");
+            self.applications = Some(Arc::new(applications));
+        }
+        self
+    }
+
+    /// The applications (see [`FrontendOptions::with_applications`]).
+    pub(crate) fn applications(&self) -> Arc<Applications> {
+        self.applications
+            .clone()
+            .expect("set by with_applications before serving")
+    }
 }
 
 /// Admin calls load code into the server: they are accepted from loopback peers, or, when the
@@ -118,6 +147,7 @@ pub async fn serve(
     options: FrontendOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
+    let options = options.with_applications(&registry);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<SluiceServer<api::SluiceApi>>()
@@ -163,6 +193,7 @@ impl RunningServer {
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let options = options.with_applications(&registry);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, registry, options, async {
             let _ = stopped.await;

@@ -3,6 +3,7 @@
 
 use crate::registry::RegistryError;
 use crate::runtime::{CallError, LoadError};
+use crate::selection::{SelectionError, StoreError};
 use tonic::{Code, Status};
 
 /// The status a registry error is answered with.
@@ -31,6 +32,20 @@ pub fn code(error: &RegistryError) -> Code {
             _ => Code::InvalidArgument,
         },
     }
+}
+
+/// The status a selection (application) error is answered with.
+pub fn selection_status(error: SelectionError) -> Status {
+    let code = match &error {
+        SelectionError::AppNotFound(_) | SelectionError::NotLinked { .. } => Code::NotFound,
+        SelectionError::AppExists(_) | SelectionError::AlreadyLinked { .. } => Code::AlreadyExists,
+        SelectionError::InvalidArgument(_) => Code::InvalidArgument,
+        SelectionError::NoModels(_) => Code::FailedPrecondition,
+        SelectionError::Registry(registry) => code(registry),
+        SelectionError::Store(StoreError::InUse(_)) => Code::Unavailable,
+        SelectionError::Store(_) => Code::Internal,
+    };
+    Status::new(code, error.to_string())
 }
 
 #[cfg(test)]

@@ -40,9 +40,24 @@ pub enum SelectionError {
     /// Registering a name that exists.
     #[error("application `{0}` is already registered")]
     AppExists(String),
-    /// A link that exists already, or is not there to remove.
-    #[error("{0}")]
-    Link(String),
+    /// Linking a model that is linked already.
+    #[error("model `{model}` is already linked to application `{app}`")]
+    AlreadyLinked {
+        /// The application.
+        app: String,
+        /// The link.
+        model: String,
+    },
+    /// Unlinking a model that is not linked.
+    #[error("model `{model}` is not linked to application `{app}` (linked: {linked:?})")]
+    NotLinked {
+        /// The application.
+        app: String,
+        /// The link.
+        model: String,
+        /// What is linked.
+        linked: Vec<String>,
+    },
     /// The request is malformed; the message starts with the field.
     #[error("{0}")]
     InvalidArgument(String),
@@ -96,6 +111,8 @@ pub struct AppAnswer {
 /// What feedback did.
 #[derive(Clone, Debug)]
 pub struct FeedbackOutcome {
+    /// The application as it was when the feedback was applied.
+    pub spec: ApplicationSpec,
     /// Each linked model's mean loss over the rows (`None` where it failed).
     pub losses: Vec<(String, Option<f64>)>,
     /// The models that had answered the judged query (the ones a bandit learns about).
@@ -122,8 +139,25 @@ pub struct Applications {
     recent: Mutex<lru::LruCache<(String, String, InputDigest), Vec<String>>>,
 }
 
+/// Why a model gave no answer.
+#[derive(Clone, Debug)]
+enum Failure {
+    /// The model refused the request's inputs (the request's fault).
+    BadRequest(String),
+    /// The model failed, or its answer could not be read.
+    Model(String),
+}
+
+impl Failure {
+    fn message(&self) -> &str {
+        match self {
+            Failure::BadRequest(m) | Failure::Model(m) => m,
+        }
+    }
+}
+
 /// A model's answer as predictions per row, or why there is none.
-type ModelAnswer = Result<Vec<Prediction>, String>;
+type ModelAnswer = Result<Vec<Prediction>, Failure>;
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
@@ -241,9 +275,10 @@ impl Applications {
     pub async fn link(&self, app: &str, model: &str) -> Result<ApplicationSpec, SelectionError> {
         let current = self.app(app)?;
         if current.spec.models.iter().any(|m| m == model) {
-            return Err(SelectionError::Link(format!(
-                "model `{model}` is already linked to application `{app}`"
-            )));
+            return Err(SelectionError::AlreadyLinked {
+                app: app.to_string(),
+                model: model.to_string(),
+            });
         }
         let mut spec = current.spec.clone();
         spec.models.push(model.to_string());
@@ -263,10 +298,11 @@ impl Applications {
         let before = spec.models.len();
         spec.models.retain(|m| m != model);
         if spec.models.len() == before {
-            return Err(SelectionError::Link(format!(
-                "model `{model}` is not linked to application `{app}` (linked: {:?})",
-                current.spec.models
-            )));
+            return Err(SelectionError::NotLinked {
+                app: app.to_string(),
+                model: model.to_string(),
+                linked: current.spec.models.clone(),
+            });
         }
         spec.validate().map_err(SelectionError::InvalidArgument)?;
         self.commit(spec.clone(), Some(current.rng.clone())).await?;
@@ -304,18 +340,18 @@ impl Applications {
             .clone())
     }
 
-    /// The selection state of `(app, user)` (user empty: the application-wide state), with
-    /// every linked model present.
+    /// The application and the selection state of `(app, user)` (user empty: the
+    /// application-wide state), with every linked model present.
     pub async fn selection_state(
         &self,
         app: &str,
         user: &str,
-    ) -> Result<SelectionState, SelectionError> {
+    ) -> Result<(ApplicationSpec, SelectionState), SelectionError> {
         let spec = self.app(app)?.spec.clone();
         let shared = self.state(app, user).await?;
         let mut state = shared.lock().await.clone();
         state.sync(&spec.models);
-        Ok(state)
+        Ok((spec, state))
     }
 
     /// Forgets what was learned for one user of `app`, or for all of them (`None`).
@@ -377,6 +413,20 @@ impl Applications {
             }
         };
         let _ = tokio::time::timeout_at(deadline, collect).await;
+        // Every model refused the inputs: the request is malformed, not the models.
+        let refusals: Vec<&str> = answers
+            .iter()
+            .filter_map(|a| match a {
+                Some((Err(Failure::BadRequest(m)), _)) => Some(m.as_str()),
+                _ => None,
+            })
+            .collect();
+        if refusals.len() == answers.len() {
+            return Err(SelectionError::InvalidArgument(format!(
+                "inputs: {}",
+                refusals.join("; ")
+            )));
+        }
         Ok(self.combine(spec, &state, &chosen_links, answers, rows))
     }
 
@@ -397,7 +447,7 @@ impl Applications {
         async move {
             let model = match model {
                 Ok(model) => model,
-                Err(e) => return (Err(e.to_string()), Lookup::Miss),
+                Err(e) => return (Err(Failure::Model(e.to_string())), Lookup::Miss),
             };
             let key = CacheKey {
                 model: model.name.clone(),
@@ -411,8 +461,17 @@ impl Applications {
                 .await;
             crate::metrics::record_cache(&model.name, lookup);
             let answer = result
-                .map_err(|e| e.to_string())
-                .and_then(|outputs| read_predictions(&outputs, &output, kind, rows));
+                .map_err(|e| match &*e {
+                    RegistryError::InvalidInput { .. }
+                    | RegistryError::Call {
+                        error: crate::runtime::CallError::RejectedInput(_),
+                        ..
+                    } => Failure::BadRequest(e.to_string()),
+                    _ => Failure::Model(e.to_string()),
+                })
+                .and_then(|outputs| {
+                    read_predictions(&outputs, &output, kind, rows).map_err(Failure::Model)
+                });
             (answer, lookup)
         }
     }
@@ -436,10 +495,10 @@ impl Applications {
                     answered.push(link.clone());
                     per_model.push(Some(predictions));
                 }
-                Some((Err(reason), _)) => {
+                Some((Err(failure), _)) => {
                     missing.push(MissingModel {
                         model: link.clone(),
-                        reason: format!("failed: {reason}"),
+                        reason: format!("failed: {}", failure.message()),
                     });
                     per_model.push(None);
                 }
@@ -587,6 +646,7 @@ impl Applications {
         blocking(move || store.put_state(&a, &u, &stored)).await?;
         *live = next.clone();
         Ok(FeedbackOutcome {
+            spec: spec.clone(),
             losses: spec.models.iter().cloned().zip(losses).collect(),
             chosen: chosen.iter().map(|&i| spec.models[i].clone()).collect(),
             state: next,

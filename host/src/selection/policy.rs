@@ -69,16 +69,23 @@ pub enum PolicyConfig {
     },
 }
 
+/// Exp3's default learning rate.
+pub const EXP3_ETA: f64 = 0.1;
+/// Exp3's default exploration share.
+pub const EXP3_GAMMA: f64 = 0.05;
+/// Exp4's default learning rate.
+pub const EXP4_ETA: f64 = 0.2;
+/// Epsilon-greedy's default exploration probability.
+pub const EPSILON: f64 = 0.1;
+
 impl PolicyConfig {
-    /// Exp3 with η = 0.1, γ = 0.05.
+    /// Exp3 with its default parameters.
     pub const EXP3_DEFAULT: PolicyConfig = PolicyConfig::Exp3 {
-        eta: 0.1,
-        gamma: 0.05,
+        eta: EXP3_ETA,
+        gamma: EXP3_GAMMA,
     };
-    /// Exp4 with η = 0.2.
-    pub const EXP4_DEFAULT: PolicyConfig = PolicyConfig::Exp4 { eta: 0.2 };
-    /// Epsilon-greedy with ε = 0.1.
-    pub const EPSILON_GREEDY_DEFAULT: PolicyConfig = PolicyConfig::EpsilonGreedy { epsilon: 0.1 };
+    /// Exp4 with its default learning rate.
+    pub const EXP4_DEFAULT: PolicyConfig = PolicyConfig::Exp4 { eta: EXP4_ETA };
 
     /// Checks the parameters' ranges; the error names the parameter.
     pub fn validate(&self, linked: &[String]) -> Result<(), String> {
