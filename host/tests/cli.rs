@@ -21,8 +21,17 @@ struct Server {
     url: String,
 }
 
+/// An empty directory under the test target folder.
+fn fresh_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 impl Server {
-    fn start() -> Server {
+    /// Serves the bundled samples, keeping applications and learned state in `state_dir`.
+    fn start(state_dir: &Path) -> Server {
         let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
         let mut child = Command::new(SLUICE)
             .args([
@@ -35,6 +44,8 @@ impl Server {
             .args(["--sample-replicas", "1"])
             .arg("--cache-dir")
             .arg(&cache)
+            .arg("--state-dir")
+            .arg(state_dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -90,7 +101,7 @@ fn stdout(output: &Output) -> String {
 
 #[test]
 fn serve_then_list_predict_load_inspect_unload() {
-    let mut server = Server::start();
+    let mut server = Server::start(&fresh_dir("cli-state"));
 
     let models = stdout(&server.run(&["models"]));
     assert!(
@@ -264,4 +275,86 @@ fn init_repo_writes_the_samples_as_a_repository() {
 fn usage_errors_exit_with_2() {
     let output = Command::new(SLUICE).args(["predict"]).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
+}
+
+/// The feedback count `sluice apps state APP` reports.
+fn feedback_count(server: &Server, app: &str) -> u64 {
+    let state = stdout(&server.run(&["apps", "state", app]));
+    let first = state.lines().next().unwrap();
+    first
+        .split(": ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected state line {first:?}"))
+}
+
+#[test]
+fn applications_and_acknowledged_feedback_survive_kill_9() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let state_dir = fresh_dir("cli-kill-state");
+    let mut server = Server::start(&state_dir);
+    let created = stdout(&server.run(&[
+        "apps",
+        "create",
+        "digits",
+        "--models",
+        "digits-logreg,digits-mlp",
+        "--policy",
+        "exp4",
+        "--slo-ms",
+        "1000",
+    ]));
+    assert!(created.contains("exp4"), "{created}");
+    let input = repo_file("docs/examples/digit-0.json");
+    let predicted = stdout(&server.run(&[
+        "apps",
+        "predict",
+        "digits",
+        "--input-file",
+        input.to_str().unwrap(),
+    ]));
+    assert!(predicted.contains("\"value\": 0"), "{predicted}");
+    // Feedback in a loop, counting acknowledgements, while the server is killed.
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let url = server.url.clone();
+    let sender = {
+        let (acknowledged, stop) = (acknowledged.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let status = Command::new(SLUICE)
+                    .args(["feedback", "digits", "--label", "0", "--input-file"])
+                    .arg(&input)
+                    .env("SLUICE_SERVER", &url)
+                    .output()
+                    .unwrap()
+                    .status;
+                if !status.success() {
+                    break;
+                }
+                acknowledged.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    while acknowledged.load(Ordering::SeqCst) < 5 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    server.child.kill().unwrap(); // SIGKILL: no drain, no flush
+    server.child.wait().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    sender.join().unwrap();
+    let acknowledged = acknowledged.load(Ordering::SeqCst);
+    let mut restarted = Server::start(&state_dir);
+    let apps = stdout(&restarted.run(&["apps"]));
+    assert!(apps.contains("digits-logreg, digits-mlp"), "{apps}");
+    let restored = feedback_count(&restarted, "digits");
+    // Every acknowledged event is there; one more may have committed just before the kill
+    // without its acknowledgement reaching the client.
+    assert!(
+        restored == acknowledged || restored == acknowledged + 1,
+        "{acknowledged} acknowledged, {restored} restored"
+    );
+    assert!(restarted.stop().success());
 }

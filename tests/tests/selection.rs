@@ -213,7 +213,10 @@ async fn exp4_feedback_moves_weight_to_the_right_model() {
         arm.mean_loss * arm.observations as f64
     };
     let (right, wrong) = (total_loss("digits-logreg"), total_loss("digits-rotated"));
-    assert_eq!(wrong, 10.0, "the rotated model is wrong on every digit: {state:?}");
+    assert_eq!(
+        wrong, 10.0,
+        "the rotated model is wrong on every digit: {state:?}"
+    );
     assert!(
         (weight(&state, "digits-rotated") - (-0.5 * (wrong - right)).exp()).abs() < 1e-9,
         "{state:?}"
