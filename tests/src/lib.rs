@@ -8,6 +8,7 @@ use sluice::frontend::{FrontendOptions, RunningServer};
 use sluice::proto::{self, sluice_client::SluiceClient};
 use sluice::registry::{LoadRequest, Registry};
 use sluice::runtime::{ModelLimits, Runtime, RuntimeConfig};
+use sluice::selection::Applications;
 use sluice_train::Sample;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,6 +20,8 @@ pub struct TestServer {
     pub server: RunningServer,
     /// Its registry, for loading models without going through gRPC.
     pub registry: Arc<Registry>,
+    /// Its applications, to share with a REST server.
+    pub applications: Arc<Applications>,
     /// A connected client.
     pub client: SluiceClient<Channel>,
 }
@@ -33,6 +36,8 @@ impl TestServer {
         })
         .expect("runtime");
         let registry = Arc::new(Registry::new(Arc::new(runtime)));
+        let options = options.with_applications(&registry);
+        let applications = options.applications.clone().expect("set just above");
         let server =
             RunningServer::start("127.0.0.1:0".parse().unwrap(), registry.clone(), options)
                 .await
@@ -41,6 +46,7 @@ impl TestServer {
         TestServer {
             server,
             registry,
+            applications,
             client,
         }
     }

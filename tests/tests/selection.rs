@@ -2,9 +2,11 @@
 //! their weights, stragglers left out of an ensemble at the deadline, default outputs, the
 //! prediction cache, per-user state, and clear errors for bad requests.
 
+use serde_json::{Value, json};
 use sluice::batching::{BatchMode, BatchingConfig};
 use sluice::bundled::SAMPLE_MODELS;
 use sluice::frontend::FrontendOptions;
+use sluice::inference::{self, grpc_inference_service_client::GrpcInferenceServiceClient};
 use sluice::proto::{self, policy::Kind};
 use sluice::registry::LoadRequest;
 use sluice::runtime::ModelLimits;
@@ -578,5 +580,114 @@ async fn changing_applications_is_an_admin_call() {
         .await
         .unwrap();
     assert!(listed.into_inner().applications.is_empty());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kserve_and_rest_clients_reach_applications_by_name() {
+    let mut server = server().await;
+    let digits = Digits::load_default().unwrap();
+    register(
+        &mut server,
+        application("digits", &["digits-logreg", "digits-slow"], 100, exp4()),
+    )
+    .await;
+    let sample = &digits.holdout[7];
+    // KServe v2 over gRPC: the application's name in place of a model's.
+    let mut kserve = GrpcInferenceServiceClient::new(server.channel().await);
+    let user = inference::InferParameter {
+        parameter_choice: Some(inference::infer_parameter::ParameterChoice::StringParam(
+            "carol".into(),
+        )),
+    };
+    let response = kserve
+        .model_infer(inference::ModelInferRequest {
+            model_name: "digits".into(),
+            inputs: vec![inference::model_infer_request::InferInputTensor {
+                name: "pixels".into(),
+                datatype: "FP32".into(),
+                shape: vec![1, 64],
+                ..Default::default()
+            }],
+            raw_input_contents: vec![sample.pixels.iter().flat_map(|v| v.to_le_bytes()).collect()],
+            parameters: [("user_id".to_string(), user)].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<&str> = response.outputs.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["label", "confidence", "default"]);
+    let label = i64::from_le_bytes(response.raw_output_contents[0][..8].try_into().unwrap());
+    assert_eq!(label, sample.label as i64);
+    assert_eq!(response.raw_output_contents[2], vec![0], "not a default");
+    let missing = &response.parameters["missing"].parameter_choice;
+    assert!(
+        format!("{missing:?}").contains("digits-slow: no answer within the 100 ms SLO"),
+        "{missing:?}"
+    );
+    // The sluice application API in JSON over HTTP, sharing the server's applications.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let options = FrontendOptions {
+        applications: Some(server.applications.clone()),
+        ..FrontendOptions::default()
+    };
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(sluice::frontend::rest::serve(
+        listener,
+        server.registry.clone(),
+        options,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let body = json!({
+        "user_id": "carol",
+        "inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": sample.pixels}],
+        "labels": [sample.label],
+    });
+    let http = reqwest::Client::new();
+    let answer: Value = http
+        .post(format!("{url}/sluice/v1/apps/digits/predict"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["predictions"][0]["value"], json!(sample.label));
+    let learned = http
+        .post(format!("{url}/sluice/v1/apps/digits/feedback"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(learned.status(), 200);
+    let learned: Value = learned.json().await.unwrap();
+    assert_eq!(learned["state"]["feedback_count"], 1);
+    assert_eq!(learned["losses"]["digits-logreg"], 0.0);
+    let state: Value = http
+        .get(format!("{url}/sluice/v1/apps/digits/users/carol/state"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state["feedback_count"], 1);
+    let wrong = http
+        .post(format!("{url}/sluice/v1/apps/digits/feedback"))
+        .json(&json!({"inputs": body["inputs"], "labels": [0.5]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 400);
+    let error: Value = wrong.json().await.unwrap();
+    assert!(
+        error["error"].as_str().unwrap().contains("labels[0]"),
+        "{error}"
+    );
     server.shutdown().await;
 }

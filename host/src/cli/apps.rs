@@ -3,10 +3,10 @@
 
 use super::client::{admin_request, connect, refused};
 use super::{InputArgs, ServerArgs};
+use crate::frontend::apps::{answer_json, value_json};
 use crate::frontend::json;
 use crate::proto::{self, policy::Kind};
 use anyhow::Result;
-use serde_json::json;
 
 /// The policy names `--policy` accepts.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -158,14 +158,6 @@ fn parse_value(text: &str) -> Result<proto::Value> {
     Ok(proto::Value { value: Some(value) })
 }
 
-fn value_json(value: Option<&proto::Value>) -> serde_json::Value {
-    match value.and_then(|v| v.value) {
-        Some(proto::value::Value::ClassLabel(label)) => json!(label),
-        Some(proto::value::Value::Number(number)) => json!(number),
-        None => serde_json::Value::Null,
-    }
-}
-
 fn policy_summary(policy: Option<&proto::Policy>) -> String {
     match policy.and_then(|p| p.kind.as_ref()) {
         Some(Kind::Exp3(p)) => format!(
@@ -308,31 +300,7 @@ pub(super) async fn run(server: &ServerArgs, action: Option<AppsAction>) -> Resu
                 .await
                 .map_err(refused)?
                 .into_inner();
-            let rows: Vec<_> = answer
-                .predictions
-                .iter()
-                .map(|p| {
-                    json!({
-                        "value": value_json(p.value.as_ref()),
-                        "confidence": p.confidence,
-                        "default": p.default,
-                        "default_reason": p.default_reason,
-                    })
-                })
-                .collect();
-            let missing: Vec<_> = answer
-                .missing
-                .iter()
-                .map(|m| json!({"model": m.model, "reason": m.reason}))
-                .collect();
-            let report = json!({
-                "predictions": rows,
-                "models_queried": answer.models_queried,
-                "models_answered": answer.models_answered,
-                "missing": missing,
-                "default": answer.default,
-                "cache_hits": answer.cache_hits,
-            });
+            let report = answer_json(&answer);
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Some(AppsAction::State { app, user }) => {

@@ -1,10 +1,13 @@
-//! Conversions between the `sluice.v1` application messages and the selection layer's types.
-//! Every error names the field it is about.
+//! Conversions between the application messages (of `sluice.v1`, and of KServe v2 when a
+//! request names an application) and the selection layer's types. Every error names the field
+//! it is about.
 
 use crate::proto;
+use crate::runtime::{Dtype, Tensor};
 use crate::selection::app::{ApplicationSpec, LabelKind};
 use crate::selection::policy::exp3_probabilities;
 use crate::selection::{AppAnswer, PolicyConfig, Prediction, SelectionState};
+use serde_json::{Value as Json, json};
 
 /// A value as a prediction; `field` names it in the error.
 pub fn value_from_proto(value: Option<proto::Value>, field: &str) -> Result<Prediction, String> {
@@ -185,4 +188,159 @@ pub fn answer_to_proto(answer: AppAnswer) -> proto::PredictAppResponse {
         default_reason,
         cache_hits: answer.cache_hits as u32,
     }
+}
+
+/// KServe output names of an application's answer, besides the application's own output.
+pub const CONFIDENCE_OUTPUT: &str = "confidence";
+/// See [`CONFIDENCE_OUTPUT`].
+pub const DEFAULT_OUTPUT: &str = "default";
+
+/// The outputs an application answers a KServe request with: its output (INT64 labels or
+/// FP64 numbers), `confidence` (FP64) and `default` (BOOL), one element per row.
+pub fn output_names(spec: &ApplicationSpec) -> [&str; 3] {
+    [spec.output.as_str(), CONFIDENCE_OUTPUT, DEFAULT_OUTPUT]
+}
+
+/// An application's answer as KServe output tensors (see [`output_names`]).
+pub fn answer_tensors(spec: &ApplicationSpec, answer: &AppAnswer) -> Vec<Tensor> {
+    let rows = answer.rows.len() as u32;
+    let tensor = |name: &str, dtype, data: Vec<u8>| Tensor {
+        name: name.to_string(),
+        dtype,
+        shape: vec![rows],
+        data,
+    };
+    let (dtype, values) = match spec.kind {
+        LabelKind::Class => (
+            Dtype::Int64,
+            answer
+                .rows
+                .iter()
+                .flat_map(|r| match r.prediction {
+                    Prediction::Class(label) => label.to_le_bytes(),
+                    Prediction::Number(n) => (n as i64).to_le_bytes(),
+                })
+                .collect(),
+        ),
+        LabelKind::Number => (
+            Dtype::Fp64,
+            answer
+                .rows
+                .iter()
+                .flat_map(|r| match r.prediction {
+                    Prediction::Class(label) => (label as f64).to_le_bytes(),
+                    Prediction::Number(n) => n.to_le_bytes(),
+                })
+                .collect(),
+        ),
+    };
+    vec![
+        tensor(&spec.output, dtype, values),
+        tensor(
+            CONFIDENCE_OUTPUT,
+            Dtype::Fp64,
+            answer
+                .rows
+                .iter()
+                .flat_map(|r| r.confidence.to_le_bytes())
+                .collect(),
+        ),
+        tensor(
+            DEFAULT_OUTPUT,
+            Dtype::Boolean,
+            answer
+                .rows
+                .iter()
+                .map(|r| u8::from(r.default_reason.is_some()))
+                .collect(),
+        ),
+    ]
+}
+
+/// Response parameters of an application's KServe answer: `models_answered` and `missing`
+/// (`model: reason` pairs), comma- and semicolon-separated strings.
+pub fn answer_parameters(answer: &AppAnswer) -> Vec<(&'static str, String)> {
+    let missing: Vec<String> = answer
+        .missing
+        .iter()
+        .map(|m| format!("{}: {}", m.model, m.reason))
+        .collect();
+    vec![
+        ("models_answered", answer.answered.join(",")),
+        ("missing", missing.join("; ")),
+    ]
+}
+
+/// A value as JSON: an integer for a class label, a float for a number.
+pub fn value_json(value: Option<&proto::Value>) -> Json {
+    match value.and_then(|v| v.value) {
+        Some(proto::value::Value::ClassLabel(label)) => json!(label),
+        Some(proto::value::Value::Number(number)) => json!(number),
+        None => Json::Null,
+    }
+}
+
+/// A JSON label as a value: an integer is a class label, any other number a number.
+pub fn value_from_json(value: &Json, field: &str) -> Result<proto::Value, String> {
+    let value = match (value.as_i64(), value.as_f64()) {
+        (Some(label), _) => proto::value::Value::ClassLabel(label),
+        (None, Some(number)) => proto::value::Value::Number(number),
+        _ => {
+            return Err(format!(
+                "{field}: expected a class label or a number, got {value}"
+            ));
+        }
+    };
+    Ok(proto::Value { value: Some(value) })
+}
+
+/// An application's answer as JSON (the REST API and `sluice apps predict` print this).
+pub fn answer_json(answer: &proto::PredictAppResponse) -> Json {
+    json!({
+        "predictions": answer.predictions.iter().map(|p| json!({
+            "value": value_json(p.value.as_ref()),
+            "confidence": p.confidence,
+            "default": p.default,
+            "default_reason": p.default_reason,
+        })).collect::<Vec<_>>(),
+        "models_queried": answer.models_queried,
+        "models_answered": answer.models_answered,
+        "missing": answer.missing.iter()
+            .map(|m| json!({"model": m.model, "reason": m.reason}))
+            .collect::<Vec<_>>(),
+        "default": answer.default,
+        "default_reason": answer.default_reason,
+        "cache_hits": answer.cache_hits,
+    })
+}
+
+/// A selection state as JSON.
+pub fn state_json(state: &proto::SelectionState) -> Json {
+    json!({
+        "app": state.app,
+        "user_id": state.user_id,
+        "policy": state.policy,
+        "feedback_count": state.feedback_count,
+        "arms": state.arms.iter().map(|a| json!({
+            "model": a.model,
+            "weight": a.weight,
+            "probability": a.probability,
+            "observations": a.observations,
+            "mean_loss": a.mean_loss,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// An application as JSON.
+pub fn application_json(spec: &ApplicationSpec) -> Json {
+    json!({
+        "name": spec.name,
+        "models": spec.models,
+        "slo_ms": spec.slo_ms,
+        "output": spec.output,
+        "kind": match spec.kind { LabelKind::Class => "class", LabelKind::Number => "number" },
+        "default_output": value_json(Some(&value_to_proto(spec.default_output))),
+        "policy": serde_json::to_value(&spec.policy).expect("policies serialize"),
+        "confidence_threshold": spec.confidence_threshold,
+    })
 }

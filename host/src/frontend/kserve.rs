@@ -4,9 +4,12 @@
 //! Inputs may come as typed `contents` or as `raw_input_contents` (what Triton's client
 //! sends); outputs always go back as `raw_output_contents` (what Triton's client reads).
 //! Raw contents are exactly the bytes a model receives, so they cross without conversion.
+//!
+//! A ModelInfer whose model name is not a model but an application runs through selection
+//! (policy, cache, deadline); the `user_id` request parameter picks the user's state.
 
 use super::status::to_status;
-use super::{FrontendOptions, authorize_admin};
+use super::{AppParameters, FrontendOptions, InferTarget, authorize_admin};
 use crate::inference::{
     self, grpc_inference_service_server::GrpcInferenceService,
     model_infer_request::InferInputTensor, model_infer_response::InferOutputTensor,
@@ -15,6 +18,7 @@ use crate::inference::{
 use crate::registry::{ModelState, Registry};
 use crate::repository::Repository;
 use crate::runtime::{Dtype, Tensor, TensorSpec};
+use crate::selection::Applications;
 use crate::tensor::{dtype_name, parse_dtype, shape_to_u32};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -24,12 +28,35 @@ pub const PLATFORM: &str = "sluice_wasm";
 
 pub(super) struct KserveApi {
     registry: Arc<Registry>,
+    applications: Arc<Applications>,
     options: FrontendOptions,
 }
 
 impl KserveApi {
     pub(super) fn new(registry: Arc<Registry>, options: FrontendOptions) -> Self {
-        KserveApi { registry, options }
+        KserveApi {
+            registry,
+            applications: options.applications(),
+            options,
+        }
+    }
+}
+
+/// The application options among a request's parameters.
+fn app_parameters(
+    parameters: &std::collections::HashMap<String, inference::InferParameter>,
+) -> AppParameters {
+    use inference::infer_parameter::ParameterChoice;
+    let choice = |key: &str| parameters.get(key).and_then(|p| p.parameter_choice.clone());
+    AppParameters {
+        user_id: match choice("user_id") {
+            Some(ParameterChoice::StringParam(user)) => user,
+            _ => String::new(),
+        },
+        bypass_cache: matches!(
+            choice("bypass_cache"),
+            Some(ParameterChoice::BoolParam(true))
+        ),
     }
 }
 
@@ -195,10 +222,12 @@ impl GrpcInferenceService for KserveApi {
         request: Request<inference::ModelInferRequest>,
     ) -> Result<Response<inference::ModelInferResponse>, Status> {
         let request = request.into_inner();
-        let model = self
-            .registry
-            .get(&request.model_name, non_empty(&request.model_version))
-            .map_err(to_status)?;
+        let target = InferTarget::resolve(
+            &self.registry,
+            &self.applications,
+            &request.model_name,
+            non_empty(&request.model_version),
+        )?;
         let raw = request.raw_input_contents;
         if !raw.is_empty() && raw.len() != request.inputs.len() {
             return Err(Status::invalid_argument(format!(
@@ -214,15 +243,27 @@ impl GrpcInferenceService for KserveApi {
             .map(|t| input_tensor(t, raw.next()))
             .collect::<Result<Vec<_>, _>>()?;
         let wanted: Vec<String> = request.outputs.into_iter().map(|o| o.name).collect();
-        super::check_requested_outputs(&model, wanted.iter().map(String::as_str))?;
-        let outputs = super::predict(&model, inputs, None).await?;
+        target.check_requested_outputs(wanted.iter().map(String::as_str))?;
+        let parameters = app_parameters(&request.parameters);
+        let inferred = target.infer(&self.applications, inputs, parameters).await?;
         let mut response = inference::ModelInferResponse {
-            model_name: model.name.clone(),
-            model_version: model.version.clone(),
+            model_name: inferred.name,
+            model_version: inferred.version,
             id: request.id,
+            parameters: inferred
+                .parameters
+                .into_iter()
+                .map(|(key, value)| {
+                    let choice = inference::infer_parameter::ParameterChoice::StringParam(value);
+                    let parameter = inference::InferParameter {
+                        parameter_choice: Some(choice),
+                    };
+                    (key.to_string(), parameter)
+                })
+                .collect(),
             ..Default::default()
         };
-        for t in outputs {
+        for t in inferred.outputs {
             if !wanted.is_empty() && !wanted.contains(&t.name) {
                 continue;
             }

@@ -5,13 +5,19 @@
 //! Every handler goes through the same registry calls as the gRPC services; errors are the
 //! protocol's JSON body `{"error": "..."}` with the HTTP status matching the gRPC code.
 
+use super::apps::{
+    answer_json, answer_to_proto, application_json, state_json, state_to_proto, value_from_json,
+    value_from_proto,
+};
 use super::json::{self, JsonTensor};
 use super::kserve::PLATFORM;
+use super::status::selection_status;
 use super::status::to_status;
-use super::{FrontendOptions, check_admin};
+use super::{AppParameters, FrontendOptions, InferTarget, check_admin};
 use crate::proto;
 use crate::registry::{ModelState, Registry};
 use crate::runtime::TensorSpec;
+use crate::selection::Applications;
 use crate::tensor::dtype_name;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, State};
@@ -31,6 +37,7 @@ const HEADER_LENGTH: &str = "inference-header-content-length";
 #[derive(Clone)]
 struct Api {
     registry: Arc<Registry>,
+    applications: Arc<Applications>,
     options: FrontendOptions,
 }
 
@@ -91,7 +98,22 @@ pub fn router(registry: Arc<Registry>, options: FrontendOptions) -> Router {
             "/v2/repository/models/{name}/unload",
             post(repository_unload),
         )
-        .with_state(Api { registry, options })
+        .route("/sluice/v1/apps", get(list_apps))
+        .route("/sluice/v1/apps/{app}/predict", post(predict_app))
+        .route("/sluice/v1/apps/{app}/feedback", post(feedback))
+        .route("/sluice/v1/apps/{app}/state", get(selection_state))
+        .route(
+            "/sluice/v1/apps/{app}/users/{user}/state",
+            get(selection_state),
+        )
+        .with_state({
+            let options = options.with_applications(&registry);
+            Api {
+                applications: options.applications(),
+                registry,
+                options,
+            }
+        })
 }
 
 /// Serves the REST API on `listener` until `shutdown` resolves.
@@ -217,7 +239,7 @@ async fn run_infer(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response> {
-    let model = api.registry.get(name, version).map_err(to_status)?;
+    let target = InferTarget::resolve(&api.registry, &api.applications, name, version)?;
     let (header, mut binary) = split_body(headers, body)?;
     let request: InferRequest = serde_json::from_slice(header).map_err(|e| {
         bad_request(format!(
@@ -264,9 +286,19 @@ async fn run_infer(
         };
         inputs.push(super::convert::tensor_from_proto(tensor).map_err(bad_request)?);
     }
-    super::check_requested_outputs(&model, request.outputs.iter().map(|o| o.name.as_str()))?;
+    target.check_requested_outputs(request.outputs.iter().map(|o| o.name.as_str()))?;
     let all_binary = flag(&request.parameters, "binary_data_output");
-    let outputs = super::predict(&model, inputs, None).await?;
+    let parameters = AppParameters {
+        user_id: request
+            .parameters
+            .get("user_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        bypass_cache: flag(&request.parameters, "bypass_cache"),
+    };
+    let inferred = target.infer(&api.applications, inputs, parameters).await?;
+    let outputs = inferred.outputs;
     let mut json_outputs = Vec::new();
     let mut appended = Vec::new();
     for t in outputs {
@@ -291,10 +323,17 @@ async fn run_infer(
         }
     }
     let mut answer = json!({
-        "model_name": model.name,
-        "model_version": model.version,
+        "model_name": inferred.name,
+        "model_version": inferred.version,
         "outputs": json_outputs,
     });
+    if !inferred.parameters.is_empty() {
+        answer["parameters"] = inferred
+            .parameters
+            .into_iter()
+            .map(|(key, value)| (key.to_string(), Value::String(value)))
+            .collect();
+    }
     if let Some(id) = request.id {
         answer["id"] = Value::String(id);
     }
@@ -316,6 +355,118 @@ async fn run_infer(
     );
     headers.insert(HEADER_LENGTH, HeaderValue::from(header.len()));
     Ok(response)
+}
+
+/// The body of `POST /sluice/v1/apps/{app}/predict` and `.../feedback`.
+#[derive(Deserialize)]
+struct AppRequest {
+    #[serde(default)]
+    user_id: String,
+    #[serde(default)]
+    bypass_cache: bool,
+    inputs: Vec<JsonTensor>,
+    /// Feedback only: one label per row.
+    #[serde(default)]
+    labels: Vec<Value>,
+}
+
+impl AppRequest {
+    fn parse(body: &[u8]) -> Result<AppRequest> {
+        serde_json::from_slice(body).map_err(|e| {
+            bad_request(format!(
+                "the body must be {{\"inputs\": [...], \"user_id\"?, \"labels\"?}}: {e}"
+            ))
+        })
+    }
+
+    fn tensors(&mut self) -> Result<Vec<crate::runtime::Tensor>> {
+        std::mem::take(&mut self.inputs)
+            .into_iter()
+            .map(|t| {
+                let t = json::encode(t).map_err(|e| bad_request(format!("inputs: {e:#}")))?;
+                super::convert::tensor_from_proto(t).map_err(bad_request)
+            })
+            .collect()
+    }
+}
+
+async fn list_apps(State(api): State<Api>) -> Json<Value> {
+    let apps: Vec<Value> = api
+        .applications
+        .list()
+        .iter()
+        .map(application_json)
+        .collect();
+    Json(json!({ "applications": apps }))
+}
+
+async fn predict_app(
+    State(api): State<Api>,
+    Path(app): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>> {
+    let mut request = AppRequest::parse(&body)?;
+    let inputs = request.tensors()?;
+    let answer = api
+        .applications
+        .predict(&app, &request.user_id, inputs, request.bypass_cache)
+        .await
+        .map_err(selection_status)?;
+    Ok(Json(answer_json(&answer_to_proto(answer))))
+}
+
+async fn feedback(
+    State(api): State<Api>,
+    Path(app): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>> {
+    let mut request = AppRequest::parse(&body)?;
+    let inputs = request.tensors()?;
+    let labels = request
+        .labels
+        .iter()
+        .enumerate()
+        .map(|(i, label)| {
+            let field = format!("labels[{i}]");
+            value_from_proto(Some(value_from_json(label, &field)?), &field)
+        })
+        .collect::<std::result::Result<Vec<_>, String>>()
+        .map_err(bad_request)?;
+    let outcome = api
+        .applications
+        .feedback(&app, &request.user_id, inputs, labels)
+        .await
+        .map_err(selection_status)?;
+    let losses: serde_json::Map<String, Value> = outcome
+        .losses
+        .iter()
+        .map(|(model, loss)| (model.clone(), json!(loss)))
+        .collect();
+    let state = state_to_proto(&outcome.spec, &request.user_id, &outcome.state);
+    Ok(Json(json!({
+        "losses": losses,
+        "chosen": outcome.chosen,
+        "state": state_json(&state),
+    })))
+}
+
+#[derive(Deserialize)]
+struct StatePath {
+    app: String,
+    user: Option<String>,
+}
+
+async fn selection_state(
+    State(api): State<Api>,
+    Path(path): Path<StatePath>,
+) -> Result<Json<Value>> {
+    let user = path.user.unwrap_or_default();
+    let (spec, state) = api
+        .applications
+        .selection_state(&path.app, &user)
+        .await
+        .map_err(selection_status)?;
+    Ok(Json(state_json(&state_to_proto(&spec, &user, &state))))
 }
 
 /// Prometheus text format.
