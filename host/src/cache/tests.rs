@@ -30,7 +30,7 @@ fn the_digest_tells_shapes_and_names_apart() {
     let digests = [&flat, &square, &renamed].map(|t| digest_inputs(std::slice::from_ref(t)));
     assert_ne!(digests[0], digests[1]);
     assert_ne!(digests[0], digests[2]);
-    assert_eq!(digests[0], digest_inputs(&[flat.clone()]));
+    assert_eq!(digests[0], digest_inputs(std::slice::from_ref(&flat)));
 }
 
 #[test]
@@ -143,7 +143,7 @@ async fn a_cancelled_leader_hands_over_to_a_waiter() {
         let cache = cache.clone();
         tokio::spawn(async move {
             cache
-                .get_or_compute(key(1), false, || std::future::pending())
+                .get_or_compute(key(1), false, std::future::pending)
                 .await
         })
     };

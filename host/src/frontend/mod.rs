@@ -154,7 +154,9 @@ impl InferTarget {
             Ok(model) => Ok(InferTarget::Model(model)),
             Err(crate::registry::RegistryError::ModelNotFound(_)) if version.is_none() => {
                 applications.get(name).map(InferTarget::App).ok_or_else(|| {
-                    Status::not_found(format!("no model or application is called `{name}`"))
+                    Status::not_found(format!(
+                        "model `{name}` is not loaded, and no application has that name"
+                    ))
                 })
             }
             Err(e) => Err(status::to_status(e)),
