@@ -280,9 +280,9 @@ fn svg(title: &str, series: &[(String, Vec<f64>)], marker: Option<(usize, &str)>
     const COLORS: [&str; 6] = [
         "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
     ];
-    let (width, height, left, top, plot_w, plot_h) = (760.0, 420.0, 60.0, 40.0, 660.0, 320.0);
+    let (width, height, left, top, plot_w, plot_h) = (760.0, 450.0, 60.0, 40.0, 660.0, 320.0);
     let n = series.iter().map(|s| s.1.len()).max().unwrap_or(1).max(2) as f64;
-    let y_min = 0.4;
+    let y_min = 0.2;
     let x = |i: f64| left + plot_w * i / (n - 1.0);
     let y = |v: f64| top + plot_h * (1.0 - (v - y_min) / (1.0 - y_min));
     let mut out = format!(
@@ -290,7 +290,7 @@ fn svg(title: &str, series: &[(String, Vec<f64>)], marker: Option<(usize, &str)>
          font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" \
          fill=\"white\"/>\n<text x=\"{left}\" y=\"24\" font-size=\"15\">{title}</text>\n"
     );
-    for tick in [0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0] {
+    for tick in [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0] {
         out += &format!(
             "<line x1=\"{left}\" x2=\"{}\" y1=\"{y0:.1}\" y2=\"{y0:.1}\" stroke=\"#ddd\"/>\
              <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{tick:.1}</text>\n",
@@ -330,15 +330,15 @@ fn svg(title: &str, series: &[(String, Vec<f64>)], marker: Option<(usize, &str)>
             .enumerate()
             .map(|(i, v)| format!("{:.1},{:.1}", x(i as f64), y(v.max(y_min))))
             .collect();
+        let legend_x = left + 135.0 * k as f64;
         out += &format!(
             "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.6\" points=\"{}\"/>\n\
-             <rect x=\"{}\" y=\"{}\" width=\"12\" height=\"3\" fill=\"{color}\"/>\
-             <text x=\"{}\" y=\"{}\">{name}</text>\n",
+             <rect x=\"{legend_x:.1}\" y=\"{}\" width=\"12\" height=\"3\" fill=\"{color}\"/>\
+             <text x=\"{:.1}\" y=\"{}\">{name}</text>\n",
             points.join(" "),
-            left + 10.0,
-            top + plot_h - 14.0 - 16.0 * k as f64,
-            left + 26.0,
-            top + plot_h - 10.0 - 16.0 * k as f64
+            top + plot_h + 50.0,
+            legend_x + 16.0,
+            top + plot_h + 54.0,
         );
     }
     out + "</svg>\n"
@@ -390,6 +390,12 @@ async fn main() -> anyhow::Result<()> {
             }),
         ),
         (
+            "static (left-blind)",
+            Kind::StaticModel(proto::policy::Static {
+                model: "digits-left-blind".into(),
+            }),
+        ),
+        (
             "epsilon-greedy",
             Kind::EpsilonGreedy(proto::policy::EpsilonGreedy { epsilon: None }),
         ),
@@ -412,7 +418,7 @@ async fn main() -> anyhow::Result<()> {
         let (before, after) = result.correct.split_at(drift_at);
         let settled = &after[after.len() / 2..];
         println!(
-            "drift  {name:15} before {:.3}  after {:.3}  after, second half {:.3}",
+            "drift  {name:19} before {:.3}  after {:.3}  after, second half {:.3}",
             accuracy(before),
             accuracy(after),
             accuracy(settled)
@@ -438,6 +444,11 @@ async fn main() -> anyhow::Result<()> {
     )?;
     report.insert("drift".into(), drift.into());
     feedback_micros.sort_unstable();
+    println!(
+        "feedback (durable) p50 {:.2} ms  p99 {:.2} ms",
+        percentile(&feedback_micros, 0.5),
+        percentile(&feedback_micros, 0.99)
+    );
     report.insert(
         "feedback_ms".into(),
         serde_json::json!({
