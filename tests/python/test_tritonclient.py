@@ -3,7 +3,8 @@
 
 Run by .ci/run in a virtualenv:
     python tests/python/test_tritonclient.py GRPC_HOST:PORT HTTP_HOST:PORT
-against `sluice serve --repository DIR` where DIR was written by `sluice init-repo DIR`.
+against `sluice serve --repository DIR` where DIR was written by `sluice init-repo DIR`, with an
+application `digits-app` (Exp4 over digits-logreg and digits-mlp) registered.
 Exits non-zero on the first failed check and prints `N passed, 0 failed` at the end.
 """
 
@@ -96,6 +97,14 @@ def run(protocol, module, url):
     except InferenceServerException as e:
         check("not loaded" in e.message(), f"{protocol}: an unknown model is refused")
 
+    # An application's name in place of a model's: the request goes through selection.
+    inputs = [module.InferInput("pixels", list(pixels.shape), "FP32")]
+    inputs[0].set_data_from_numpy(pixels)
+    app = client.infer("digits-app", inputs, parameters={"user_id": "alice"})
+    check(list(app.as_numpy("label")) == [0, 1] and not app.as_numpy("default").any(),
+          f"{protocol}: infer on an application")
+    check(app.as_numpy("confidence").shape == (2,), f"{protocol}: the ensemble's confidence")
+
     index = client.get_model_repository_index()
     entries = index if isinstance(index, list) else index.models
     check({field(m, "name") for m in entries} >= {"digits-logreg", "digits-mlp"},
@@ -115,4 +124,7 @@ requests = families.get("sluice_requests")  # the parser drops the _total suffix
 check(requests is not None and any(s.labels.get("model") == "digits-mlp" and s.value > 0
                                    for s in requests.samples),
       "/metrics parses as Prometheus text and counts the requests")
+lookups = families.get("sluice_cache_lookups")
+check(lookups is not None and any(s.labels.get("result") == "hit" for s in lookups.samples),
+      "/metrics counts the applications' cache hits")
 print(f"{passed} passed, 0 failed")
