@@ -27,10 +27,20 @@ pub struct Cli {
 #[derive(Debug, clap::Args)]
 struct ServerArgs {
     /// The server's gRPC address.
-    #[arg(long, env = "SLUICE_SERVER", default_value = "http://127.0.0.1:8001")]
+    #[arg(
+        long,
+        env = "SLUICE_SERVER",
+        default_value = "http://127.0.0.1:8001",
+        global = true
+    )]
     server: String,
     /// Admin token, sent as `authorization: Bearer <token>` (needed when the server has one).
-    #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "SLUICE_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
     token: Option<String>,
 }
 
