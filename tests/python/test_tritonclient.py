@@ -98,6 +98,10 @@ def run(protocol, module, url):
         check("not loaded" in e.message(), f"{protocol}: an unknown model is refused")
 
     # An application's name in place of a model's: the request goes through selection.
+    check(client.is_model_ready("digits-app"), f"{protocol}: the application is ready")
+    app_meta = client.get_model_metadata("digits-app")
+    check([field(o, "name") for o in field(app_meta, "outputs")] == ["label", "confidence", "default"],
+          f"{protocol}: application metadata")
     inputs = [module.InferInput("pixels", list(pixels.shape), "FP32")]
     inputs[0].set_data_from_numpy(pixels)
     app = client.infer("digits-app", inputs, parameters={"user_id": "alice"})

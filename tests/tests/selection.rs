@@ -618,6 +618,32 @@ async fn kserve_and_rest_clients_reach_applications_by_name() {
         .into_inner();
     let names: Vec<&str> = response.outputs.iter().map(|o| o.name.as_str()).collect();
     assert_eq!(names, ["label", "confidence", "default"]);
+    let metadata = kserve
+        .model_metadata(inference::ModelMetadataRequest {
+            name: "digits".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        metadata.inputs[0].name, "pixels",
+        "the linked models' inputs"
+    );
+    let datatypes: Vec<&str> = metadata
+        .outputs
+        .iter()
+        .map(|o| o.datatype.as_str())
+        .collect();
+    assert_eq!(datatypes, ["INT64", "FP64", "BOOL"]);
+    let ready = kserve
+        .model_ready(inference::ModelReadyRequest {
+            name: "digits".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap();
+    assert!(ready.into_inner().ready);
     let label = i64::from_le_bytes(response.raw_output_contents[0][..8].try_into().unwrap());
     assert_eq!(label, sample.label as i64);
     assert_eq!(response.raw_output_contents[2], vec![0], "not a default");

@@ -201,6 +201,23 @@ pub fn output_names(spec: &ApplicationSpec) -> [&str; 3] {
     [spec.output.as_str(), CONFIDENCE_OUTPUT, DEFAULT_OUTPUT]
 }
 
+/// The specs of [`output_names`], with a variable batch dimension.
+pub fn output_specs(spec: &ApplicationSpec) -> Vec<crate::runtime::TensorSpec> {
+    let value_dtype = match spec.kind {
+        LabelKind::Class => Dtype::Int64,
+        LabelKind::Number => Dtype::Fp64,
+    };
+    [value_dtype, Dtype::Fp64, Dtype::Boolean]
+        .into_iter()
+        .zip(output_names(spec))
+        .map(|(dtype, name)| crate::runtime::TensorSpec {
+            name: name.to_string(),
+            dtype,
+            shape: vec![-1],
+        })
+        .collect()
+}
+
 /// An application's answer as KServe output tensors (see [`output_names`]).
 pub fn answer_tensors(spec: &ApplicationSpec, answer: &AppAnswer) -> Vec<Tensor> {
     let rows = answer.rows.len() as u32;

@@ -180,10 +180,13 @@ impl GrpcInferenceService for KserveApi {
         request: Request<inference::ModelReadyRequest>,
     ) -> Result<Response<inference::ModelReadyResponse>, Status> {
         let request = request.into_inner();
-        let ready = self
-            .registry
-            .get(&request.name, non_empty(&request.version))
-            .is_ok();
+        let ready = InferTarget::resolve(
+            &self.registry,
+            &self.applications,
+            &request.name,
+            non_empty(&request.version),
+        )
+        .is_ok_and(|target| target.ready(&self.registry));
         Ok(Response::new(inference::ModelReadyResponse { ready }))
     }
 
@@ -203,17 +206,19 @@ impl GrpcInferenceService for KserveApi {
         request: Request<inference::ModelMetadataRequest>,
     ) -> Result<Response<inference::ModelMetadataResponse>, Status> {
         let request = request.into_inner();
-        let model = self
-            .registry
-            .get(&request.name, non_empty(&request.version))
-            .map_err(to_status)?;
-        let versions = self.registry.ready_versions(&model.name);
+        let target = InferTarget::resolve(
+            &self.registry,
+            &self.applications,
+            &request.name,
+            non_empty(&request.version),
+        )?;
+        let meta = target.metadata(&self.registry);
         Ok(Response::new(inference::ModelMetadataResponse {
-            name: model.name.clone(),
-            versions,
+            name: meta.name,
+            versions: meta.versions,
             platform: PLATFORM.into(),
-            inputs: model.info.inputs.iter().map(metadata).collect(),
-            outputs: model.info.outputs.iter().map(metadata).collect(),
+            inputs: meta.inputs.iter().map(metadata).collect(),
+            outputs: meta.outputs.iter().map(metadata).collect(),
         }))
     }
 

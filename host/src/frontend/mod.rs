@@ -133,6 +133,18 @@ pub(crate) struct Inferred {
     pub parameters: Vec<(&'static str, String)>,
 }
 
+/// KServe model metadata of an [`InferTarget`].
+pub(crate) struct TargetMetadata {
+    /// The model's or application's name.
+    pub name: String,
+    /// Ready versions (empty for an application).
+    pub versions: Vec<String>,
+    /// Its inputs.
+    pub inputs: Vec<crate::runtime::TensorSpec>,
+    /// Its outputs.
+    pub outputs: Vec<crate::runtime::TensorSpec>,
+}
+
 /// Options of an inference on an application, from the request's parameters.
 #[derive(Default)]
 pub(crate) struct AppParameters {
@@ -160,6 +172,46 @@ impl InferTarget {
                 })
             }
             Err(e) => Err(status::to_status(e)),
+        }
+    }
+
+    /// Whether it can answer: a model is ready once resolved; an application needs at
+    /// least one linked model loaded.
+    pub(crate) fn ready(&self, registry: &Registry) -> bool {
+        match self {
+            InferTarget::Model(_) => true,
+            InferTarget::App(spec) => spec.models.iter().any(|link| {
+                let (name, version) = crate::selection::app::split_link(link);
+                registry.get(name, version).is_ok()
+            }),
+        }
+    }
+
+    /// What KServe's model metadata reports: the name, the ready versions (none for an
+    /// application), the inputs (an application's are those of its first loaded model) and
+    /// the outputs.
+    pub(crate) fn metadata(&self, registry: &Registry) -> TargetMetadata {
+        match self {
+            InferTarget::Model(model) => TargetMetadata {
+                name: model.name.clone(),
+                versions: registry.ready_versions(&model.name),
+                inputs: model.info.inputs.clone(),
+                outputs: model.info.outputs.clone(),
+            },
+            InferTarget::App(spec) => TargetMetadata {
+                name: spec.name.clone(),
+                versions: Vec::new(),
+                inputs: spec
+                    .models
+                    .iter()
+                    .find_map(|link| {
+                        let (name, version) = crate::selection::app::split_link(link);
+                        registry.get(name, version).ok()
+                    })
+                    .map(|model| model.info.inputs.clone())
+                    .unwrap_or_default(),
+                outputs: apps::output_specs(spec),
+            },
         }
     }
 

@@ -152,24 +152,35 @@ struct ModelPath {
 }
 
 async fn metadata(State(api): State<Api>, Path(path): Path<ModelPath>) -> Result<Json<Value>> {
-    let model = api
-        .registry
-        .get(&path.name, path.version.as_deref())
-        .map_err(to_status)?;
-    let versions = api.registry.ready_versions(&model.name);
+    let target = InferTarget::resolve(
+        &api.registry,
+        &api.applications,
+        &path.name,
+        path.version.as_deref(),
+    )?;
+    let meta = target.metadata(&api.registry);
     Ok(Json(json!({
-        "name": model.name,
-        "versions": versions,
+        "name": meta.name,
+        "versions": meta.versions,
         "platform": PLATFORM,
-        "inputs": specs(&model.info.inputs),
-        "outputs": specs(&model.info.outputs),
+        "inputs": specs(&meta.inputs),
+        "outputs": specs(&meta.outputs),
     })))
 }
 
 async fn ready(State(api): State<Api>, Path(path): Path<ModelPath>) -> Result<Json<Value>> {
-    api.registry
-        .get(&path.name, path.version.as_deref())
-        .map_err(to_status)?;
+    let target = InferTarget::resolve(
+        &api.registry,
+        &api.applications,
+        &path.name,
+        path.version.as_deref(),
+    )?;
+    if !target.ready(&api.registry) {
+        return Err(HttpError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("application `{}` has no loaded model", path.name),
+        ));
+    }
     Ok(Json(json!({ "name": path.name, "ready": true })))
 }
 
