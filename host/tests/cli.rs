@@ -32,6 +32,11 @@ fn fresh_dir(name: &str) -> PathBuf {
 impl Server {
     /// Serves the bundled samples, keeping applications and learned state in `state_dir`.
     fn start(state_dir: &Path) -> Server {
+        Self::start_with(state_dir, &[])
+    }
+
+    /// [`Server::start`] with more flags for `serve`.
+    fn start_with(state_dir: &Path, extra: &[&str]) -> Server {
         let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
         let mut child = Command::new(SLUICE)
             .args([
@@ -46,6 +51,7 @@ impl Server {
             .arg(&cache)
             .arg("--state-dir")
             .arg(state_dir)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -60,8 +66,13 @@ impl Server {
             .trim()
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let scheme = if extra.contains(&"--tls-cert") {
+            "https"
+        } else {
+            "http"
+        };
         Server {
-            url: format!("http://{addr}"),
+            url: format!("{scheme}://{addr}"),
             child,
         }
     }
@@ -357,4 +368,23 @@ fn applications_and_acknowledged_feedback_survive_kill_9() {
         "{acknowledged} acknowledged, {restored} restored"
     );
     assert!(restarted.stop().success());
+}
+
+#[test]
+fn the_cli_talks_tls_to_a_tls_server() {
+    let dir = fresh_dir("cli-tls");
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let mut server =
+        Server::start_with(&dir.join("state"), &["--tls-cert", cert, "--tls-key", key]);
+    let models = stdout(&server.run(&["models", "--ca-cert", cert]));
+    assert!(models.contains("digits-mlp"), "{models}");
+    let without_ca = server.run(&["models"]);
+    assert_eq!(without_ca.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&without_ca.stderr);
+    assert!(message.contains("needs --ca-cert"), "{message}");
+    assert!(server.stop().success());
 }

@@ -30,6 +30,20 @@ impl TestServer {
     /// Starts a server with no models. `cache_dir` keeps precompiled components between test
     /// runs (pass `env!("CARGO_TARGET_TMPDIR")`).
     pub async fn start(cache_dir: &str, options: FrontendOptions) -> TestServer {
+        Self::start_with_ca(cache_dir, options, None).await
+    }
+
+    /// Starts a TLS server (`options.tls` set) with no models; the client trusts `ca_pem`
+    /// and expects the name `localhost`.
+    pub async fn start_tls(cache_dir: &str, options: FrontendOptions, ca_pem: &[u8]) -> TestServer {
+        Self::start_with_ca(cache_dir, options, Some(ca_pem)).await
+    }
+
+    async fn start_with_ca(
+        cache_dir: &str,
+        options: FrontendOptions,
+        ca_pem: Option<&[u8]>,
+    ) -> TestServer {
         let runtime = Runtime::new(RuntimeConfig {
             cache_dir: Some(PathBuf::from(cache_dir).join("components")),
             ..RuntimeConfig::default()
@@ -42,7 +56,14 @@ impl TestServer {
             RunningServer::start("127.0.0.1:0".parse().unwrap(), registry.clone(), options)
                 .await
                 .expect("bind 127.0.0.1:0");
-        let client = SluiceClient::connect(server.url()).await.expect("connect");
+        let mut endpoint = tonic::transport::Endpoint::from_shared(server.url()).expect("a URL");
+        if let Some(ca) = ca_pem {
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                .domain_name("localhost");
+            endpoint = endpoint.tls_config(tls).expect("a TLS config");
+        }
+        let client = SluiceClient::new(endpoint.connect().await.expect("connect"));
         TestServer {
             server,
             registry,
@@ -53,7 +74,15 @@ impl TestServer {
 
     /// Starts a server with the bundled digits models loaded (2 replicas each).
     pub async fn with_samples(cache_dir: &str) -> TestServer {
-        let server = Self::start(cache_dir, FrontendOptions::default()).await;
+        Self::start(cache_dir, FrontendOptions::default())
+            .await
+            .load_samples()
+            .await
+    }
+
+    /// Loads the bundled digits models (2 replicas each).
+    pub async fn load_samples(self) -> TestServer {
+        let server = self;
         for sample in SAMPLE_MODELS {
             server
                 .registry

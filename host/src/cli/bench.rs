@@ -167,11 +167,7 @@ pub(super) async fn run(server: &ServerArgs, args: BenchArgs) -> Result<()> {
     }
     let mut clients = Vec::new();
     for _ in 0..args.connections.max(1) {
-        let channel = Channel::from_shared(server.server.clone())?
-            .connect()
-            .await
-            .with_context(|| format!("cannot reach the sluice server at {}", server.server))?;
-        clients.push(SluiceClient::new(channel));
+        clients.push(SluiceClient::new(server.channel().await?));
     }
     let before = model_status(&mut clients[0], &args.model).await?;
     let request = build_request(&args, &before)?;

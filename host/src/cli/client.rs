@@ -11,9 +11,7 @@ use std::path::PathBuf;
 use tonic::transport::Channel;
 
 pub(super) async fn connect(server: &ServerArgs) -> Result<SluiceClient<Channel>> {
-    let client = SluiceClient::connect(server.server.clone())
-        .await
-        .with_context(|| format!("cannot reach the sluice server at {}", server.server))?;
+    let client = SluiceClient::new(server.channel().await?);
     Ok(client
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))

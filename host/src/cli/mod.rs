@@ -42,6 +42,34 @@ struct ServerArgs {
         global = true
     )]
     token: Option<String>,
+    /// CA certificate (PEM) that signed the server's certificate, for `https://` servers.
+    #[arg(long, env = "SLUICE_CA_CERT", global = true)]
+    ca_cert: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    /// A connection to the server: plain for `http://`, TLS for `https://` (which needs
+    /// `--ca-cert`).
+    async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        use anyhow::Context;
+        let mut endpoint = tonic::transport::Endpoint::from_shared(self.server.clone())
+            .with_context(|| format!("`{}` is not a server URL", self.server))?;
+        if self.server.starts_with("https://") {
+            let path = self.ca_cert.as_ref().context(
+                "an https:// server needs --ca-cert (the CA certificate that signed its \
+                 certificate)",
+            )?;
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading the CA certificate {}", path.display()))?;
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem));
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        endpoint
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach the sluice server at {}", self.server))
+    }
 }
 
 /// Where a command's JSON inputs come from: {"inputs": [{"name", "datatype", "shape", "data"}]}.

@@ -5,6 +5,7 @@
 use crate::batching::BatchingConfig;
 use crate::bundled::write_sample_repository;
 use crate::cache::PredictionCache;
+use crate::frontend::tls::TlsIdentity;
 use crate::frontend::{self, FrontendOptions};
 use crate::registry::Registry;
 use crate::repository::Repository;
@@ -63,6 +64,12 @@ pub(super) struct ServeArgs {
     /// are still coalesced).
     #[arg(long, default_value_t = 64)]
     cache_mib: usize,
+    /// Serve both ports over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Allow admin calls from any peer that presents this token (default: loopback only).
     #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -124,6 +131,12 @@ pub(super) async fn run(args: ServeArgs) -> Result<()> {
         }
         repository = Some(repo);
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(TlsIdentity::read(cert, key).context("--tls-cert/--tls-key")?)
+        }
+        _ => None,
+    };
     let store = if args.no_state {
         Store::in_memory()
     } else {
@@ -164,6 +177,7 @@ pub(super) async fn run(args: ServeArgs) -> Result<()> {
         default_batching,
         repository,
         applications: Some(Arc::new(applications)),
+        tls,
     };
     // One signal stops both servers; each finishes its in-flight requests.
     let (stop, stopped) = tokio::sync::watch::channel(false);

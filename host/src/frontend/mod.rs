@@ -10,6 +10,7 @@ pub mod json;
 pub mod kserve;
 pub mod rest;
 pub mod status;
+pub mod tls;
 
 use crate::batching::BatchingConfig;
 use crate::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
@@ -46,6 +47,8 @@ pub struct FrontendOptions {
     /// Applications and their selection state; `None` gives the server a fresh in-memory set
     /// (nothing persisted) with a 64 MiB prediction cache.
     pub applications: Option<Arc<Applications>>,
+    /// Serve both ports over TLS with this identity.
+    pub tls: Option<tls::TlsIdentity>,
 }
 
 /// The prediction cache of servers that were given no applications.
@@ -293,6 +296,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let options = options.with_applications(&registry);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(identity) = &options.tls {
+        builder = builder.tls_config(identity.grpc_config())?;
+    }
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<SluiceServer<api::SluiceApi>>()
@@ -308,7 +315,7 @@ pub async fn serve(
     let kserve = GrpcInferenceServiceServer::new(kserve::KserveApi::new(registry, options))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    tonic::transport::Server::builder()
+    builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(sluice)
@@ -325,6 +332,7 @@ pub async fn serve(
 pub struct RunningServer {
     /// The address it listens on.
     pub addr: SocketAddr,
+    scheme: &'static str,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -339,16 +347,26 @@ impl RunningServer {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let options = options.with_applications(&registry);
+        let scheme = if options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, registry, options, async {
             let _ = stopped.await;
         }));
-        Ok(RunningServer { addr, stop, task })
+        Ok(RunningServer {
+            addr,
+            scheme,
+            stop,
+            task,
+        })
     }
 
-    /// The `http://` URL clients connect to.
+    /// The `http://` URL clients connect to (`https://` with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Stops accepting, waits for in-flight calls, and returns the server's result.

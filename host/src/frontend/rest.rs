@@ -20,10 +20,12 @@ use crate::runtime::TensorSpec;
 use crate::selection::Applications;
 use crate::tensor::dtype_name;
 use axum::body::Bytes;
+use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -116,6 +118,25 @@ pub fn router(registry: Arc<Registry>, options: FrontendOptions) -> Router {
         })
 }
 
+/// The client's address, for the admin check; taken from plain and TLS connections alike.
+#[derive(Clone, Copy)]
+struct PeerAddr(SocketAddr);
+
+/// The HTTP port's listener when it serves TLS.
+type TlsTcpListener = tls_listener::TlsListener<tokio::net::TcpListener, tokio_rustls::TlsAcceptor>;
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for PeerAddr {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, TlsTcpListener>> for PeerAddr {
+    fn connect_info(stream: IncomingStream<'_, TlsTcpListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
 /// Serves the REST API on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -123,10 +144,25 @@ pub async fn serve(
     options: FrontendOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(registry, options).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let tls = match &options.tls {
+        Some(identity) => Some(identity.rustls_config().map_err(std::io::Error::other)?),
+        None => None,
+    };
+    let app = router(registry, options).into_make_service_with_connect_info::<PeerAddr>();
+    match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(config) => {
+            // Handshakes run concurrently, so a slow client does not hold up the others.
+            let listener = TlsTcpListener::new(tokio_rustls::TlsAcceptor::from(config), listener);
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }
 
 async fn server_metadata() -> Json<Value> {
@@ -520,7 +556,7 @@ async fn repository_index(State(api): State<Api>, body: Bytes) -> Result<Json<Va
 
 async fn repository_load(
     State(api): State<Api>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>> {
@@ -531,7 +567,7 @@ async fn repository_load(
 
 async fn repository_unload(
     State(api): State<Api>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>> {
