@@ -16,6 +16,7 @@ pub mod registry;
 pub mod repository;
 pub mod runtime;
 pub mod selection;
+pub mod store;
 pub mod tensor;
 
 /// Code generated from `proto/sluice/v1/sluice.proto`.

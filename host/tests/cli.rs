@@ -327,6 +327,17 @@ fn applications_and_acknowledged_feedback_survive_kill_9() {
         input.to_str().unwrap(),
     ]));
     assert!(predicted.contains("\"value\": 0"), "{predicted}");
+    // A model loaded through the API, then scaled: both are recorded.
+    let config = state_dir.join("straggler.cfg");
+    std::fs::write(&config, "straggler").unwrap();
+    let faulty = sample_wasm("faulty");
+    let load = [
+        faulty.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    stdout(&server.run(&[&["load"], &load[..], &["--name", "kept"]].concat()));
+    stdout(&server.run(&["models", "scale", "kept", "3"]));
     // Feedback in a loop, counting acknowledgements, while the server is killed.
     let acknowledged = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -367,7 +378,27 @@ fn applications_and_acknowledged_feedback_survive_kill_9() {
         restored == acknowledged || restored == acknowledged + 1,
         "{acknowledged} acknowledged, {restored} restored"
     );
+    let replicas = |server: &Server| -> Option<u64> {
+        let listed: serde_json::Value =
+            serde_json::from_str(&stdout(&server.run(&["models", "--json"]))).unwrap();
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "kept")
+            .map(|m| m["replicas"].as_u64().unwrap())
+    };
+    assert_eq!(
+        replicas(&restarted),
+        Some(3),
+        "the API-loaded model is back, scaled"
+    );
+    // An unload is recorded too: the next start does not bring the model back.
+    stdout(&restarted.run(&["unload", "kept"]));
     assert!(restarted.stop().success());
+    let mut again = Server::start(&state_dir);
+    assert_eq!(replicas(&again), None);
+    assert!(again.stop().success());
 }
 
 #[test]

@@ -148,7 +148,7 @@ pub(super) async fn run(args: ServeArgs) -> Result<()> {
         Store::open(&dir.join(STATE_FILE))?
     };
     let cache = Arc::new(PredictionCache::new(args.cache_mib << 20));
-    let applications = Applications::open(registry.clone(), cache, store)?;
+    let applications = Applications::open(registry.clone(), cache, store.clone())?;
     tracing::info!(
         applications = applications.list().len(),
         "applications restored"
@@ -176,9 +176,22 @@ pub(super) async fn run(args: ServeArgs) -> Result<()> {
         default_limits,
         default_batching,
         repository,
+        state: Some(store.clone()),
         applications: Some(Arc::new(applications)),
         tls,
     };
+    // Models loaded through the API before the last stop (on top of the repository's).
+    let restored = frontend::loaded::restore(&registry, &options, &store).await?;
+    for (model, reason) in &restored.failed {
+        tracing::warn!(
+            model,
+            reason,
+            "a model loaded through the API could not be restored"
+        );
+    }
+    if !restored.loaded.is_empty() {
+        tracing::info!(models = ?restored.loaded, "models loaded through the API restored");
+    }
     // One signal stops both servers; each finishes its in-flight requests.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

@@ -4,14 +4,11 @@
 use super::apps::{
     answer_to_proto, application_from_proto, application_to_proto, state_to_proto, value_from_proto,
 };
-use super::convert::{
-    batching_from_proto, entry_status, limits_from_proto, model_status, tensor_from_proto,
-    tensor_to_proto,
-};
+use super::convert::{entry_status, model_status, tensor_from_proto, tensor_to_proto};
 use super::status::{selection_status, to_status};
-use super::{FrontendOptions, authorize_admin};
-use crate::proto::{self, load_model_request::Component, sluice_server::Sluice};
-use crate::registry::{LoadRequest, Registry};
+use super::{FrontendOptions, authorize_admin, loaded};
+use crate::proto::{self, sluice_server::Sluice};
+use crate::registry::Registry;
 use crate::runtime::Tensor;
 use crate::selection::Applications;
 use std::sync::Arc;
@@ -95,33 +92,8 @@ impl Sluice for SluiceApi {
         request: Request<proto::LoadModelRequest>,
     ) -> Result<Response<proto::LoadModelResponse>, Status> {
         authorize_admin(&self.options, &request)?;
-        let request = request.into_inner();
-        let component = match request.component {
-            Some(Component::Wasm(bytes)) => bytes,
-            Some(Component::Path(path)) => tokio::fs::read(&path).await.map_err(|e| {
-                Status::invalid_argument(format!("path: cannot read `{path}` on the server: {e}"))
-            })?,
-            None => {
-                return Err(Status::invalid_argument(
-                    "component: give either `path` (on the server) or `wasm` (the bytes)",
-                ));
-            }
-        };
-        let batching = batching_from_proto(request.batching, self.options.default_batching)
-            .map_err(Status::invalid_argument)?;
-        let model = self
-            .registry
-            .load(LoadRequest {
-                component,
-                config: request.config,
-                name: non_empty(request.name),
-                version: non_empty(request.version),
-                replicas: request.replicas.max(1) as usize,
-                limits: limits_from_proto(request.limits, self.options.default_limits),
-                batching,
-            })
-            .await
-            .map_err(to_status)?;
+        let model =
+            loaded::load_and_record(&self.registry, &self.options, request.into_inner()).await?;
         Ok(Response::new(proto::LoadModelResponse {
             model: Some(model_status(&model, true)),
         }))
@@ -133,10 +105,12 @@ impl Sluice for SluiceApi {
     ) -> Result<Response<proto::UnloadModelResponse>, Status> {
         authorize_admin(&self.options, &request)?;
         let request = request.into_inner();
+        let version = non_empty(request.version);
         let versions = self
             .registry
-            .unload(&request.name, non_empty(request.version).as_deref())
+            .unload(&request.name, version.as_deref())
             .map_err(to_status)?;
+        loaded::forget(&self.options, &request.name, version.as_deref()).await?;
         Ok(Response::new(proto::UnloadModelResponse { versions }))
     }
 
@@ -160,6 +134,7 @@ impl Sluice for SluiceApi {
             .scale(request.replicas as usize)
             .await
             .map_err(to_status)?;
+        loaded::record_scale(&self.options, &model, request.replicas).await?;
         let is_default = version.is_none()
             || self
                 .registry
@@ -180,6 +155,7 @@ impl Sluice for SluiceApi {
         self.registry
             .set_default_version(&request.name, version.as_deref())
             .map_err(to_status)?;
+        loaded::record_default(&self.options, &request.name, version.as_deref()).await?;
         Ok(Response::new(proto::SetDefaultVersionResponse {}))
     }
 

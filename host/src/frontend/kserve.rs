@@ -313,6 +313,7 @@ impl GrpcInferenceService for KserveApi {
         authorize_admin(&self.options, &request)?;
         let name = request.into_inner().model_name;
         self.registry.unload(&name, None).map_err(to_status)?;
+        super::loaded::forget(&self.options, &name, None).await?;
         Ok(Response::new(inference::RepositoryModelUnloadResponse {}))
     }
 }

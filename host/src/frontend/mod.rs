@@ -8,6 +8,7 @@ pub mod apps;
 pub mod convert;
 pub mod json;
 pub mod kserve;
+pub mod loaded;
 pub mod rest;
 pub mod status;
 pub mod tls;
@@ -44,8 +45,11 @@ pub struct FrontendOptions {
     /// The model repository, if the server has one (for the repository extension's
     /// load and unload).
     pub repository: Option<Arc<Repository>>,
-    /// Applications and their selection state; `None` gives the server a fresh in-memory set
-    /// (nothing persisted) with a 64 MiB prediction cache.
+    /// The durable store (applications, selection state, models loaded through the API);
+    /// `None` gives the server an in-memory one (nothing survives it).
+    pub state: Option<Store>,
+    /// Applications and their selection state, kept in `state`; `None` opens them from
+    /// `state` with a 64 MiB prediction cache.
     pub applications: Option<Arc<Applications>>,
     /// Serve both ports over TLS with this identity.
     pub tls: Option<tls::TlsIdentity>,
@@ -55,16 +59,24 @@ pub struct FrontendOptions {
 const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 
 impl FrontendOptions {
-    /// These options with `applications` set (to an in-memory set if it was `None`), so that
-    /// every protocol of one server shares one set.
+    /// These options with `state` and `applications` set (see their defaults), so that every
+    /// protocol of one server shares them.
     pub fn with_applications(mut self, registry: &Arc<Registry>) -> FrontendOptions {
+        let store = self.state.get_or_insert_with(Store::in_memory).clone();
         if self.applications.is_none() {
             let cache = Arc::new(crate::cache::PredictionCache::new(DEFAULT_CACHE_BYTES));
-            let applications = Applications::open(registry.clone(), cache, Store::in_memory())
-                .expect("an empty in-memory store opens");
+            let applications = Applications::open(registry.clone(), cache, store)
+                .unwrap_or_else(|e| panic!("opening applications from the store: {e}"));
             self.applications = Some(Arc::new(applications));
         }
         self
+    }
+
+    /// The durable store (see [`FrontendOptions::with_applications`]).
+    pub(crate) fn store(&self) -> Store {
+        self.state
+            .clone()
+            .expect("set by with_applications before serving")
     }
 
     /// The applications (see [`FrontendOptions::with_applications`]).

@@ -573,5 +573,6 @@ async fn repository_unload(
 ) -> Result<Json<Value>> {
     admin(&api, &headers, peer)?;
     api.registry.unload(&name, None).map_err(to_status)?;
+    super::loaded::forget(&api.options, &name, None).await?;
     Ok(Json(json!({})))
 }

@@ -11,11 +11,11 @@
 
 pub mod app;
 pub mod policy;
-pub mod store;
 
 use crate::cache::{CacheKey, InputDigest, Lookup, PredictionCache, digest_inputs};
 use crate::registry::{Registry, RegistryError};
 use crate::runtime::Tensor;
+pub use crate::store::{Store, StoreError};
 use app::{ApplicationSpec, LabelKind, check_label, read_predictions, split_link};
 pub use policy::{ArmState, Policy, PolicyConfig, Prediction, SelectionState};
 use rand::SeedableRng;
@@ -24,7 +24,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-pub use store::{Store, StoreError};
 use thiserror::Error;
 use tokio::sync::mpsc;
 

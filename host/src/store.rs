@@ -1,12 +1,14 @@
-//! The durable store of applications and selection state, in one redb file.
+//! The durable state of a server, in one redb file: applications, selection state, and the
+//! models loaded through the API (with their default-version pins), so a restart, even after
+//! `kill -9`, comes back as it was.
 //!
 //! redb commits are ACID and fsync'd before `commit` returns, so once the server acknowledges
-//! a registration or a feedback event it survives `kill -9` and power loss, and a crash
-//! mid-write leaves the previous committed state. Records are JSON, so a store can be read
-//! with any redb tool and fields can be added without a migration.
+//! a change it survives `kill -9` and power loss, and a crash mid-write leaves the previous
+//! committed state. Applications and states are JSON, so fields can be added without a
+//! migration; a loaded model is the `LoadModelRequest` that loaded it, as protobuf bytes.
 
-use super::SelectionState;
-use super::app::ApplicationSpec;
+use crate::selection::SelectionState;
+use crate::selection::app::ApplicationSpec;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -18,6 +20,10 @@ use thiserror::Error;
 const APPLICATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("applications");
 /// `app \0 user` → selection state (JSON); the user is empty for the application-wide state.
 const STATES: TableDefinition<&str, &[u8]> = TableDefinition::new("selection_state");
+/// `model \0 version` → the request that loaded it (protobuf `sluice.v1.LoadModelRequest`).
+const MODELS: TableDefinition<&str, &[u8]> = TableDefinition::new("loaded_models");
+/// Model name → its pinned default version.
+const DEFAULT_VERSIONS: TableDefinition<&str, &str> = TableDefinition::new("default_versions");
 
 /// Why the store failed.
 #[derive(Debug, Error)]
@@ -51,8 +57,14 @@ pub struct Store {
     db: Arc<Database>,
 }
 
+/// A key of two parts; names never contain NUL, so the split is unambiguous.
 fn state_key(app: &str, user: &str) -> String {
     format!("{app}\0{user}")
+}
+
+/// Every key whose first part is `first`: between "first\0" and "first\x01".
+fn first_part_range(first: &str) -> (String, String) {
+    (format!("{first}\0"), format!("{first}\u{1}"))
 }
 
 fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -94,6 +106,8 @@ impl Store {
         let txn = self.db.begin_write().map_err(db_error)?;
         txn.open_table(APPLICATIONS).map_err(db_error)?;
         txn.open_table(STATES).map_err(db_error)?;
+        txn.open_table(MODELS).map_err(db_error)?;
+        txn.open_table(DEFAULT_VERSIONS).map_err(db_error)?;
         txn.commit().map_err(db_error)
     }
 
@@ -177,14 +191,108 @@ impl Store {
                     .map_err(db_error)?;
             }
             None => {
-                // Every key of this app lies between "app\0" and "app\x01".
-                let (from, to) = (format!("{app}\0"), format!("{app}\u{1}"));
+                let (from, to) = first_part_range(app);
                 table
                     .retain_in(from.as_str()..to.as_str(), |_, _| false)
                     .map_err(db_error)?;
             }
         }
         Ok(())
+    }
+}
+
+impl Store {
+    /// Records the request that loaded `model` `version` (replacing an earlier one).
+    pub fn put_model(&self, model: &str, version: &str, request: &[u8]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        txn.open_table(MODELS)
+            .map_err(db_error)?
+            .insert(state_key(model, version).as_str(), request)
+            .map_err(db_error)?;
+        txn.commit().map_err(db_error)
+    }
+
+    /// The recorded request of `model` `version`, if any.
+    pub fn model(&self, model: &str, version: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let table = txn.open_table(MODELS).map_err(db_error)?;
+        let value = table
+            .get(state_key(model, version).as_str())
+            .map_err(db_error)?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    /// Every recorded load request as (model, version, request), by model, then version.
+    pub fn models(&self) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let table = txn.open_table(MODELS).map_err(db_error)?;
+        let mut requests = Vec::new();
+        for entry in table.iter().map_err(db_error)? {
+            let (key, value) = entry.map_err(db_error)?;
+            let (model, version) = key.value().split_once('\0').unwrap_or((key.value(), ""));
+            requests.push((
+                model.to_string(),
+                version.to_string(),
+                value.value().to_vec(),
+            ));
+        }
+        Ok(requests)
+    }
+
+    /// Forgets one version of `model`, or all of them and its default pin (`None`).
+    pub fn delete_models(&self, model: &str, version: Option<&str>) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        {
+            let mut table = txn.open_table(MODELS).map_err(db_error)?;
+            match version {
+                Some(version) => {
+                    table
+                        .remove(state_key(model, version).as_str())
+                        .map_err(db_error)?;
+                }
+                None => {
+                    let (from, to) = first_part_range(model);
+                    table
+                        .retain_in(from.as_str()..to.as_str(), |_, _| false)
+                        .map_err(db_error)?;
+                    txn.open_table(DEFAULT_VERSIONS)
+                        .map_err(db_error)?
+                        .remove(model)
+                        .map_err(db_error)?;
+                }
+            }
+        }
+        txn.commit().map_err(db_error)
+    }
+
+    /// Pins (or, with `None`, unpins) the default version of `model`.
+    pub fn put_default_version(
+        &self,
+        model: &str,
+        version: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        {
+            let mut table = txn.open_table(DEFAULT_VERSIONS).map_err(db_error)?;
+            match version {
+                Some(version) => table.insert(model, version).map(drop),
+                None => table.remove(model).map(drop),
+            }
+            .map_err(db_error)?;
+        }
+        txn.commit().map_err(db_error)
+    }
+
+    /// Every pinned default version: (model, version).
+    pub fn default_versions(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let table = txn.open_table(DEFAULT_VERSIONS).map_err(db_error)?;
+        let mut pins = Vec::new();
+        for entry in table.iter().map_err(db_error)? {
+            let (model, version) = entry.map_err(db_error)?;
+            pins.push((model.value().to_string(), version.value().to_string()));
+        }
+        Ok(pins)
     }
 }
 
@@ -218,5 +326,25 @@ mod tests {
             "a prefix of another app's name is another app"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn loaded_models_and_pins_are_recorded_and_forgotten() {
+        let store = Store::in_memory();
+        store.put_model("m", "1", b"one").unwrap();
+        store.put_model("m", "2", b"two").unwrap();
+        store.put_model("mm", "1", b"other").unwrap();
+        store.put_default_version("m", Some("1")).unwrap();
+        assert_eq!(store.models().unwrap().len(), 3);
+        store.delete_models("m", Some("2")).unwrap();
+        assert_eq!(store.model("m", "2").unwrap(), None);
+        assert_eq!(
+            store.default_versions().unwrap(),
+            vec![("m".into(), "1".into())]
+        );
+        store.delete_models("m", None).unwrap();
+        let left = store.models().unwrap();
+        assert_eq!(left, vec![("mm".into(), "1".into(), b"other".to_vec())]);
+        assert!(store.default_versions().unwrap().is_empty());
     }
 }
