@@ -32,6 +32,10 @@ use tonic::{Request, Status};
 /// The largest gRPC message accepted: room for a component upload or a large batch.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
+/// HTTP/2 streams a client may have open on one connection; beyond it the client waits
+/// before sending, so a burst queues at its source instead of in the server's memory.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
 /// How the frontend behaves.
 #[derive(Clone, Default)]
 pub struct FrontendOptions {
@@ -308,7 +312,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let options = options.with_applications(&registry);
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION));
     if let Some(identity) = &options.tls {
         builder = builder.tls_config(identity.grpc_config())?;
     }
