@@ -6,14 +6,15 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The components `sample-models/` produces (file stems): the models, and for the
-/// load-refusal tests `wasi_hello` (not a model) and `unknown_import` (imports what the host
-/// does not provide).
+/// The components `sample-models/` produces (file stems): the models, the ONNX runner, and for
+/// the load-refusal tests `wasi_hello` (not a model) and `unknown_import` (imports what the
+/// host does not provide).
 const SAMPLE_COMPONENTS: &[&str] = &[
     "digits_logreg",
     "digits_mlp",
     "faulty",
     "fixed_cost",
+    "onnx_runner",
     "unknown_import",
     "wasi_hello",
 ];

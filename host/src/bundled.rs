@@ -27,6 +27,10 @@ pub const SAMPLE_MODELS: &[BundledModel] = &[
     },
 ];
 
+/// The onnx-runner component (`sample-models/onnx-runner`): give it an ONNX graph as its init
+/// config and it serves that graph. `LoadModel` with `onnx` bytes uses it.
+pub const ONNX_RUNNER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/onnx_runner.wasm"));
+
 /// The directory where the build script left every sample component, including the
 /// misbehaving `faulty.wasm` used by the tests. Valid on the machine that built this crate.
 pub const SAMPLE_WASM_DIR: &str = env!("SLUICE_SAMPLE_WASM_DIR");

@@ -43,7 +43,12 @@ pub(super) fn refused(status: tonic::Status) -> anyhow::Error {
 #[derive(Debug, clap::Args)]
 pub(super) struct LoadArgs {
     /// The component file (.wasm).
-    component: PathBuf,
+    #[arg(required_unless_present = "onnx")]
+    component: Option<PathBuf>,
+    /// Serve an ONNX graph with the bundled onnx-runner component instead (named after the
+    /// file unless --name is given).
+    #[arg(long, conflicts_with_all = ["component", "config", "server_path"])]
+    onnx: Option<PathBuf>,
     /// A model config file (TOML: replicas, init config, [batching], [limits]).
     #[arg(long)]
     model_config: Option<PathBuf>,
@@ -117,14 +122,19 @@ pub(super) async fn load(server: &ServerArgs, load: LoadArgs) -> Result<()> {
         max_request_bytes: load.max_request_bytes,
         max_response_bytes: load.max_response_bytes,
     })?;
-    let component = if load.server_path {
-        let path = std::path::absolute(&load.component)?;
-        Component::Path(path.to_string_lossy().into_owned())
-    } else {
-        Component::Wasm(
-            std::fs::read(&load.component)
-                .with_context(|| format!("reading {}", load.component.display()))?,
-        )
+    let read =
+        |path: &PathBuf| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+    let (component, default_name) = match (&load.onnx, &load.component) {
+        (Some(onnx), _) => (
+            Component::Onnx(read(onnx)?),
+            onnx.file_stem().map(|s| s.to_string_lossy().into_owned()),
+        ),
+        (None, Some(path)) if load.server_path => {
+            let path = std::path::absolute(path)?;
+            (Component::Path(path.to_string_lossy().into_owned()), None)
+        }
+        (None, Some(path)) => (Component::Wasm(read(path)?), None),
+        (None, None) => unreachable!("clap requires a component or --onnx"),
     };
     let config = match &settings.config {
         Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
@@ -133,7 +143,7 @@ pub(super) async fn load(server: &ServerArgs, load: LoadArgs) -> Result<()> {
     let message = proto::LoadModelRequest {
         component: Some(component),
         config,
-        name: load.name.unwrap_or_default(),
+        name: load.name.or(default_name).unwrap_or_default(),
         version: load.version.unwrap_or_default(),
         replicas: settings.replicas,
         limits: Some(settings.limits),

@@ -40,14 +40,39 @@ async fn load(
     options: &FrontendOptions,
     mut request: proto::LoadModelRequest,
 ) -> Result<(Arc<Model>, proto::LoadModelRequest), Status> {
-    let component = match request.component.take() {
-        Some(Component::Wasm(bytes)) => bytes,
-        Some(Component::Path(path)) => tokio::fs::read(&path).await.map_err(|e| {
-            Status::invalid_argument(format!("path: cannot read `{path}` on the server: {e}"))
-        })?,
+    // What gets recorded: the bytes sent (a path becomes the file's bytes; an ONNX graph
+    // stays a graph, not a copy of the runner).
+    let (component, config, recorded) = match request.component.take() {
+        Some(Component::Wasm(bytes)) => (
+            bytes.clone(),
+            request.config.clone(),
+            Component::Wasm(bytes),
+        ),
+        Some(Component::Path(path)) => {
+            let bytes = tokio::fs::read(&path).await.map_err(|e| {
+                Status::invalid_argument(format!("path: cannot read `{path}` on the server: {e}"))
+            })?;
+            (
+                bytes.clone(),
+                request.config.clone(),
+                Component::Wasm(bytes),
+            )
+        }
+        Some(Component::Onnx(graph)) => {
+            if !request.config.is_empty() {
+                return Err(Status::invalid_argument(
+                    "config: must be empty with `onnx` (the graph is the runner's config)",
+                ));
+            }
+            (
+                crate::bundled::ONNX_RUNNER.to_vec(),
+                graph.clone(),
+                Component::Onnx(graph),
+            )
+        }
         None => {
             return Err(Status::invalid_argument(
-                "component: give either `path` (on the server) or `wasm` (the bytes)",
+                "component: give `path` (on the server), `wasm` (the bytes) or `onnx` (a graph)",
             ));
         }
     };
@@ -55,8 +80,8 @@ async fn load(
         .map_err(Status::invalid_argument)?;
     let model = registry
         .load(LoadRequest {
-            component: component.clone(),
-            config: request.config.clone(),
+            component,
+            config,
             name: non_empty(request.name.clone()),
             version: non_empty(request.version.clone()),
             replicas: request.replicas.max(1) as usize,
@@ -65,7 +90,7 @@ async fn load(
         })
         .await
         .map_err(to_status)?;
-    request.component = Some(Component::Wasm(component));
+    request.component = Some(recorded);
     Ok((model, request))
 }
 
