@@ -4,10 +4,12 @@
 Run by .ci/run in a virtualenv:
     python tests/python/test_tritonclient.py GRPC_HOST:PORT HTTP_HOST:PORT
 against `sluice serve --repository DIR` where DIR was written by `sluice init-repo DIR`, with an
-application `digits-app` (Exp4 over digits-logreg and digits-mlp) registered.
+application `digits-app` (Exp4 over digits-logreg and digits-mlp) registered and the
+Python-authored `python-logreg` (sample-models/python-logreg) loaded.
 Exits non-zero on the first failed check and prints `N passed, 0 failed` at the end.
 """
 
+import pathlib
 import sys
 
 import urllib.request
@@ -119,7 +121,23 @@ def run(protocol, module, url):
     check(client.is_model_ready("digits-logreg"), f"{protocol}: load through the repository API")
 
 
+def python_model(url):
+    """The Python-authored model answers every held-out digit as the Rust model does."""
+    client = grpcclient.InferenceServerClient(url=url)
+    check(client.is_model_ready("python-logreg"), "python-logreg (componentize-py) is ready")
+    data = np.loadtxt(pathlib.Path(__file__).parents[2] / "sample-models/data/digits.csv",
+                      delimiter=",", dtype=np.float32)
+    held_out = data[np.arange(len(data)) % 5 == 0]
+    x = grpcclient.InferInput("pixels", [len(held_out), 64], "FP32")
+    x.set_data_from_numpy(np.ascontiguousarray(held_out[:, :64]))
+    python = client.infer("python-logreg", [x]).as_numpy("label")
+    rust = client.infer("digits-logreg", [x]).as_numpy("label")
+    accuracy = float((python == held_out[:, 64]).mean())
+    check((python == rust).all(), f"python-logreg labels equal digits-logreg's (accuracy {accuracy:.4f})")
+
+
 run("grpc", grpcclient, sys.argv[1])
+python_model(sys.argv[1])
 run("http", httpclient, sys.argv[2])
 
 with urllib.request.urlopen(f"http://{sys.argv[2]}/metrics") as response:

@@ -1,0 +1,137 @@
+//! Models from other frameworks, in process (no gRPC): the onnx-runner (tract) natively vs as
+//! a component, on the two exported digits graphs at batch 1 and 64; and the Python-authored
+//! logistic regression (componentize-py) against the Rust one, per call and per instance.
+//!
+//! Run: `cargo bench -p sluice-benches --bench frameworks`. The Python part needs the component
+//! built by `sample-models/python-logreg/build.sh` (path in `SLUICE_PYTHON_MODEL`, default
+//! `target/python_logreg.wasm`); without it that part is skipped with a message.
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use onnx_runner::OnnxRunner;
+use sluice::bundled::{ONNX_RUNNER, SAMPLE_WASM_DIR};
+use sluice::runtime::replica::{InstanceRecipe, Replica};
+use sluice::runtime::{Dtype, ModelLimits, Runtime, RuntimeConfig, Tensor};
+use sluice_train::{Digits, params_path};
+use std::hint::black_box;
+use std::path::PathBuf;
+
+fn runtime() -> Runtime {
+    Runtime::new(RuntimeConfig {
+        cache_dir: Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-cache")),
+        ..RuntimeConfig::default()
+    })
+    .unwrap()
+}
+
+fn recipe(runtime: &Runtime, component: &[u8], model: &str, config: Vec<u8>) -> InstanceRecipe {
+    InstanceRecipe {
+        component: runtime.load_component(component).unwrap(),
+        model: model.into(),
+        config: config.into(),
+        limits: ModelLimits::default(),
+        compute: runtime.compute().clone(),
+    }
+}
+
+fn pixels(rows: usize) -> Vec<Tensor> {
+    let digits = Digits::load_default().unwrap();
+    let values: Vec<f32> = digits.holdout[..rows]
+        .iter()
+        .flat_map(|s| s.pixels.iter().copied())
+        .collect();
+    vec![Tensor {
+        name: "pixels".into(),
+        dtype: Dtype::Fp32,
+        shape: vec![rows as u32, 64],
+        data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    }]
+}
+
+fn onnx_file(name: &str) -> Vec<u8> {
+    std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../sample-models/onnx/{name}.onnx")),
+    )
+    .unwrap()
+}
+
+/// The SDK's tensor type is the guest's binding; the native runner takes the same fields.
+fn sdk_tensors(tensors: &[Tensor]) -> Vec<sluice_sdk::Tensor> {
+    tensors
+        .iter()
+        .map(|t| sluice_sdk::Tensor {
+            name: t.name.clone(),
+            dtype: sluice_sdk::Dtype::Fp32,
+            shape: t.shape.clone(),
+            data: t.data.clone(),
+        })
+        .collect()
+}
+
+fn onnx(c: &mut Criterion) {
+    let runtime = runtime();
+    let mut group = c.benchmark_group("onnx");
+    for model in ["digits-sklearn", "digits-cnn"] {
+        let graph = onnx_file(model);
+        let mut native = OnnxRunner::from_onnx(&graph).unwrap();
+        let mut sandboxed = Replica::new(recipe(&runtime, ONNX_RUNNER, model, graph)).unwrap();
+        for rows in [1usize, 64] {
+            let inputs = pixels(rows);
+            let native_inputs = sdk_tensors(&inputs);
+            group.throughput(Throughput::Elements(rows as u64));
+            group.bench_with_input(
+                BenchmarkId::new(format!("{model}-native"), rows),
+                &native_inputs,
+                |b, inputs| b.iter(|| black_box(native.run(black_box(inputs)).unwrap())),
+            );
+            group.bench_with_input(
+                BenchmarkId::new(format!("{model}-component"), rows),
+                &inputs,
+                |b, inputs| b.iter(|| black_box(sandboxed.predict(black_box(inputs)).unwrap())),
+            );
+        }
+    }
+    let recipe = recipe(&runtime, ONNX_RUNNER, "digits-cnn", onnx_file("digits-cnn"));
+    group.bench_function("onnx-runner instantiate+init (cnn)", |b| {
+        b.iter(|| black_box(Replica::new(recipe.clone()).unwrap()))
+    });
+    group.finish();
+}
+
+fn python(c: &mut Criterion) {
+    let path = std::env::var("SLUICE_PYTHON_MODEL").map_or_else(
+        |_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/python_logreg.wasm"),
+        PathBuf::from,
+    );
+    let Ok(python) = std::fs::read(&path) else {
+        eprintln!(
+            "skipping the Python benchmarks: no {} (build it with \
+             sample-models/python-logreg/build.sh)",
+            path.display()
+        );
+        return;
+    };
+    let runtime = runtime();
+    let params = std::fs::read(params_path("digits-logreg")).unwrap();
+    let rust = std::fs::read(PathBuf::from(SAMPLE_WASM_DIR).join("digits_logreg.wasm")).unwrap();
+    let python = recipe(&runtime, &python, "python-logreg", params.clone());
+    let rust = recipe(&runtime, &rust, "digits-logreg", params);
+    let mut group = c.benchmark_group("python");
+    for (name, recipe) in [("python-logreg", &python), ("rust-logreg", &rust)] {
+        let mut replica = Replica::new(recipe.clone()).unwrap();
+        for rows in [1usize, 64] {
+            let inputs = pixels(rows);
+            group.throughput(Throughput::Elements(rows as u64));
+            group.bench_with_input(BenchmarkId::new(name, rows), &inputs, |b, inputs| {
+                b.iter(|| black_box(replica.predict(black_box(inputs)).unwrap()))
+            });
+        }
+    }
+    group.sample_size(20);
+    group.bench_function("python-logreg instantiate+init", |b| {
+        b.iter(|| black_box(Replica::new(python.clone()).unwrap()))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, onnx, python);
+criterion_main!(benches);
