@@ -78,6 +78,15 @@ fn encode(value: &impl Serialize) -> Vec<u8> {
     serde_json::to_vec(value).expect("specs and states serialize")
 }
 
+/// Runs a store operation off the async threads (a commit waits for fsync).
+pub async fn blocking<T: Send + 'static>(
+    op: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(op)
+        .await
+        .expect("store operations do not panic")
+}
+
 impl Store {
     /// Opens (or creates) the store at `path`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {

@@ -85,10 +85,13 @@ class Predictor(exports.Predictor):
         if pixels is None:
             raise Err(ModelError_InvalidInput("no `pixels` input"))
         rows = pixels.shape[0]
-        # The input's raw bytes go to the host as they came: no per-element conversion.
-        x = compute.DeviceTensor.upload(pixels.shape, pixels.data)
-        scores = compute.add(compute.matmul(x, STATE["weights"]), STATE["bias"])
-        probabilities = compute.softmax(scores).read()
+        # The input's raw bytes go to the host as they came: no per-element conversion. Each
+        # host tensor is released as soon as it is used (`with`), not when Python collects it.
+        with compute.DeviceTensor.upload(pixels.shape, pixels.data) as x:
+            with compute.matmul(x, STATE["weights"]) as product:
+                with compute.add(product, STATE["bias"]) as scores:
+                    with compute.softmax(scores) as softmax:
+                        probabilities = softmax.read()
         values = struct.unpack(f"<{rows * CLASSES}f", probabilities)
         labels = [
             max(range(CLASSES), key=lambda c: values[r * CLASSES + c]) for r in range(rows)

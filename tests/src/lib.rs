@@ -126,6 +126,27 @@ impl TestServer {
             .expect("connect")
     }
 
+    /// Serves HTTP (REST) for this server's registry on an ephemeral port, until the returned
+    /// sender is dropped. Pass `options` with `applications: Some(self.applications.clone())`
+    /// to share the gRPC server's applications.
+    pub async fn serve_http(
+        &self,
+        options: FrontendOptions,
+    ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(sluice::frontend::rest::serve(
+            listener,
+            self.registry.clone(),
+            options,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        (addr, stop)
+    }
+
     /// Stops the server, waiting for in-flight calls.
     pub async fn shutdown(self) {
         self.server.shutdown().await.expect("clean shutdown");

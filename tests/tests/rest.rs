@@ -5,26 +5,15 @@ use serde_json::{Value, json};
 use sluice::frontend::FrontendOptions;
 use sluice_tests::TestServer;
 use sluice_train::Digits;
-use std::net::SocketAddr;
 
 const CACHE: &str = env!("CARGO_TARGET_TMPDIR");
 
-/// Serves REST for `server`'s registry on an ephemeral port until the sender is dropped.
+/// Serves REST for `server`'s registry; the URL and the sender that keeps it running.
 async fn http(
     server: &TestServer,
     options: FrontendOptions,
 ) -> (String, tokio::sync::oneshot::Sender<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(sluice::frontend::rest::serve(
-        listener,
-        server.registry.clone(),
-        options,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (addr, stop) = server.serve_http(options).await;
     (format!("http://{addr}"), stop)
 }
 

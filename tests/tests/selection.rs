@@ -653,21 +653,12 @@ async fn kserve_and_rest_clients_reach_applications_by_name() {
         "{missing:?}"
     );
     // The sluice application API in JSON over HTTP, sharing the server's applications.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     let options = FrontendOptions {
         applications: Some(server.applications.clone()),
         ..FrontendOptions::default()
     };
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(sluice::frontend::rest::serve(
-        listener,
-        server.registry.clone(),
-        options,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (addr, _stop) = server.serve_http(options).await;
+    let url = format!("http://{addr}");
     let body = json!({
         "user_id": "carol",
         "inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": sample.pixels}],

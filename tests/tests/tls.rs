@@ -67,17 +67,7 @@ async fn both_ports_serve_tls_and_refuse_plaintext() {
     );
 
     // The HTTP port, with the same identity.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(sluice::frontend::rest::serve(
-        listener,
-        server.registry.clone(),
-        options,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (addr, _stop) = server.serve_http(options).await;
     let mut roots = rustls::RootCertStore::empty();
     let ca = rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
     roots.add(ca).unwrap();

@@ -355,7 +355,7 @@ pub fn application_json(spec: &ApplicationSpec) -> Json {
         "models": spec.models,
         "slo_ms": spec.slo_ms,
         "output": spec.output,
-        "kind": match spec.kind { LabelKind::Class => "class", LabelKind::Number => "number" },
+        "kind": spec.kind.name(),
         "default_output": value_json(Some(&value_to_proto(spec.default_output))),
         "policy": serde_json::to_value(&spec.policy).expect("policies serialize"),
         "confidence_threshold": spec.confidence_threshold,

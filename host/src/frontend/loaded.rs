@@ -24,13 +24,11 @@ fn store_status(error: StoreError) -> Status {
     ))
 }
 
+/// Runs a store operation off the async threads; a failure becomes the call's status.
 async fn blocking<T: Send + 'static>(
     op: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, Status> {
-    tokio::task::spawn_blocking(op)
-        .await
-        .expect("store operations do not panic")
-        .map_err(store_status)
+    crate::store::blocking(op).await.map_err(store_status)
 }
 
 /// Loads the model a `LoadModelRequest` describes. Returns it with the request rewritten to

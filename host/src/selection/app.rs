@@ -17,6 +17,16 @@ pub enum LabelKind {
     Number,
 }
 
+impl LabelKind {
+    /// `class` or `number`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LabelKind::Class => "class",
+            LabelKind::Number => "number",
+        }
+    }
+}
+
 /// An application, as registered and as stored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ApplicationSpec {

@@ -16,6 +16,7 @@ use crate::cache::{CacheKey, InputDigest, Lookup, PredictionCache, digest_inputs
 use crate::registry::{Registry, RegistryError};
 use crate::runtime::Tensor;
 pub use crate::store::{Store, StoreError};
+use crate::store::blocking;
 use app::{ApplicationSpec, LabelKind, check_label, read_predictions, split_link};
 pub use policy::{ArmState, Policy, PolicyConfig, Prediction, SelectionState};
 use rand::SeedableRng;
@@ -660,21 +661,3 @@ impl App {
     }
 }
 
-/// Runs a store operation off the async threads (a commit waits for fsync).
-async fn blocking<T: Send + 'static>(
-    op: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(op)
-        .await
-        .expect("store operations do not panic")
-}
-
-impl LabelKind {
-    /// `class` or `number`.
-    pub fn name(self) -> &'static str {
-        match self {
-            LabelKind::Class => "class",
-            LabelKind::Number => "number",
-        }
-    }
-}
