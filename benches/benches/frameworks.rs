@@ -49,7 +49,8 @@ fn pixels(rows: usize) -> Vec<Tensor> {
 
 fn onnx_file(name: &str) -> Vec<u8> {
     std::fs::read(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../sample-models/onnx/{name}.onnx")),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../sample-models/onnx/{name}.onnx")),
     )
     .unwrap()
 }

@@ -15,9 +15,9 @@ pub mod policy;
 use crate::cache::{CacheKey, InputDigest, Lookup, PredictionCache, digest_inputs};
 use crate::registry::{Registry, RegistryError};
 use crate::runtime::Tensor;
-pub use crate::store::{Store, StoreError};
 use crate::store::blocking;
-use app::{ApplicationSpec, LabelKind, check_label, read_predictions, split_link};
+pub use crate::store::{Store, StoreError};
+use app::{ApplicationSpec, check_label, read_predictions, split_link};
 pub use policy::{ArmState, Policy, PolicyConfig, Prediction, SelectionState};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -660,4 +660,3 @@ impl App {
         App { spec, rng }
     }
 }
-
