@@ -21,7 +21,7 @@ use app::{ApplicationSpec, check_label, read_predictions, split_link};
 pub use policy::{ArmState, Policy, PolicyConfig, Prediction, SelectionState};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -30,6 +30,10 @@ use tokio::sync::mpsc;
 
 /// Recent queries remembered for joining feedback with the model(s) that answered.
 const RECENT_QUERIES: usize = 100_000;
+
+/// Selection states kept in memory by default; beyond it the least recently used ones that no
+/// call is using are dropped (every state is in the store, and comes back from it when needed).
+const STATES_IN_MEMORY: usize = 100_000;
 
 /// Why a selection call failed.
 #[derive(Debug, Error)]
@@ -135,7 +139,8 @@ pub struct Applications {
     cache: Arc<PredictionCache>,
     store: Store,
     apps: RwLock<BTreeMap<String, Arc<App>>>,
-    states: Mutex<HashMap<StateKey, SharedState>>,
+    states: Mutex<lru::LruCache<StateKey, SharedState>>,
+    states_in_memory: usize,
     recent: Mutex<lru::LruCache<(String, String, InputDigest), Vec<String>>>,
 }
 
@@ -200,11 +205,33 @@ impl Applications {
             cache,
             store,
             apps: RwLock::new(apps),
-            states: Mutex::new(HashMap::new()),
+            states: Mutex::new(lru::LruCache::unbounded()),
+            states_in_memory: STATES_IN_MEMORY,
             recent: Mutex::new(lru::LruCache::new(
                 NonZeroUsize::new(RECENT_QUERIES).expect("non-zero"),
             )),
         })
+    }
+
+    /// Keeps at most `states` (application, user) states in memory (default 100 000); the
+    /// others stay in the store only.
+    pub fn with_states_in_memory(mut self, states: usize) -> Applications {
+        self.states_in_memory = states.max(1);
+        self
+    }
+
+    /// Drops the states of `app` (or of one of its users) from memory.
+    fn forget_states(&self, app: &str, user: Option<&str>) {
+        let mut states = lock(&self.states);
+        let doomed: Vec<StateKey> = states
+            .iter()
+            .map(|(key, _)| key)
+            .filter(|(a, u)| a == app && user.is_none_or(|user| user == u))
+            .cloned()
+            .collect();
+        for key in doomed {
+            states.pop(&key);
+        }
     }
 
     /// The prediction cache the applications read through.
@@ -319,7 +346,7 @@ impl Applications {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(app);
-        lock(&self.states).retain(|(a, _), _| a != app);
+        self.forget_states(app, None);
         Ok(())
     }
 
@@ -334,10 +361,25 @@ impl Applications {
         let stored = blocking(move || store.state(&a, &u)).await?;
         let mut states = lock(&self.states);
         // Another caller may have loaded it meanwhile: keep theirs.
-        Ok(states
-            .entry(key)
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(stored.unwrap_or_default())))
-            .clone())
+        let state = states
+            .get_or_insert(key, || {
+                Arc::new(tokio::sync::Mutex::new(stored.unwrap_or_default()))
+            })
+            .clone();
+        // Over the bound: drop the least recently used states that no call holds. One in use
+        // stays, so two copies of a state are never live at once.
+        let excess = states.len().saturating_sub(self.states_in_memory);
+        let idle: Vec<StateKey> = states
+            .iter()
+            .rev()
+            .filter(|(_, s)| Arc::strong_count(s) == 1)
+            .take(excess)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in idle {
+            states.pop(&key);
+        }
+        Ok(state)
     }
 
     /// The application and the selection state of `(app, user)` (user empty: the
@@ -360,7 +402,7 @@ impl Applications {
         let store = self.store.clone();
         let (name, who) = (app.to_string(), user.map(str::to_string));
         blocking(move || store.delete_states(&name, who.as_deref())).await?;
-        lock(&self.states).retain(|(a, u), _| !(a == app && user.is_none_or(|user| user == u)));
+        self.forget_states(app, user);
         Ok(())
     }
 
@@ -658,5 +700,50 @@ impl App {
     fn new(spec: ApplicationSpec) -> App {
         let rng = Arc::new(Mutex::new(StdRng::seed_from_u64(spec.seed)));
         App { spec, rng }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{Runtime, RuntimeConfig};
+
+    fn applications(states_in_memory: usize) -> Applications {
+        let runtime = Runtime::new(RuntimeConfig {
+            cache_dir: None,
+            ..RuntimeConfig::default()
+        })
+        .unwrap();
+        let registry = Arc::new(Registry::new(Arc::new(runtime)));
+        let cache = Arc::new(PredictionCache::new(1 << 20));
+        Applications::open(registry, cache, Store::in_memory())
+            .unwrap()
+            .with_states_in_memory(states_in_memory)
+    }
+
+    #[tokio::test]
+    async fn idle_states_leave_memory_and_come_back_from_the_store() {
+        let apps = applications(1);
+        let alice = apps.state("app", "alice").await.unwrap();
+        {
+            let mut state = alice.lock().await;
+            state.feedback_count = 5;
+            apps.store.put_state("app", "alice", &state).unwrap();
+        }
+        // Alice's state is in use: bob's arrival must not drop it.
+        let bob = apps.state("app", "bob").await.unwrap();
+        assert!(Arc::ptr_eq(
+            &alice,
+            &apps.state("app", "alice").await.unwrap()
+        ));
+        drop((alice, bob));
+        // Now idle, alice's state gives way to carol's, and comes back from the store.
+        apps.state("app", "carol").await.unwrap();
+        assert!(
+            lock(&apps.states).len() <= 2,
+            "bounded once states are idle"
+        );
+        let again = apps.state("app", "alice").await.unwrap();
+        assert_eq!(again.lock().await.feedback_count, 5);
     }
 }
