@@ -10,6 +10,7 @@ use std::process::Command;
 /// the load-refusal tests `wasi_hello` (not a model) and `unknown_import` (imports what the
 /// host does not provide).
 const SAMPLE_COMPONENTS: &[&str] = &[
+    "digits_cnn",
     "digits_logreg",
     "digits_mlp",
     "faulty",

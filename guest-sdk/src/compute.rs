@@ -97,4 +97,26 @@ impl DeviceTensor {
             .map(DeviceTensor)
             .map_err(ComputeError)
     }
+
+    /// Stride-1 convolution: `self [n, c, h, w]` with `filters [f, c, kh, kw]` and `pad` zeros
+    /// on every side → `[n, f, h + 2·pad − kh + 1, w + 2·pad − kw + 1]`.
+    pub fn conv2d(&self, filters: &DeviceTensor, pad: u32) -> Result<DeviceTensor, ComputeError> {
+        host::conv2d(&self.0, &filters.0, pad)
+            .map(DeviceTensor)
+            .map_err(ComputeError)
+    }
+
+    /// Max over non-overlapping `size`×`size` windows of `self [n, c, h, w]`.
+    pub fn max_pool(&self, size: u32) -> Result<DeviceTensor, ComputeError> {
+        host::max_pool(&self.0, size)
+            .map(DeviceTensor)
+            .map_err(ComputeError)
+    }
+
+    /// The same values under another shape with as many elements.
+    pub fn reshape(&self, shape: &[u32]) -> Result<DeviceTensor, ComputeError> {
+        host::reshape(&self.0, shape)
+            .map(DeviceTensor)
+            .map_err(ComputeError)
+    }
 }

@@ -74,6 +74,27 @@ impl Tensor {
     }
 }
 
+/// The two outputs of a classifier: `probabilities` `[rows, classes]` as given, and `label`
+/// `[rows]`, the most probable class of each row (the first one on a tie).
+pub fn classifier_outputs(rows: u32, probabilities: &[f32]) -> Vec<Tensor> {
+    let classes = probabilities.len() / rows.max(1) as usize;
+    let labels: Vec<i64> = probabilities
+        .chunks_exact(classes.max(1))
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |best, (i, &p)| {
+                    if p > best.1 { (i, p) } else { best }
+                })
+                .0 as i64
+        })
+        .collect();
+    vec![
+        Tensor::from_f32("probabilities", &[rows, classes as u32], probabilities),
+        Tensor::from_i64("label", &[rows], &labels),
+    ]
+}
+
 impl TensorSpec {
     /// A spec with the given name, dtype and shape (`-1` for a variable dimension; the first
     /// dimension is the batch and should be `-1`).

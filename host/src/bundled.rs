@@ -1,6 +1,6 @@
 //! The sample models compiled into the `sluice` binary, so that `sluice serve` with no flags
-//! serves something real: the digits classifiers built from `sample-models/` by the build
-//! script, with the parameters the trainer wrote. They ship as a model repository
+//! serves something real: the digits classifiers (logistic regression, MLP, CNN) built from
+//! `sample-models/` by the build script, with the parameters the trainer wrote. They ship as a model repository
 //! ([`write_sample_repository`]), so the default server is an ordinary repository server.
 
 /// A component and its init config, embedded at build time.
@@ -24,6 +24,11 @@ pub const SAMPLE_MODELS: &[BundledModel] = &[
         name: "digits-mlp",
         component: include_bytes!(concat!(env!("OUT_DIR"), "/digits_mlp.wasm")),
         config: include_bytes!("../../sample-models/digits-mlp/params.slpm"),
+    },
+    BundledModel {
+        name: "digits-cnn",
+        component: include_bytes!(concat!(env!("OUT_DIR"), "/digits_cnn.wasm")),
+        config: include_bytes!("../../sample-models/digits-cnn/params.slpm"),
     },
 ];
 

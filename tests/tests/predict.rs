@@ -6,6 +6,7 @@ use sluice::proto::PredictResponse;
 use sluice_sdk::params::{self, Param};
 use sluice_tests::{TestServer, digits_request, f32_values, i64_values, output};
 use sluice_train::Digits;
+use sluice_train::cnn::CnnParams;
 use sluice_train::logreg::LogRegParams;
 use sluice_train::mlp::MlpParams;
 
@@ -59,10 +60,23 @@ async fn digits_models_are_accurate_and_match_the_native_forward_pass() {
         w2: take(&mlp_params, "w2"),
         b2: take(&mlp_params, "b2"),
     };
+    let cnn_params = committed("digits-cnn");
+    let cnn = CnnParams {
+        dense: LogRegParams {
+            weights: take(&cnn_params, "weights"),
+            bias: take(&cnn_params, "bias"),
+        },
+    };
+    assert_eq!(
+        take(&cnn_params, "filters"),
+        cnn.to_params()[0].values,
+        "the committed filters are the trainer's"
+    );
     type Forward<'a> = Box<dyn Fn(&[f32]) -> Vec<f32> + 'a>;
-    let natives: [(&str, Forward); 2] = [
+    let natives: [(&str, Forward); 3] = [
         ("digits-logreg", Box::new(|x| logreg.probabilities(x))),
         ("digits-mlp", Box::new(|x| mlp.probabilities(x))),
+        ("digits-cnn", Box::new(|x| cnn.probabilities(x))),
     ];
 
     for (model, native) in natives {
@@ -96,7 +110,7 @@ async fn list_models_describes_the_loaded_models() {
     let mut server = TestServer::with_samples(CACHE).await;
     let models = server.models().await;
     let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(names, ["digits-logreg", "digits-mlp"]);
+    assert_eq!(names, ["digits-cnn", "digits-logreg", "digits-mlp"]);
     for m in &models {
         assert_eq!(m.replicas, 2);
         assert_eq!(m.max_batch, 256);

@@ -5,6 +5,7 @@
 //! and the arithmetic is plain `f32`/`f64` loops. Running `cargo run -p sluice-train --release`
 //! rewrites the committed parameter files byte for byte; a test checks that.
 
+pub mod cnn;
 pub mod digits;
 pub mod logreg;
 pub mod mlp;
@@ -51,12 +52,14 @@ pub fn params_path(model: &str) -> std::path::PathBuf {
         .join("params.slpm")
 }
 
-/// Trains both sample models and returns `(model name, encoded parameters, held-out accuracy)`.
+/// Trains the sample models and returns `(model name, encoded parameters, held-out accuracy)`.
 pub fn train_all(digits: &Digits) -> Vec<(&'static str, Vec<u8>, f64)> {
     let logreg = logreg::train(&digits.train);
     let logreg_acc = accuracy(&digits.holdout, |x| argmax(&logreg.probabilities(x)));
     let mlp = mlp::train(&digits.train);
     let mlp_acc = accuracy(&digits.holdout, |x| argmax(&mlp.probabilities(x)));
+    let cnn = cnn::train(&digits.train);
+    let cnn_acc = accuracy(&digits.holdout, |x| argmax(&cnn.probabilities(x)));
     vec![
         (
             "digits-logreg",
@@ -67,6 +70,11 @@ pub fn train_all(digits: &Digits) -> Vec<(&'static str, Vec<u8>, f64)> {
             "digits-mlp",
             sluice_sdk::params::encode(&mlp.to_params()),
             mlp_acc,
+        ),
+        (
+            "digits-cnn",
+            sluice_sdk::params::encode(&cnn.to_params()),
+            cnn_acc,
         ),
     ]
 }

@@ -1,5 +1,6 @@
 //! The CPU backend: SGEMM from `matrixmultiply` (the kernel ndarray uses: packed, SIMD,
-//! multi-threaded for large products) and straightforward loops for the element-wise ops.
+//! multi-threaded for large products) and straightforward loops for the element-wise ops,
+//! the convolution and the pooling (the sample CNN's layers are small).
 
 use super::{Backend, ComputeError, DeviceTensor};
 
@@ -103,6 +104,92 @@ impl Backend for CpuBackend {
         }
         DeviceTensor::new(x.shape().to_vec(), out)
     }
+
+    fn conv2d(
+        &self,
+        x: &DeviceTensor,
+        filters: &DeviceTensor,
+        pad: usize,
+    ) -> Result<DeviceTensor, ComputeError> {
+        let (&[n, c, h, w], &[f, c2, kh, kw]) = (x.shape(), filters.shape()) else {
+            return Err(ComputeError::Shape(format!(
+                "conv2d needs x [n, c, h, w] and filters [f, c, kh, kw], got {:?} and {:?}",
+                x.shape(),
+                filters.shape()
+            )));
+        };
+        if c != c2 || kh > h + 2 * pad || kw > w + 2 * pad {
+            return Err(ComputeError::Shape(format!(
+                "conv2d of {:?} with filters {:?} and padding {pad}: channels differ or the \
+                 filter is larger than the padded image",
+                x.shape(),
+                filters.shape()
+            )));
+        }
+        let (oh, ow) = (h + 2 * pad - kh + 1, w + 2 * pad - kw + 1);
+        let (xs, fs) = (x.data(), filters.data());
+        let mut out = vec![0.0f32; n * f * oh * ow];
+        for (image, out) in out.chunks_exact_mut(f * oh * ow).enumerate() {
+            for (filter, plane) in out.chunks_exact_mut(oh * ow).enumerate() {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut sum = 0.0;
+                        for ch in 0..c {
+                            for ky in 0..kh {
+                                // The input row under this filter row, if not in the padding.
+                                let Some(iy) = (oy + ky).checked_sub(pad).filter(|&y| y < h) else {
+                                    continue;
+                                };
+                                for kx in 0..kw {
+                                    let Some(ix) = (ox + kx).checked_sub(pad).filter(|&x| x < w)
+                                    else {
+                                        continue;
+                                    };
+                                    sum += xs[((image * c + ch) * h + iy) * w + ix]
+                                        * fs[((filter * c + ch) * kh + ky) * kw + kx];
+                                }
+                            }
+                        }
+                        plane[oy * ow + ox] = sum;
+                    }
+                }
+            }
+        }
+        DeviceTensor::new(vec![n, f, oh, ow], out)
+    }
+
+    fn max_pool(&self, x: &DeviceTensor, size: usize) -> Result<DeviceTensor, ComputeError> {
+        let &[n, c, h, w] = x.shape() else {
+            return Err(ComputeError::Shape(format!(
+                "max_pool needs x [n, c, h, w], got {:?}",
+                x.shape()
+            )));
+        };
+        if size == 0 || size > h || size > w {
+            return Err(ComputeError::Shape(format!(
+                "max_pool window {size} does not fit {:?}",
+                x.shape()
+            )));
+        }
+        let (oh, ow) = (h / size, w / size);
+        let mut out = Vec::with_capacity(n * c * oh * ow);
+        for plane in x.data().chunks_exact(h * w) {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let window = (0..size).flat_map(|dy| {
+                        let row = (oy * size + dy) * w + ox * size;
+                        plane[row..row + size].iter().copied()
+                    });
+                    out.push(window.fold(f32::NEG_INFINITY, f32::max));
+                }
+            }
+        }
+        DeviceTensor::new(vec![n, c, oh, ow], out)
+    }
+
+    fn reshape(&self, x: &DeviceTensor, shape: &[usize]) -> Result<DeviceTensor, ComputeError> {
+        DeviceTensor::new(shape.to_vec(), x.data().to_vec())
+    }
 }
 
 #[cfg(test)]
@@ -174,6 +261,44 @@ mod tests {
         assert!((s.data()[0] + s.data()[1] - 1.0).abs() < 1e-6);
         assert!(s.data()[1] > s.data()[0]);
         assert_eq!(&s.data()[2..], &[0.5, 0.5]);
+    }
+
+    #[test]
+    fn conv2d_with_padding_matches_hand_computed_values() {
+        // A 3x3 image of 1..9 and a filter that sums each 3x3 neighbourhood.
+        let x = t(&[1, 1, 3, 3], &[1., 2., 3., 4., 5., 6., 7., 8., 9.]);
+        let ones = t(&[1, 1, 3, 3], &[1.0; 9]);
+        let same = CpuBackend.conv2d(&x, &ones, 1).unwrap();
+        assert_eq!(same.shape(), &[1, 1, 3, 3]);
+        // Corners see 4 pixels, edges 6, the centre all 9.
+        assert_eq!(same.data(), &[12., 21., 16., 27., 45., 33., 24., 39., 28.]);
+        let valid = CpuBackend.conv2d(&x, &ones, 0).unwrap();
+        assert_eq!(
+            (valid.shape(), valid.data()),
+            (&[1, 1, 1, 1][..], &[45.][..])
+        );
+        // Two channels, two filters: each output channel sums its filter over both inputs.
+        let x2 = t(&[1, 2, 1, 1], &[1., 10.]);
+        let f2 = t(&[2, 2, 1, 1], &[1., 0., 1., 1.]);
+        assert_eq!(CpuBackend.conv2d(&x2, &f2, 0).unwrap().data(), &[1., 11.]);
+        assert!(CpuBackend.conv2d(&x2, &ones, 0).is_err(), "channels differ");
+    }
+
+    #[test]
+    fn max_pool_takes_window_maxima_and_drops_partial_windows() {
+        let x = t(
+            &[1, 1, 3, 4],
+            &[1., 5., 2., 0., 3., 4., 8., 1., 9., 9., 9., 9.],
+        );
+        let pooled = CpuBackend.max_pool(&x, 2).unwrap();
+        assert_eq!(
+            (pooled.shape(), pooled.data()),
+            (&[1, 1, 1, 2][..], &[5., 8.][..])
+        );
+        let flat = CpuBackend.reshape(&pooled, &[1, 2]).unwrap();
+        assert_eq!(flat.shape(), &[1, 2]);
+        assert!(CpuBackend.reshape(&pooled, &[3]).is_err());
+        assert!(CpuBackend.max_pool(&x, 4).is_err());
     }
 
     #[test]

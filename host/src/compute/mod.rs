@@ -102,4 +102,17 @@ pub trait Backend: Send + Sync {
     fn relu(&self, x: &DeviceTensor) -> Result<DeviceTensor, ComputeError>;
     /// Softmax over the last dimension.
     fn softmax(&self, x: &DeviceTensor) -> Result<DeviceTensor, ComputeError>;
+    /// Stride-1 convolution of `x [n, c, h, w]` with `filters [f, c, kh, kw]`, `pad` zeros on
+    /// every side → `[n, f, h + 2·pad − kh + 1, w + 2·pad − kw + 1]`.
+    fn conv2d(
+        &self,
+        x: &DeviceTensor,
+        filters: &DeviceTensor,
+        pad: usize,
+    ) -> Result<DeviceTensor, ComputeError>;
+    /// Max over non-overlapping `size`×`size` windows of `x [n, c, h, w]` →
+    /// `[n, c, h / size, w / size]`.
+    fn max_pool(&self, x: &DeviceTensor, size: usize) -> Result<DeviceTensor, ComputeError>;
+    /// The same values under `shape` (same element count).
+    fn reshape(&self, x: &DeviceTensor, shape: &[usize]) -> Result<DeviceTensor, ComputeError>;
 }

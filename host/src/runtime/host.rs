@@ -71,7 +71,11 @@ impl StoreState {
         &mut self,
         a: Resource<DeviceTensor>,
         b: Resource<DeviceTensor>,
-        op: fn(&dyn Backend, &DeviceTensor, &DeviceTensor) -> Result<DeviceTensor, ComputeError>,
+        op: impl FnOnce(
+            &dyn Backend,
+            &DeviceTensor,
+            &DeviceTensor,
+        ) -> Result<DeviceTensor, ComputeError>,
     ) -> wasmtime::Result<Result<Resource<DeviceTensor>, String>> {
         let result = op(self.compute.as_ref(), self.tensor(&a)?, self.tensor(&b)?);
         self.keep(result)
@@ -80,7 +84,7 @@ impl StoreState {
     fn unary(
         &mut self,
         x: Resource<DeviceTensor>,
-        op: fn(&dyn Backend, &DeviceTensor) -> Result<DeviceTensor, ComputeError>,
+        op: impl FnOnce(&dyn Backend, &DeviceTensor) -> Result<DeviceTensor, ComputeError>,
     ) -> wasmtime::Result<Result<Resource<DeviceTensor>, String>> {
         let result = op(self.compute.as_ref(), self.tensor(&x)?);
         self.keep(result)
@@ -151,6 +155,34 @@ impl Host for StoreState {
         x: Resource<DeviceTensor>,
     ) -> wasmtime::Result<Result<Resource<DeviceTensor>, String>> {
         self.unary(x, |backend, x| backend.softmax(x))
+    }
+
+    fn conv2d(
+        &mut self,
+        x: Resource<DeviceTensor>,
+        filters: Resource<DeviceTensor>,
+        pad: u32,
+    ) -> wasmtime::Result<Result<Resource<DeviceTensor>, String>> {
+        self.binary(x, filters, |backend, x, f| {
+            backend.conv2d(x, f, pad as usize)
+        })
+    }
+
+    fn max_pool(
+        &mut self,
+        x: Resource<DeviceTensor>,
+        size: u32,
+    ) -> wasmtime::Result<Result<Resource<DeviceTensor>, String>> {
+        self.unary(x, |backend, x| backend.max_pool(x, size as usize))
+    }
+
+    fn reshape(
+        &mut self,
+        x: Resource<DeviceTensor>,
+        shape: Vec<u32>,
+    ) -> wasmtime::Result<Result<Resource<DeviceTensor>, String>> {
+        let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+        self.unary(x, |backend, x| backend.reshape(x, &shape))
     }
 }
 

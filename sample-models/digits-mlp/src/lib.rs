@@ -65,17 +65,7 @@ impl Model for Mlp {
         let x = DeviceTensor::upload_bytes(&[rows, FEATURES], &pixels.data)?;
         let hidden = x.matmul(&self.w1)?.add(&self.b1)?.relu()?;
         let probabilities = hidden.matmul(&self.w2)?.add(&self.b2)?.softmax()?.read();
-        let labels: Vec<i64> = probabilities
-            .chunks_exact(CLASSES as usize)
-            .map(|row| {
-                let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1));
-                best.map_or(0, |(i, _)| i as i64)
-            })
-            .collect();
-        Ok(vec![
-            Tensor::from_f32("probabilities", &[rows, CLASSES], &probabilities),
-            Tensor::from_i64("label", &[rows], &labels),
-        ])
+        Ok(sluice_sdk::classifier_outputs(rows, &probabilities))
     }
 }
 
