@@ -1,7 +1,7 @@
 //! What the sandbox costs, in process (no gRPC): the digits logistic regression as plain Rust
-//! vs the same code as a component (batch 1 and 64), the MLP whose layers run on the host
-//! compute import, and the fixed costs of a model's lifecycle: instantiate + init, loading a
-//! precompiled component, compiling one from scratch.
+//! vs the same code as a component (batch 1 and 64), the MLP and the CNN whose layers run on
+//! the host compute import (batch 1, 64 and 256), and the fixed costs of a model's lifecycle:
+//! instantiate + init, loading a precompiled component, compiling one from scratch.
 //!
 //! Run: `cargo bench -p sluice-benches`. Figures go to `docs/benchmarks.md`.
 
@@ -61,12 +61,21 @@ fn predict(c: &mut Criterion) {
     let native = LogReg::from_config(&config).unwrap();
     let mut logreg = Replica::new(recipe(&runtime, "digits_logreg", "digits-logreg")).unwrap();
     let mut mlp = Replica::new(recipe(&runtime, "digits_mlp", "digits-mlp")).unwrap();
+    let mut cnn = Replica::new(recipe(&runtime, "digits_cnn", "digits-cnn")).unwrap();
 
     let mut group = c.benchmark_group("predict");
-    for rows in [1usize, 64] {
+    for rows in [1usize, 64, 256] {
         let x = pixels(rows);
         let inputs = [pixels_tensor(&x)];
         group.throughput(Throughput::Elements(rows as u64));
+        for (name, replica) in [("mlp-component", &mut mlp), ("cnn-component", &mut cnn)] {
+            group.bench_with_input(BenchmarkId::new(name, rows), &inputs, |b, inputs| {
+                b.iter(|| black_box(replica.predict(black_box(inputs)).unwrap()))
+            });
+        }
+        if rows == 256 {
+            continue;
+        }
         group.bench_with_input(BenchmarkId::new("logreg-native", rows), &x, |b, x| {
             let mut probabilities = vec![0.0; rows * CLASSES];
             b.iter(|| black_box(native.predict_batch(black_box(x), &mut probabilities)))
@@ -75,11 +84,6 @@ fn predict(c: &mut Criterion) {
             BenchmarkId::new("logreg-component", rows),
             &inputs,
             |b, inputs| b.iter(|| black_box(logreg.predict(black_box(inputs)).unwrap())),
-        );
-        group.bench_with_input(
-            BenchmarkId::new("mlp-component", rows),
-            &inputs,
-            |b, inputs| b.iter(|| black_box(mlp.predict(black_box(inputs)).unwrap())),
         );
     }
     group.finish();
