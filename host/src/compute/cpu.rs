@@ -1,6 +1,6 @@
 //! The CPU backend: SGEMM from `matrixmultiply` (the kernel ndarray uses: packed, SIMD,
-//! multi-threaded for large products) and straightforward loops for the element-wise ops,
-//! the convolution and the pooling (the sample CNN's layers are small).
+//! multi-threaded for large products) for matmul and for convolution (im2col, then one SGEMM
+//! per batch), and straightforward loops for the element-wise ops and the pooling.
 
 use super::{Backend, ComputeError, DeviceTensor};
 
@@ -14,6 +14,38 @@ fn rows_and_width(shape: &[usize]) -> (usize, usize) {
         Some((&last, rest)) => (rest.iter().product(), last),
         None => (1, 1),
     }
+}
+
+/// `a [m, k] × b [k, n]`, row-major, with `matrixmultiply`'s SGEMM.
+fn sgemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
+    assert!(
+        a.len() == m * k && b.len() == k * n,
+        "sgemm operands match their shapes"
+    );
+    let mut c = vec![0.0f32; m * n];
+    if m > 0 && n > 0 && k > 0 {
+        // SAFETY: the pointers cover m*k, k*n and m*n f32 values with the row-major strides
+        // given (asserted above); `c` does not alias `a` or `b`.
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                1.0,
+                a.as_ptr(),
+                k as isize,
+                1,
+                b.as_ptr(),
+                n as isize,
+                1,
+                0.0,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
+            );
+        }
+    }
+    c
 }
 
 impl Backend for CpuBackend {
@@ -34,29 +66,7 @@ impl Backend for CpuBackend {
                 "matmul of [{m}, {k}] by [{k2}, {n}]: inner dimensions differ"
             )));
         }
-        let mut c = vec![0.0f32; m * n];
-        if m > 0 && n > 0 && k > 0 {
-            // SAFETY: the pointers cover m*k, k*n and m*n f32 values with the row-major strides
-            // given, which the shape checks above guarantee; `c` does not alias `a` or `b`.
-            unsafe {
-                matrixmultiply::sgemm(
-                    m,
-                    k,
-                    n,
-                    1.0,
-                    a.data().as_ptr(),
-                    k as isize,
-                    1,
-                    b.data().as_ptr(),
-                    n as isize,
-                    1,
-                    0.0,
-                    c.as_mut_ptr(),
-                    n as isize,
-                    1,
-                );
-            }
-        }
+        let c = sgemm(m, k, n, a.data(), b.data());
         DeviceTensor::new(vec![m, n], c)
     }
 
@@ -127,32 +137,39 @@ impl Backend for CpuBackend {
             )));
         }
         let (oh, ow) = (h + 2 * pad - kh + 1, w + 2 * pad - kw + 1);
-        let (xs, fs) = (x.data(), filters.data());
-        let mut out = vec![0.0f32; n * f * oh * ow];
-        for (image, out) in out.chunks_exact_mut(f * oh * ow).enumerate() {
-            for (filter, plane) in out.chunks_exact_mut(oh * ow).enumerate() {
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let mut sum = 0.0;
-                        for ch in 0..c {
-                            for ky in 0..kh {
-                                // The input row under this filter row, if not in the padding.
-                                let Some(iy) = (oy + ky).checked_sub(pad).filter(|&y| y < h) else {
-                                    continue;
-                                };
-                                for kx in 0..kw {
-                                    let Some(ix) = (ox + kx).checked_sub(pad).filter(|&x| x < w)
-                                    else {
-                                        continue;
-                                    };
-                                    sum += xs[((image * c + ch) * h + iy) * w + ix]
-                                        * fs[((filter * c + ch) * kh + ky) * kw + kx];
+        // im2col: one column per output pixel of every image, holding the c·kh·kw input values
+        // under the filter there (zero in the padding); then one SGEMM for the whole batch.
+        let (patch, pixels) = (c * kh * kw, n * oh * ow);
+        let xs = x.data();
+        let mut cols = vec![0.0f32; patch * pixels];
+        for ch in 0..c {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let row = &mut cols[((ch * kh + ky) * kw + kx) * pixels..][..pixels];
+                    for image in 0..n {
+                        for oy in 0..oh {
+                            let Some(iy) = (oy + ky).checked_sub(pad).filter(|&y| y < h) else {
+                                continue;
+                            };
+                            for ox in 0..ow {
+                                if let Some(ix) = (ox + kx).checked_sub(pad).filter(|&x| x < w) {
+                                    row[(image * oh + oy) * ow + ox] =
+                                        xs[((image * c + ch) * h + iy) * w + ix];
                                 }
                             }
                         }
-                        plane[oy * ow + ox] = sum;
                     }
                 }
+            }
+        }
+        // [f, patch] × [patch, n·oh·ow] → [f, n, oh·ow]; reorder to [n, f, oh·ow].
+        let product = sgemm(f, patch, pixels, filters.data(), &cols);
+        let plane = oh * ow;
+        let mut out = vec![0.0f32; n * f * plane];
+        for filter in 0..f {
+            for image in 0..n {
+                out[(image * f + filter) * plane..][..plane]
+                    .copy_from_slice(&product[(filter * n + image) * plane..][..plane]);
             }
         }
         DeviceTensor::new(vec![n, f, oh, ow], out)
@@ -282,6 +299,62 @@ mod tests {
         let f2 = t(&[2, 2, 1, 1], &[1., 0., 1., 1.]);
         assert_eq!(CpuBackend.conv2d(&x2, &f2, 0).unwrap().data(), &[1., 11.]);
         assert!(CpuBackend.conv2d(&x2, &ones, 0).is_err(), "channels differ");
+    }
+
+    /// The convolution by its definition, as a reference.
+    fn naive_conv2d(x: &DeviceTensor, f: &DeviceTensor, pad: usize) -> Vec<f32> {
+        let (&[n, c, h, w], &[fo, _, kh, kw]) = (x.shape(), f.shape()) else {
+            unreachable!()
+        };
+        let (oh, ow) = (h + 2 * pad - kh + 1, w + 2 * pad - kw + 1);
+        let mut out = Vec::new();
+        for i in 0..n {
+            for o in 0..fo {
+                for y in 0..oh {
+                    for xx in 0..ow {
+                        let mut sum = 0.0;
+                        for ch in 0..c {
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let (iy, ix) = (y + ky, xx + kx);
+                                    if iy >= pad && ix >= pad && iy - pad < h && ix - pad < w {
+                                        sum += x.data()
+                                            [((i * c + ch) * h + iy - pad) * w + ix - pad]
+                                            * f.data()[((o * c + ch) * kh + ky) * kw + kx];
+                                    }
+                                }
+                            }
+                        }
+                        out.push(sum);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn conv2d_matches_the_definition_on_batches_and_odd_shapes() {
+        let values = |len: usize, seed: f32| -> Vec<f32> {
+            (0..len)
+                .map(|i| ((i as f32 * 0.37 + seed).sin() * 3.0).round())
+                .collect()
+        };
+        for &(n, c, h, w, f, k, pad) in &[
+            (3, 2, 5, 6, 3, 3, 1),
+            (2, 1, 4, 4, 2, 2, 0),
+            (1, 3, 7, 5, 4, 3, 2),
+        ] {
+            let x = t(&[n, c, h, w], &values(n * c * h * w, 0.5));
+            let filters = t(&[f, c, k, k], &values(f * c * k * k, 1.5));
+            let got = CpuBackend.conv2d(&x, &filters, pad).unwrap();
+            assert_eq!(
+                got.data(),
+                naive_conv2d(&x, &filters, pad),
+                "{:?}",
+                got.shape()
+            );
+        }
     }
 
     #[test]
