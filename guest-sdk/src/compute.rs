@@ -53,6 +53,17 @@ impl DeviceTensor {
             .map_err(ComputeError)
     }
 
+    /// Takes the parameter `name` out of `params` (see [`crate::params::take`], which checks
+    /// its shape) and uploads it.
+    pub fn upload_param(
+        params: &mut Vec<crate::params::Param>,
+        name: &str,
+        shape: &[u32],
+    ) -> Result<Self, ModelError> {
+        let p = crate::params::take(params, name, shape)?;
+        Ok(Self::upload(&p.shape, &p.values)?)
+    }
+
     /// The tensor's shape.
     pub fn shape(&self) -> Vec<u32> {
         self.0.shape()

@@ -48,7 +48,7 @@ mod tensor;
 use std::any::Any;
 use std::cell::RefCell;
 
-pub use tensor::{classifier_outputs, input};
+pub use tensor::{classifier_info, classifier_outputs, input};
 
 /// The raw bindings generated from the WIT contract. Model authors should not need them; they
 /// are public only so that [`export_model!`] can reach them from another crate.

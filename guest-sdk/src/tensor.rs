@@ -1,7 +1,7 @@
 //! Helpers for building and reading [`Tensor`]s, so model code works with `f32`/`i64` slices
 //! instead of the little-endian byte layout the WIT contract carries.
 
-use crate::{Dtype, ModelError, Tensor, TensorSpec};
+use crate::{Dtype, ModelError, ModelInfo, Tensor, TensorSpec};
 
 /// Finds the input called `name`, or fails with [`ModelError::InvalidInput`] naming it.
 pub fn input<'a>(inputs: &'a [Tensor], name: &str) -> Result<&'a Tensor, ModelError> {
@@ -71,6 +71,26 @@ impl Tensor {
                 self.name, self.dtype
             )))
         }
+    }
+}
+
+/// The description of a classifier over one FP32 input `input` `[-1, features]`: outputs
+/// `probabilities` FP32 `[-1, classes]` and `label` INT64 `[-1]`, what [`classifier_outputs`]
+/// makes.
+pub fn classifier_info(name: &str, input: &str, features: u32, classes: u32) -> ModelInfo {
+    ModelInfo {
+        name: name.into(),
+        version: "1".into(),
+        inputs: vec![TensorSpec::new(
+            input,
+            Dtype::Fp32,
+            &[-1, i64::from(features)],
+        )],
+        outputs: vec![
+            TensorSpec::new("probabilities", Dtype::Fp32, &[-1, i64::from(classes)]),
+            TensorSpec::new("label", Dtype::Int64, &[-1]),
+        ],
+        max_batch: 256,
     }
 }
 

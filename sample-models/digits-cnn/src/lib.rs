@@ -4,7 +4,7 @@
 //! operations and reads the probabilities back. Trained by `train/src/cnn.rs`.
 
 use sluice_sdk::compute::DeviceTensor;
-use sluice_sdk::{Dtype, Model, ModelError, ModelInfo, Tensor, TensorSpec, params};
+use sluice_sdk::{Model, ModelError, ModelInfo, Tensor, params};
 
 const SIDE: u32 = 8;
 const FEATURES: u32 = SIDE * SIDE;
@@ -18,41 +18,19 @@ pub struct Cnn {
     bias: DeviceTensor,
 }
 
-fn upload(
-    params: &mut Vec<params::Param>,
-    name: &str,
-    shape: &[u32],
-) -> Result<DeviceTensor, ModelError> {
-    let p = params::take(params, name, shape)?;
-    Ok(DeviceTensor::upload(&p.shape, &p.values)?)
-}
-
 impl Model for Cnn {
     fn init(config: &[u8]) -> Result<Self, ModelError> {
         let mut params = params::decode(config)?;
         let pooled = FILTERS * (SIDE / 2) * (SIDE / 2);
         Ok(Cnn {
-            filters: upload(&mut params, "filters", &[FILTERS, 1, 3, 3])?,
-            weights: upload(&mut params, "weights", &[pooled, CLASSES])?,
-            bias: upload(&mut params, "bias", &[CLASSES])?,
+            filters: DeviceTensor::upload_param(&mut params, "filters", &[FILTERS, 1, 3, 3])?,
+            weights: DeviceTensor::upload_param(&mut params, "weights", &[pooled, CLASSES])?,
+            bias: DeviceTensor::upload_param(&mut params, "bias", &[CLASSES])?,
         })
     }
 
     fn info(&self) -> ModelInfo {
-        ModelInfo {
-            name: "digits-cnn".into(),
-            version: "1".into(),
-            inputs: vec![TensorSpec::new(
-                "pixels",
-                Dtype::Fp32,
-                &[-1, FEATURES as i64],
-            )],
-            outputs: vec![
-                TensorSpec::new("probabilities", Dtype::Fp32, &[-1, CLASSES as i64]),
-                TensorSpec::new("label", Dtype::Int64, &[-1]),
-            ],
-            max_batch: 256,
-        }
+        sluice_sdk::classifier_info("digits-cnn", "pixels", FEATURES, CLASSES)
     }
 
     fn predict(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ModelError> {

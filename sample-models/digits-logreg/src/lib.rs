@@ -3,7 +3,7 @@
 //! by itself. Its parameters (`weights` `[64, 10]`, `bias` `[10]`, already scaled for raw pixel
 //! counts 0..16) come from the trainer (`cargo run -p sluice-train`) as the init config.
 
-use sluice_sdk::{Dtype, Model, ModelError, ModelInfo, Tensor, TensorSpec, params};
+use sluice_sdk::{Model, ModelError, ModelInfo, Tensor, params};
 
 /// Pixels per image.
 pub const FEATURES: usize = 64;
@@ -78,20 +78,7 @@ impl Model for LogReg {
     }
 
     fn info(&self) -> ModelInfo {
-        ModelInfo {
-            name: "digits-logreg".into(),
-            version: "1".into(),
-            inputs: vec![TensorSpec::new(
-                "pixels",
-                Dtype::Fp32,
-                &[-1, FEATURES as i64],
-            )],
-            outputs: vec![
-                TensorSpec::new("probabilities", Dtype::Fp32, &[-1, CLASSES as i64]),
-                TensorSpec::new("label", Dtype::Int64, &[-1]),
-            ],
-            max_batch: 256,
-        }
+        sluice_sdk::classifier_info("digits-logreg", "pixels", FEATURES as u32, CLASSES as u32)
     }
 
     fn predict(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ModelError> {

@@ -3,7 +3,7 @@
 //! operations and one read, so the guest itself does almost no arithmetic.
 
 use sluice_sdk::compute::DeviceTensor;
-use sluice_sdk::{Dtype, Model, ModelError, ModelInfo, Tensor, TensorSpec, params};
+use sluice_sdk::{Model, ModelError, ModelInfo, Tensor, params};
 
 const FEATURES: u32 = 64;
 const CLASSES: u32 = 10;
@@ -17,15 +17,6 @@ pub struct Mlp {
 }
 
 /// Uploads a parameter tensor that the trainer wrote with exactly `shape`.
-fn upload(
-    params: &mut Vec<params::Param>,
-    name: &str,
-    shape: &[u32],
-) -> Result<DeviceTensor, ModelError> {
-    let p = params::take(params, name, shape)?;
-    Ok(DeviceTensor::upload(&p.shape, &p.values)?)
-}
-
 impl Model for Mlp {
     fn init(config: &[u8]) -> Result<Self, ModelError> {
         let mut params = params::decode(config)?;
@@ -35,28 +26,15 @@ impl Model for Mlp {
             .and_then(|p| p.shape.first().copied())
             .ok_or_else(|| ModelError::Internal("invalid parameters: `b1` is missing".into()))?;
         Ok(Mlp {
-            w1: upload(&mut params, "w1", &[FEATURES, hidden])?,
-            b1: upload(&mut params, "b1", &[hidden])?,
-            w2: upload(&mut params, "w2", &[hidden, CLASSES])?,
-            b2: upload(&mut params, "b2", &[CLASSES])?,
+            w1: DeviceTensor::upload_param(&mut params, "w1", &[FEATURES, hidden])?,
+            b1: DeviceTensor::upload_param(&mut params, "b1", &[hidden])?,
+            w2: DeviceTensor::upload_param(&mut params, "w2", &[hidden, CLASSES])?,
+            b2: DeviceTensor::upload_param(&mut params, "b2", &[CLASSES])?,
         })
     }
 
     fn info(&self) -> ModelInfo {
-        ModelInfo {
-            name: "digits-mlp".into(),
-            version: "1".into(),
-            inputs: vec![TensorSpec::new(
-                "pixels",
-                Dtype::Fp32,
-                &[-1, FEATURES as i64],
-            )],
-            outputs: vec![
-                TensorSpec::new("probabilities", Dtype::Fp32, &[-1, CLASSES as i64]),
-                TensorSpec::new("label", Dtype::Int64, &[-1]),
-            ],
-            max_batch: 256,
-        }
+        sluice_sdk::classifier_info("digits-mlp", "pixels", FEATURES, CLASSES)
     }
 
     fn predict(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ModelError> {
