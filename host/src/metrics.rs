@@ -30,6 +30,7 @@ struct Metrics {
     replicas: IntGaugeVec,
     cache_lookups: IntCounterVec,
     default_outputs: IntCounterVec,
+    instances_replaced: IntCounterVec,
 }
 
 fn histogram(name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
@@ -91,6 +92,14 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["model", "result"],
         )
         .expect("valid counter"),
+        instances_replaced: IntCounterVec::new(
+            Opts::new(
+                "sluice_instances_replaced_total",
+                "Instances replaced by a fresh one, per model, by reason (fault, max-calls)",
+            ),
+            &["model", "reason"],
+        )
+        .expect("valid counter"),
         default_outputs: IntCounterVec::new(
             Opts::new(
                 "sluice_app_default_outputs_total",
@@ -111,6 +120,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(m.replicas.clone()),
         Box::new(m.cache_lookups.clone()),
         Box::new(m.default_outputs.clone()),
+        Box::new(m.instances_replaced.clone()),
     ] {
         m.registry.register(collector).expect("unique metric names");
     }
@@ -156,6 +166,14 @@ pub fn record_cache(model: &str, lookup: crate::cache::Lookup) {
     METRICS
         .cache_lookups
         .with_label_values(&[model, result])
+        .inc();
+}
+
+/// Records that an instance of `model` was replaced, and why.
+pub fn record_instance_replaced(model: &str, reason: &str) {
+    METRICS
+        .instances_replaced
+        .with_label_values(&[model, reason])
         .inc();
 }
 

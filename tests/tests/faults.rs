@@ -157,3 +157,52 @@ async fn an_init_failure_refuses_the_load_with_the_model_message() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_are_replaced_after_max_calls_and_keep_answering() {
+    let mut server = TestServer::start(CACHE, FrontendOptions::default()).await;
+    server
+        .client
+        .load_model(LoadModelRequest {
+            component: Some(Component::Wasm(sample_component("digits_logreg"))),
+            config: std::fs::read(sluice_train::params_path("digits-logreg")).unwrap(),
+            name: "recycled".into(),
+            replicas: 1,
+            limits: Some(ModelLimits {
+                max_calls_per_instance: 3,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let status = server.model("recycled").await;
+    assert_eq!(status.limits.unwrap().max_calls_per_instance, 3);
+    let digits = Digits::load_default().unwrap();
+    for sample in digits.holdout.chunks(1).take(10) {
+        // One at a time: each call is one batch on the single replica.
+        server
+            .client
+            .predict(digits_request("recycled", sample))
+            .await
+            .expect("every call is answered, across replacements");
+    }
+    let (addr, _stop) = server.serve_http(FrontendOptions::default()).await;
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let replaced = r#"sluice_instances_replaced_total{model="recycled",reason="max-calls"} 3"#;
+    assert!(
+        metrics.lines().any(|l| l == replaced),
+        "ten calls at three per instance replace it three times:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("recycled"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    server.shutdown().await;
+}

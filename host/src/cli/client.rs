@@ -97,6 +97,9 @@ pub(super) struct LoadArgs {
     /// Largest answer to one request, in bytes of output tensors.
     #[arg(long)]
     max_response_bytes: Option<u64>,
+    /// Replace each instance with a fresh one after this many calls.
+    #[arg(long)]
+    max_calls_per_instance: Option<u64>,
     /// Send the path for the server to read instead of uploading the file.
     #[arg(long)]
     server_path: bool,
@@ -121,6 +124,7 @@ pub(super) async fn load(server: &ServerArgs, load: LoadArgs) -> Result<()> {
         queue_capacity: load.queue,
         max_request_bytes: load.max_request_bytes,
         max_response_bytes: load.max_response_bytes,
+        max_calls_per_instance: load.max_calls_per_instance,
     })?;
     let read =
         |path: &PathBuf| std::fs::read(path).with_context(|| format!("reading {}", path.display()));

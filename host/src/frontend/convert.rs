@@ -96,6 +96,10 @@ pub fn limits_from_proto(limits: Option<proto::ModelLimits>, defaults: ModelLimi
             0 => defaults.max_response_bytes,
             n => usize::try_from(n).unwrap_or(usize::MAX),
         },
+        max_calls_per_instance: match l.max_calls_per_instance {
+            0 => defaults.max_calls_per_instance,
+            n => n,
+        },
     }
 }
 
@@ -185,6 +189,7 @@ pub fn model_status(model: &Model, is_default_version: bool) -> proto::ModelStat
             queue_capacity: model.limits.queue_capacity as u32,
             max_request_bytes: model.limits.max_request_bytes as u64,
             max_response_bytes: model.limits.max_response_bytes as u64,
+            max_calls_per_instance: model.limits.max_calls_per_instance,
         }),
         component_sha256: model.sha256.clone(),
         is_default_version,

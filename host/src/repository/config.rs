@@ -20,6 +20,7 @@
 //! queue_capacity = 1024       # per replica
 //! max_request_bytes = 16777216
 //! max_response_bytes = 16777216
+//! max_calls_per_instance = 0  # replace an instance after this many calls (0: never)
 //! ```
 //! Every key is optional; what is missing takes the server's default.
 
@@ -61,6 +62,7 @@ pub struct LimitsSection {
     queue_capacity: Option<u32>,
     max_request_bytes: Option<u64>,
     max_response_bytes: Option<u64>,
+    max_calls_per_instance: Option<u64>,
 }
 
 /// Settings given on top of the file (the command line), each `None` when not given.
@@ -80,6 +82,7 @@ pub struct Overrides {
     pub queue_capacity: Option<u32>,
     pub max_request_bytes: Option<u64>,
     pub max_response_bytes: Option<u64>,
+    pub max_calls_per_instance: Option<u64>,
 }
 
 /// The resolved settings, in the API's terms (zero = the server's default).
@@ -148,6 +151,10 @@ impl ModelConfigFile {
                 max_response_bytes: flags
                     .max_response_bytes
                     .or(limits.max_response_bytes)
+                    .unwrap_or(0),
+                max_calls_per_instance: flags
+                    .max_calls_per_instance
+                    .or(limits.max_calls_per_instance)
                     .unwrap_or(0),
             },
         })

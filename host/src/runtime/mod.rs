@@ -63,6 +63,9 @@ pub struct ModelLimits {
     pub max_request_bytes: usize,
     /// Largest answer returned to one request (the bytes of its output tensors).
     pub max_response_bytes: usize,
+    /// Replace an instance with a fresh one after this many calls (0: never). Bounds what a
+    /// guest that leaks memory per call can accumulate.
+    pub max_calls_per_instance: u64,
 }
 
 impl Default for ModelLimits {
@@ -73,6 +76,7 @@ impl Default for ModelLimits {
             queue_capacity: 1024,
             max_request_bytes: 16 << 20,
             max_response_bytes: 16 << 20,
+            max_calls_per_instance: 0,
         }
     }
 }

@@ -37,6 +37,8 @@ struct Instance {
 pub struct Replica {
     recipe: InstanceRecipe,
     instance: Option<Instance>,
+    /// Calls the current instance has run.
+    calls: u64,
 }
 
 impl Replica {
@@ -46,6 +48,7 @@ impl Replica {
         Ok(Replica {
             recipe,
             instance: Some(instance),
+            calls: 0,
         })
     }
 
@@ -91,7 +94,8 @@ impl Replica {
             .sluice_model_predictor()
             .call_predict(&mut instance.store, inputs);
         let printed = instance.store.data().log.take_recent();
-        match result {
+        self.calls += 1;
+        let answer = match result {
             Ok(Ok(outputs)) => Ok(outputs),
             Ok(Err(ModelError::InvalidInput(message))) => Err(CallError::RejectedInput(message)),
             Ok(Err(ModelError::Internal(message))) => Err(CallError::ModelFailed(message)),
@@ -100,16 +104,47 @@ impl Replica {
                 let error = classify_trap(&trap, memory, &printed, &self.recipe.limits);
                 tracing::warn!(model = %self.recipe.model, %error, details = %error_chain(&trap),
                     "discarding the instance after a fault");
-                self.instance = match instantiate(&self.recipe) {
-                    Ok(fresh) => Some(fresh),
-                    Err(e) => {
-                        tracing::error!(model = %self.recipe.model, error = %e,
-                            "re-instantiation failed; will retry on the next request");
-                        None
-                    }
-                };
-                Err(error)
+                self.replace(Replacement::Fault);
+                return Err(error);
             }
+        };
+        let limit = self.recipe.limits.max_calls_per_instance;
+        if limit > 0 && self.calls >= limit {
+            self.replace(Replacement::MaxCalls);
+        }
+        answer
+    }
+
+    /// Drops the current instance and makes a fresh one from the `InstancePre` (with `init`);
+    /// if that fails, the next call tries again.
+    fn replace(&mut self, why: Replacement) {
+        crate::metrics::record_instance_replaced(&self.recipe.model, why.label());
+        self.calls = 0;
+        self.instance = match instantiate(&self.recipe) {
+            Ok(fresh) => Some(fresh),
+            Err(e) => {
+                tracing::error!(model = %self.recipe.model, error = %e,
+                    "re-instantiation failed; will retry on the next request");
+                None
+            }
+        };
+    }
+}
+
+/// Why an instance was replaced.
+#[derive(Clone, Copy)]
+enum Replacement {
+    /// The call trapped (or ran out of time or memory): the `Store` is unusable.
+    Fault,
+    /// The instance ran `max_calls_per_instance` calls.
+    MaxCalls,
+}
+
+impl Replacement {
+    fn label(self) -> &'static str {
+        match self {
+            Replacement::Fault => "fault",
+            Replacement::MaxCalls => "max-calls",
         }
     }
 }
