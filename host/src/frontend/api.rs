@@ -6,7 +6,7 @@ use super::apps::{
 };
 use super::convert::{entry_status, model_status, tensor_from_proto, tensor_to_proto};
 use super::status::{selection_status, to_status};
-use super::{FrontendOptions, authorize_admin, loaded};
+use super::{FrontendOptions, authorize_admin, loaded, non_empty};
 use crate::proto::{self, sluice_server::Sluice};
 use crate::registry::Registry;
 use crate::runtime::Tensor;
@@ -28,10 +28,6 @@ impl SluiceApi {
             options,
         }
     }
-}
-
-fn non_empty(s: String) -> Option<String> {
-    (!s.is_empty()).then_some(s)
 }
 
 fn tensors_from_proto(tensors: Vec<proto::Tensor>) -> Result<Vec<Tensor>, Status> {
@@ -62,10 +58,7 @@ impl Sluice for SluiceApi {
         }
         let model = self
             .registry
-            .get(
-                &request.model,
-                Some(request.version.as_str()).filter(|v| !v.is_empty()),
-            )
+            .get(&request.model, non_empty(request.version.as_str()))
             .map_err(to_status)?;
         let inputs = tensors_from_proto(request.inputs)?;
         let deadline = (request.timeout_ms > 0).then(|| {

@@ -9,7 +9,7 @@
 //! (policy, cache, deadline); the `user_id` request parameter picks the user's state.
 
 use super::status::to_status;
-use super::{AppParameters, FrontendOptions, InferTarget, authorize_admin};
+use super::{AppParameters, FrontendOptions, InferTarget, authorize_admin, non_empty};
 use crate::inference::{
     self, grpc_inference_service_server::GrpcInferenceService,
     model_infer_request::InferInputTensor, model_infer_response::InferOutputTensor,
@@ -58,10 +58,6 @@ fn app_parameters(
             Some(ParameterChoice::BoolParam(true))
         ),
     }
-}
-
-fn non_empty(s: &str) -> Option<&str> {
-    (!s.is_empty()).then_some(s)
 }
 
 /// Encodes typed `contents` as the little-endian bytes the model takes.

@@ -4,19 +4,15 @@
 //! `SetDefaultVersion` keep the record current. At start, [`restore`] replays the records on
 //! top of the model repository.
 
-use super::FrontendOptions;
 use super::convert::{batching_from_proto, limits_from_proto};
 use super::status::to_status;
+use super::{FrontendOptions, non_empty};
 use crate::proto::{self, load_model_request::Component};
 use crate::registry::{LoadRequest, Model, Registry};
 use crate::store::{Store, StoreError};
 use prost::Message;
 use std::sync::Arc;
 use tonic::Status;
-
-fn non_empty(s: String) -> Option<String> {
-    (!s.is_empty()).then_some(s)
-}
 
 fn store_status(error: StoreError) -> Status {
     Status::internal(format!(

@@ -93,6 +93,11 @@ impl FrontendOptions {
     }
 }
 
+/// Protobuf's empty string means "not given": `None` for it, the value otherwise.
+pub(crate) fn non_empty<S: AsRef<str>>(s: S) -> Option<S> {
+    (!s.as_ref().is_empty()).then_some(s)
+}
+
 /// Admin calls load code into the server: they are accepted from loopback peers, or, when the
 /// server has an admin token, from any peer whose `authorization` is `Bearer <token>`.
 pub(crate) fn check_admin(

@@ -234,11 +234,6 @@ impl Applications {
         }
     }
 
-    /// The prediction cache the applications read through.
-    pub fn cache(&self) -> &PredictionCache {
-        &self.cache
-    }
-
     fn app(&self, name: &str) -> Result<Arc<App>, SelectionError> {
         self.apps
             .read()
