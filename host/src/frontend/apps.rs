@@ -201,13 +201,17 @@ pub fn output_names(spec: &ApplicationSpec) -> [&str; 3] {
     [spec.output.as_str(), CONFIDENCE_OUTPUT, DEFAULT_OUTPUT]
 }
 
-/// The specs of [`output_names`], with a variable batch dimension.
-pub fn output_specs(spec: &ApplicationSpec) -> Vec<crate::runtime::TensorSpec> {
-    let value_dtype = match spec.kind {
+/// The dtype an application's answers travel as: INT64 labels or FP64 numbers.
+fn value_dtype(kind: LabelKind) -> Dtype {
+    match kind {
         LabelKind::Class => Dtype::Int64,
         LabelKind::Number => Dtype::Fp64,
-    };
-    [value_dtype, Dtype::Fp64, Dtype::Boolean]
+    }
+}
+
+/// The specs of [`output_names`], with a variable batch dimension.
+pub fn output_specs(spec: &ApplicationSpec) -> Vec<crate::runtime::TensorSpec> {
+    [value_dtype(spec.kind), Dtype::Fp64, Dtype::Boolean]
         .into_iter()
         .zip(output_names(spec))
         .map(|(dtype, name)| crate::runtime::TensorSpec {
@@ -227,32 +231,18 @@ pub fn answer_tensors(spec: &ApplicationSpec, answer: &AppAnswer) -> Vec<Tensor>
         shape: vec![rows],
         data,
     };
-    let (dtype, values) = match spec.kind {
-        LabelKind::Class => (
-            Dtype::Int64,
-            answer
-                .rows
-                .iter()
-                .flat_map(|r| match r.prediction {
-                    Prediction::Class(label) => label.to_le_bytes(),
-                    Prediction::Number(n) => (n as i64).to_le_bytes(),
-                })
-                .collect(),
-        ),
-        LabelKind::Number => (
-            Dtype::Fp64,
-            answer
-                .rows
-                .iter()
-                .flat_map(|r| match r.prediction {
-                    Prediction::Class(label) => (label as f64).to_le_bytes(),
-                    Prediction::Number(n) => n.to_le_bytes(),
-                })
-                .collect(),
-        ),
-    };
+    // The predictions have the application's kind (checked at registration and when the
+    // models' answers are read), so each is encoded as that kind's dtype.
+    let values = answer
+        .rows
+        .iter()
+        .flat_map(|r| match r.prediction {
+            Prediction::Class(label) => label.to_le_bytes(),
+            Prediction::Number(n) => n.to_le_bytes(),
+        })
+        .collect();
     vec![
-        tensor(&spec.output, dtype, values),
+        tensor(&spec.output, value_dtype(spec.kind), values),
         tensor(
             CONFIDENCE_OUTPUT,
             Dtype::Fp64,

@@ -20,11 +20,15 @@ fn store_status(error: StoreError) -> Status {
     ))
 }
 
-/// Runs a store operation off the async threads; a failure becomes the call's status.
-async fn blocking<T: Send + 'static>(
-    op: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+/// Runs `op` on the server's store, off the async threads; a failure becomes the call's status.
+async fn in_store<T: Send + 'static>(
+    options: &FrontendOptions,
+    op: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, Status> {
-    crate::store::blocking(op).await.map_err(store_status)
+    let store = options.store();
+    crate::store::blocking(move || op(&store))
+        .await
+        .map_err(store_status)
 }
 
 /// Loads the model a `LoadModelRequest` describes. Returns it with the request rewritten to
@@ -98,9 +102,11 @@ pub(super) async fn load_and_record(
     // Recorded under the names it serves as, so a replay cannot land elsewhere.
     request.name = model.name.clone();
     request.version = model.version.clone();
-    let store = options.store();
     let (name, version) = (model.name.clone(), model.version.clone());
-    blocking(move || store.put_model(&name, &version, &request.encode_to_vec())).await?;
+    in_store(options, move |store| {
+        store.put_model(&name, &version, &request.encode_to_vec())
+    })
+    .await?;
     Ok(model)
 }
 
@@ -110,9 +116,11 @@ pub(super) async fn forget(
     name: &str,
     version: Option<&str>,
 ) -> Result<(), Status> {
-    let store = options.store();
     let (name, version) = (name.to_string(), version.map(str::to_string));
-    blocking(move || store.delete_models(&name, version.as_deref())).await
+    in_store(options, move |store| {
+        store.delete_models(&name, version.as_deref())
+    })
+    .await
 }
 
 /// After `ScaleModel`: a recorded model comes back with its new replica count.
@@ -121,9 +129,8 @@ pub(super) async fn record_scale(
     model: &Model,
     replicas: u32,
 ) -> Result<(), Status> {
-    let store = options.store();
     let (name, version) = (model.name.clone(), model.version.clone());
-    blocking(move || {
+    in_store(options, move |store| {
         if let Some(bytes) = store.model(&name, &version)? {
             let mut request = proto::LoadModelRequest::decode(bytes.as_slice())
                 .expect("the store holds what this module wrote");
@@ -141,9 +148,11 @@ pub(super) async fn record_default(
     name: &str,
     version: Option<&str>,
 ) -> Result<(), Status> {
-    let store = options.store();
     let (name, version) = (name.to_string(), version.map(str::to_string));
-    blocking(move || store.put_default_version(&name, version.as_deref())).await
+    in_store(options, move |store| {
+        store.put_default_version(&name, version.as_deref())
+    })
+    .await
 }
 
 /// What [`restore`] brought back.
