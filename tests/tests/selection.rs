@@ -174,6 +174,19 @@ async fn feedback(
         .into_inner()
 }
 
+async fn selection_state(server: &mut TestServer, app: &str, user: &str) -> proto::SelectionState {
+    let request = proto::GetSelectionStateRequest {
+        app: app.into(),
+        user_id: user.into(),
+    };
+    let response = server.client.get_selection_state(request).await;
+    response
+        .expect("GetSelectionState")
+        .into_inner()
+        .state
+        .unwrap()
+}
+
 fn weight(state: &proto::SelectionState, model: &str) -> f64 {
     state.arms.iter().find(|a| a.model == model).unwrap().weight
 }
@@ -258,17 +271,7 @@ async fn exp3_asks_one_model_and_learns_about_the_one_it_asked() {
             "feedback is joined with the model that answered"
         );
     }
-    let state = server
-        .client
-        .get_selection_state(proto::GetSelectionStateRequest {
-            app: "bandit".into(),
-            user_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .state
-        .unwrap();
+    let state = selection_state(&mut server, "bandit", "").await;
     let arm = |m: &str| state.arms.iter().find(|a| a.model == m).unwrap().clone();
     assert!(
         arm("digits-logreg").probability > 0.8,
@@ -394,24 +397,10 @@ async fn each_user_has_its_own_state() {
     for sample in &digits.holdout[..3] {
         feedback(&mut server, "personal", "alice", sample).await;
     }
-    let state = |user: &str| proto::GetSelectionStateRequest {
-        app: "personal".into(),
-        user_id: user.into(),
-    };
-    let alice = server
-        .client
-        .get_selection_state(state("alice"))
-        .await
-        .unwrap();
-    let bob = server
-        .client
-        .get_selection_state(state("bob"))
-        .await
-        .unwrap();
-    let everyone = server.client.get_selection_state(state("")).await.unwrap();
-    assert_eq!(alice.into_inner().state.unwrap().feedback_count, 3);
-    assert_eq!(bob.into_inner().state.unwrap().feedback_count, 0);
-    assert_eq!(everyone.into_inner().state.unwrap().feedback_count, 0);
+    for (user, count) in [("alice", 3), ("bob", 0), ("", 0)] {
+        let state = selection_state(&mut server, "personal", user).await;
+        assert_eq!(state.feedback_count, count, "user `{user}`");
+    }
     server
         .client
         .reset_selection_state(proto::ResetSelectionStateRequest {
@@ -421,12 +410,8 @@ async fn each_user_has_its_own_state() {
         })
         .await
         .unwrap();
-    let alice = server
-        .client
-        .get_selection_state(state("alice"))
-        .await
-        .unwrap();
-    assert_eq!(alice.into_inner().state.unwrap().feedback_count, 0);
+    let alice = selection_state(&mut server, "personal", "alice").await;
+    assert_eq!(alice.feedback_count, 0);
     server.shutdown().await;
 }
 
