@@ -2,19 +2,11 @@
 //! multi-threaded for large products) for matmul and for convolution (im2col, then one SGEMM
 //! per batch), and straightforward loops for the element-wise ops and the pooling.
 
-use super::{Backend, ComputeError, DeviceTensor};
+use super::{Backend, ComputeError, DeviceTensor, shapes};
 
 /// Runs compute operations on the host CPU.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CpuBackend;
-
-/// Splits a tensor into `(rows, row_len)`: everything but the last dimension is rows.
-fn rows_and_width(shape: &[usize]) -> (usize, usize) {
-    match shape.split_last() {
-        Some((&last, rest)) => (rest.iter().product(), last),
-        None => (1, 1),
-    }
-}
 
 /// `a [m, k] × b [k, n]`, row-major, with `matrixmultiply`'s SGEMM.
 fn sgemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
@@ -53,54 +45,40 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
+    fn upload(&self, shape: Vec<usize>, data: Vec<f32>) -> Result<DeviceTensor, ComputeError> {
+        DeviceTensor::new(shape, data)
+    }
+
+    fn read(&self, x: &DeviceTensor) -> Result<Vec<f32>, ComputeError> {
+        Ok(x.host_data()?.to_vec())
+    }
+
     fn matmul(&self, a: &DeviceTensor, b: &DeviceTensor) -> Result<DeviceTensor, ComputeError> {
-        let (&[m, k], &[k2, n]) = (a.shape(), b.shape()) else {
-            return Err(ComputeError::Shape(format!(
-                "matmul needs two matrices, got {:?} and {:?}",
-                a.shape(),
-                b.shape()
-            )));
-        };
-        if k != k2 {
-            return Err(ComputeError::Shape(format!(
-                "matmul of [{m}, {k}] by [{k2}, {n}]: inner dimensions differ"
-            )));
-        }
-        let c = sgemm(m, k, n, a.data(), b.data());
+        let (m, k, n) = shapes::matmul(a.shape(), b.shape())?;
+        let c = sgemm(m, k, n, a.host_data()?, b.host_data()?);
         DeviceTensor::new(vec![m, n], c)
     }
 
     fn add(&self, a: &DeviceTensor, b: &DeviceTensor) -> Result<DeviceTensor, ComputeError> {
-        let data = if a.shape() == b.shape() {
-            a.data().iter().zip(b.data()).map(|(x, y)| x + y).collect()
-        } else {
-            let (_, width) = rows_and_width(a.shape());
-            let is_row = matches!(b.shape(), [n] | [1, n] if *n == width);
-            if !is_row || a.shape().is_empty() {
-                return Err(ComputeError::Shape(format!(
-                    "cannot add {:?} to {:?}: need the same shape or a row of {width}",
-                    b.shape(),
-                    a.shape()
-                )));
-            }
-            a.data()
-                .chunks_exact(width.max(1))
-                .flat_map(|row| row.iter().zip(b.data()).map(|(x, y)| x + y))
-                .collect()
-        };
+        let repeat = shapes::add(a.shape(), b.shape())?;
+        let (xs, ys) = (a.host_data()?, b.host_data()?);
+        let data = xs
+            .chunks_exact(repeat.max(1))
+            .flat_map(|chunk| chunk.iter().zip(ys).map(|(x, y)| x + y))
+            .collect();
         DeviceTensor::new(a.shape().to_vec(), data)
     }
 
     fn relu(&self, x: &DeviceTensor) -> Result<DeviceTensor, ComputeError> {
         DeviceTensor::new(
             x.shape().to_vec(),
-            x.data().iter().map(|v| v.max(0.0)).collect(),
+            x.host_data()?.iter().map(|v| v.max(0.0)).collect(),
         )
     }
 
     fn softmax(&self, x: &DeviceTensor) -> Result<DeviceTensor, ComputeError> {
-        let (_, width) = rows_and_width(x.shape());
-        let mut out = x.data().to_vec();
+        let (_, width) = shapes::rows_and_width(x.shape());
+        let mut out = x.host_data()?.to_vec();
         for row in out.chunks_exact_mut(width.max(1)) {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0.0;
@@ -121,26 +99,22 @@ impl Backend for CpuBackend {
         filters: &DeviceTensor,
         pad: usize,
     ) -> Result<DeviceTensor, ComputeError> {
-        let (&[n, c, h, w], &[f, c2, kh, kw]) = (x.shape(), filters.shape()) else {
-            return Err(ComputeError::Shape(format!(
-                "conv2d needs x [n, c, h, w] and filters [f, c, kh, kw], got {:?} and {:?}",
-                x.shape(),
-                filters.shape()
-            )));
-        };
-        if c != c2 || kh > h + 2 * pad || kw > w + 2 * pad {
-            return Err(ComputeError::Shape(format!(
-                "conv2d of {:?} with filters {:?} and padding {pad}: channels differ or the \
-                 filter is larger than the padded image",
-                x.shape(),
-                filters.shape()
-            )));
-        }
-        let (oh, ow) = (h + 2 * pad - kh + 1, w + 2 * pad - kw + 1);
+        let shapes::Conv {
+            n,
+            c,
+            h,
+            w,
+            f,
+            kh,
+            kw,
+            pad,
+            oh,
+            ow,
+        } = shapes::conv2d(x.shape(), filters.shape(), pad)?;
         // im2col: one column per output pixel of every image, holding the c·kh·kw input values
         // under the filter there (zero in the padding); then one SGEMM for the whole batch.
         let (patch, pixels) = (c * kh * kw, n * oh * ow);
-        let xs = x.data();
+        let xs = x.host_data()?;
         let mut cols = vec![0.0f32; patch * pixels];
         for ch in 0..c {
             for ky in 0..kh {
@@ -163,7 +137,7 @@ impl Backend for CpuBackend {
             }
         }
         // [f, patch] × [patch, n·oh·ow] → [f, n, oh·ow]; reorder to [n, f, oh·ow].
-        let product = sgemm(f, patch, pixels, filters.data(), &cols);
+        let product = sgemm(f, patch, pixels, filters.host_data()?, &cols);
         let plane = oh * ow;
         let mut out = vec![0.0f32; n * f * plane];
         for filter in 0..f {
@@ -176,21 +150,10 @@ impl Backend for CpuBackend {
     }
 
     fn max_pool(&self, x: &DeviceTensor, size: usize) -> Result<DeviceTensor, ComputeError> {
-        let &[n, c, h, w] = x.shape() else {
-            return Err(ComputeError::Shape(format!(
-                "max_pool needs x [n, c, h, w], got {:?}",
-                x.shape()
-            )));
-        };
-        if size == 0 || size > h || size > w {
-            return Err(ComputeError::Shape(format!(
-                "max_pool window {size} does not fit {:?}",
-                x.shape()
-            )));
-        }
+        let [n, c, h, w] = shapes::max_pool(x.shape(), size)?;
         let (oh, ow) = (h / size, w / size);
         let mut out = Vec::with_capacity(n * c * oh * ow);
-        for plane in x.data().chunks_exact(h * w) {
+        for plane in x.host_data()?.chunks_exact(h * w) {
             for oy in 0..oh {
                 for ox in 0..ow {
                     let window = (0..size).flat_map(|dy| {
@@ -205,7 +168,8 @@ impl Backend for CpuBackend {
     }
 
     fn reshape(&self, x: &DeviceTensor, shape: &[usize]) -> Result<DeviceTensor, ComputeError> {
-        DeviceTensor::new(shape.to_vec(), x.data().to_vec())
+        shapes::reshape(x.shape(), shape)?;
+        DeviceTensor::new(shape.to_vec(), x.host_data()?.to_vec())
     }
 }
 
@@ -217,6 +181,10 @@ mod tests {
         DeviceTensor::new(shape.to_vec(), data.to_vec()).unwrap()
     }
 
+    fn values(tensor: &DeviceTensor) -> &[f32] {
+        tensor.host_data().unwrap()
+    }
+
     /// Textbook triple loop, the reference for the SGEMM path.
     fn naive_matmul(a: &DeviceTensor, b: &DeviceTensor) -> Vec<f32> {
         let (m, k, n) = (a.shape()[0], a.shape()[1], b.shape()[1]);
@@ -224,7 +192,7 @@ mod tests {
         for i in 0..m {
             for j in 0..n {
                 c[i * n + j] = (0..k)
-                    .map(|p| a.data()[i * k + p] * b.data()[p * n + j])
+                    .map(|p| values(&a)[i * k + p] * values(&b)[p * n + j])
                     .sum();
             }
         }
@@ -246,7 +214,7 @@ mod tests {
             );
             let c = CpuBackend.matmul(&a, &b).unwrap();
             assert_eq!(c.shape(), &[m, n]);
-            for (x, y) in c.data().iter().zip(naive_matmul(&a, &b)) {
+            for (x, y) in values(&c).iter().zip(naive_matmul(&a, &b)) {
                 assert!(
                     (x - y).abs() <= 1e-3 * y.abs().max(1.0),
                     "{m}x{k}x{n}: {x} vs {y}"
@@ -266,18 +234,18 @@ mod tests {
         let a = t(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
         let b = t(&[3], &[10.0, 20.0, 30.0]);
         let c = CpuBackend.add(&a, &b).unwrap();
-        assert_eq!(c.data(), &[11.0, 22.0, 33.0, 14.0, 25.0, 36.0]);
+        assert_eq!(values(&c), &[11.0, 22.0, 33.0, 14.0, 25.0, 36.0]);
         assert!(CpuBackend.add(&a, &t(&[2], &[1.0, 2.0])).is_err());
     }
 
     #[test]
     fn relu_and_softmax() {
         let x = t(&[2, 2], &[-1.0, 2.0, 0.0, 0.0]);
-        assert_eq!(CpuBackend.relu(&x).unwrap().data(), &[0.0, 2.0, 0.0, 0.0]);
+        assert_eq!(values(&CpuBackend.relu(&x).unwrap()), &[0.0, 2.0, 0.0, 0.0]);
         let s = CpuBackend.softmax(&x).unwrap();
-        assert!((s.data()[0] + s.data()[1] - 1.0).abs() < 1e-6);
-        assert!(s.data()[1] > s.data()[0]);
-        assert_eq!(&s.data()[2..], &[0.5, 0.5]);
+        assert!((values(&s)[0] + values(&s)[1] - 1.0).abs() < 1e-6);
+        assert!(values(&s)[1] > values(&s)[0]);
+        assert_eq!(&values(&s)[2..], &[0.5, 0.5]);
     }
 
     #[test]
@@ -288,16 +256,16 @@ mod tests {
         let same = CpuBackend.conv2d(&x, &ones, 1).unwrap();
         assert_eq!(same.shape(), &[1, 1, 3, 3]);
         // Corners see 4 pixels, edges 6, the centre all 9.
-        assert_eq!(same.data(), &[12., 21., 16., 27., 45., 33., 24., 39., 28.]);
+        assert_eq!(values(&same), &[12., 21., 16., 27., 45., 33., 24., 39., 28.]);
         let valid = CpuBackend.conv2d(&x, &ones, 0).unwrap();
         assert_eq!(
-            (valid.shape(), valid.data()),
+            (valid.shape(), values(&valid)),
             (&[1, 1, 1, 1][..], &[45.][..])
         );
         // Two channels, two filters: each output channel sums its filter over both inputs.
         let x2 = t(&[1, 2, 1, 1], &[1., 10.]);
         let f2 = t(&[2, 2, 1, 1], &[1., 0., 1., 1.]);
-        assert_eq!(CpuBackend.conv2d(&x2, &f2, 0).unwrap().data(), &[1., 11.]);
+        assert_eq!(values(&CpuBackend.conv2d(&x2, &f2, 0).unwrap()), &[1., 11.]);
         assert!(CpuBackend.conv2d(&x2, &ones, 0).is_err(), "channels differ");
     }
 
@@ -318,9 +286,9 @@ mod tests {
                                 for kx in 0..kw {
                                     let (iy, ix) = (y + ky, xx + kx);
                                     if iy >= pad && ix >= pad && iy - pad < h && ix - pad < w {
-                                        sum += x.data()
+                                        sum += values(&x)
                                             [((i * c + ch) * h + iy - pad) * w + ix - pad]
-                                            * f.data()[((o * c + ch) * kh + ky) * kw + kx];
+                                            * values(&f)[((o * c + ch) * kh + ky) * kw + kx];
                                     }
                                 }
                             }
@@ -335,7 +303,7 @@ mod tests {
 
     #[test]
     fn conv2d_matches_the_definition_on_batches_and_odd_shapes() {
-        let values = |len: usize, seed: f32| -> Vec<f32> {
+        let pattern = |len: usize, seed: f32| -> Vec<f32> {
             (0..len)
                 .map(|i| ((i as f32 * 0.37 + seed).sin() * 3.0).round())
                 .collect()
@@ -345,11 +313,11 @@ mod tests {
             (2, 1, 4, 4, 2, 2, 0),
             (1, 3, 7, 5, 4, 3, 2),
         ] {
-            let x = t(&[n, c, h, w], &values(n * c * h * w, 0.5));
-            let filters = t(&[f, c, k, k], &values(f * c * k * k, 1.5));
+            let x = t(&[n, c, h, w], &pattern(n * c * h * w, 0.5));
+            let filters = t(&[f, c, k, k], &pattern(f * c * k * k, 1.5));
             let got = CpuBackend.conv2d(&x, &filters, pad).unwrap();
             assert_eq!(
-                got.data(),
+                values(&got),
                 naive_conv2d(&x, &filters, pad),
                 "{:?}",
                 got.shape()
@@ -365,7 +333,7 @@ mod tests {
         );
         let pooled = CpuBackend.max_pool(&x, 2).unwrap();
         assert_eq!(
-            (pooled.shape(), pooled.data()),
+            (pooled.shape(), values(&pooled)),
             (&[1, 1, 1, 2][..], &[5., 8.][..])
         );
         let flat = CpuBackend.reshape(&pooled, &[1, 2]).unwrap();
@@ -375,10 +343,10 @@ mod tests {
     }
 
     #[test]
-    fn from_le_bytes_checks_length() {
-        assert!(DeviceTensor::from_le_bytes(&[2], &[0; 8]).is_ok());
+    fn decode_le_f32_checks_length() {
+        assert!(crate::compute::decode_le_f32(&[2], &[0; 8]).is_ok());
         assert!(matches!(
-            DeviceTensor::from_le_bytes(&[2], &[0; 7]),
+            crate::compute::decode_le_f32(&[2], &[0; 7]),
             Err(ComputeError::DataLength {
                 expected: 8,
                 actual: 7,

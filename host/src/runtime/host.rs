@@ -5,7 +5,7 @@
 use super::bindings::sluice::model::compute::{Host, HostDeviceTensor};
 use super::bindings::sluice::model::types;
 use super::guest_log::GuestLog;
-use crate::compute::{Backend, ComputeError, DeviceTensor};
+use crate::compute::{Backend, ComputeError, DeviceTensor, decode_le_f32};
 use std::sync::Arc;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -106,7 +106,8 @@ impl HostDeviceTensor for StoreState {
         shape: Vec<u32>,
         data: Vec<u8>,
     ) -> wasmtime::Result<Result<Resource<DeviceTensor>, String>> {
-        let tensor = DeviceTensor::from_le_bytes(&shape, &data);
+        let tensor = decode_le_f32(&shape, &data)
+            .and_then(|(shape, values)| self.compute.upload(shape, values));
         self.keep(tensor)
     }
 
@@ -116,7 +117,13 @@ impl HostDeviceTensor for StoreState {
     }
 
     fn read(&mut self, handle: Resource<DeviceTensor>) -> wasmtime::Result<Vec<u8>> {
-        Ok(self.tensor(&handle)?.to_le_bytes())
+        // `read` has no error in the interface: a device that cannot give the values back
+        // (lost, out of memory) fails the call, and the instance is replaced.
+        let values = self
+            .compute
+            .read(self.tensor(&handle)?)
+            .map_err(wasmtime::Error::msg)?;
+        Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect())
     }
 
     fn drop(&mut self, handle: Resource<DeviceTensor>) -> wasmtime::Result<()> {
