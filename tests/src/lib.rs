@@ -4,6 +4,7 @@
 
 use sluice::batching::BatchingConfig;
 use sluice::bundled::{SAMPLE_MODELS, SAMPLE_WASM_DIR};
+use sluice::compute::Backend;
 use sluice::frontend::{FrontendOptions, RunningServer};
 use sluice::proto::{self, sluice_client::SluiceClient};
 use sluice::registry::{LoadRequest, Registry};
@@ -30,23 +31,31 @@ impl TestServer {
     /// Starts a server with no models. `cache_dir` keeps precompiled components between test
     /// runs (pass `env!("CARGO_TARGET_TMPDIR")`).
     pub async fn start(cache_dir: &str, options: FrontendOptions) -> TestServer {
-        Self::start_with_ca(cache_dir, options, None).await
+        let compute = RuntimeConfig::default().compute;
+        Self::start_with(cache_dir, options, compute, None).await
+    }
+
+    /// Starts a server with no models whose compute imports run on `compute`.
+    pub async fn start_on(cache_dir: &str, compute: Arc<dyn Backend>) -> TestServer {
+        Self::start_with(cache_dir, FrontendOptions::default(), compute, None).await
     }
 
     /// Starts a TLS server (`options.tls` set) with no models; the client trusts `ca_pem`
     /// and expects the name `localhost`.
     pub async fn start_tls(cache_dir: &str, options: FrontendOptions, ca_pem: &[u8]) -> TestServer {
-        Self::start_with_ca(cache_dir, options, Some(ca_pem)).await
+        let compute = RuntimeConfig::default().compute;
+        Self::start_with(cache_dir, options, compute, Some(ca_pem)).await
     }
 
-    async fn start_with_ca(
+    async fn start_with(
         cache_dir: &str,
         options: FrontendOptions,
+        compute: Arc<dyn Backend>,
         ca_pem: Option<&[u8]>,
     ) -> TestServer {
         let runtime = Runtime::new(RuntimeConfig {
             cache_dir: Some(PathBuf::from(cache_dir).join("components")),
-            ..RuntimeConfig::default()
+            compute,
         })
         .expect("runtime");
         let registry = Arc::new(Registry::new(Arc::new(runtime)));

@@ -276,13 +276,12 @@ fn specs(specs: &[proto::TensorSpec]) -> String {
 }
 
 pub(super) async fn models(server: &ServerArgs, as_json: bool) -> Result<()> {
-    let models = connect(server)
+    let proto::ListModelsResponse { models, compute } = connect(server)
         .await?
         .list_models(proto::ListModelsRequest {})
         .await
         .map_err(refused)?
-        .into_inner()
-        .models;
+        .into_inner();
     if as_json {
         let rows: Vec<serde_json::Value> = models
             .iter()
@@ -331,6 +330,7 @@ pub(super) async fn models(server: &ServerArgs, as_json: bool) -> Result<()> {
             specs(&m.outputs)
         );
     }
+    println!("compute: {compute}");
     Ok(())
 }
 

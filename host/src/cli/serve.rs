@@ -5,6 +5,7 @@
 use crate::batching::BatchingConfig;
 use crate::bundled::write_sample_repository;
 use crate::cache::PredictionCache;
+use crate::compute::ComputeChoice;
 use crate::frontend::tls::TlsIdentity;
 use crate::frontend::{self, FrontendOptions};
 use crate::registry::Registry;
@@ -70,6 +71,9 @@ pub(super) struct ServeArgs {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Where models' compute imports (matmul, conv2d, ...) run.
+    #[arg(long, value_enum, default_value_t = ComputeChoice::Auto, env = "SLUICE_COMPUTE")]
+    compute: ComputeChoice,
     /// Allow admin calls from any peer that presents this token (default: loopback only).
     #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -81,9 +85,10 @@ pub(super) async fn run(args: ServeArgs) -> Result<()> {
     } else {
         args.cache_dir.or_else(RuntimeConfig::default_cache_dir)
     };
+    let compute = crate::compute::select(args.compute).context("opening --compute")?;
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: cache_dir.clone(),
-        ..RuntimeConfig::default()
+        compute,
     })
     .context("starting the wasm runtime")?;
     tracing::info!(compute = runtime.compute().name(), "compute backend");

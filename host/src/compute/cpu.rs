@@ -192,7 +192,7 @@ mod tests {
         for i in 0..m {
             for j in 0..n {
                 c[i * n + j] = (0..k)
-                    .map(|p| values(&a)[i * k + p] * values(&b)[p * n + j])
+                    .map(|p| values(a)[i * k + p] * values(b)[p * n + j])
                     .sum();
             }
         }
@@ -256,7 +256,10 @@ mod tests {
         let same = CpuBackend.conv2d(&x, &ones, 1).unwrap();
         assert_eq!(same.shape(), &[1, 1, 3, 3]);
         // Corners see 4 pixels, edges 6, the centre all 9.
-        assert_eq!(values(&same), &[12., 21., 16., 27., 45., 33., 24., 39., 28.]);
+        assert_eq!(
+            values(&same),
+            &[12., 21., 16., 27., 45., 33., 24., 39., 28.]
+        );
         let valid = CpuBackend.conv2d(&x, &ones, 0).unwrap();
         assert_eq!(
             (valid.shape(), values(&valid)),
@@ -286,9 +289,9 @@ mod tests {
                                 for kx in 0..kw {
                                     let (iy, ix) = (y + ky, xx + kx);
                                     if iy >= pad && ix >= pad && iy - pad < h && ix - pad < w {
-                                        sum += values(&x)
+                                        sum += values(x)
                                             [((i * c + ch) * h + iy - pad) * w + ix - pad]
-                                            * values(&f)[((o * c + ch) * kh + ky) * kw + kx];
+                                            * values(f)[((o * c + ch) * kh + ky) * kw + kx];
                                     }
                                 }
                             }

@@ -295,7 +295,7 @@ mod shapes {
 }
 
 /// Which backend `sluice serve --compute` asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum ComputeChoice {
     /// A hardware GPU if there is one, else the CPU (a software rasterizer counts as a CPU:
     /// lavapipe is far slower than the CPU backend's SGEMM).

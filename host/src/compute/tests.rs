@@ -65,7 +65,13 @@ fn same_on_both(
 fn matmul_matches_the_cpu_on_random_shapes() {
     let Some(gpu) = gpu() else { return };
     let mut rng = StdRng::seed_from_u64(5);
-    let mut shapes = vec![(1, 1, 1), (64, 64, 64), (65, 17, 129), (3, 200, 1), (130, 64, 10)];
+    let mut shapes = vec![
+        (1, 1, 1),
+        (64, 64, 64),
+        (65, 17, 129),
+        (3, 200, 1),
+        (130, 64, 10),
+    ];
     shapes.extend((0..6).map(|_| {
         (
             rng.random_range(1..150),
@@ -88,9 +94,15 @@ fn elementwise_ops_match_the_cpu_on_random_shapes() {
         let a = (vec![rows, width], random(&mut rng, rows * width));
         let same = (vec![rows, width], random(&mut rng, rows * width));
         let row = (vec![width], random(&mut rng, width));
-        same_on_both(gpu, &[a.clone(), same], |backend, t| backend.add(&t[0], &t[1]));
-        same_on_both(gpu, &[a.clone(), row], |backend, t| backend.add(&t[0], &t[1]));
-        same_on_both(gpu, std::slice::from_ref(&a), |backend, t| backend.relu(&t[0]));
+        same_on_both(gpu, &[a.clone(), same], |backend, t| {
+            backend.add(&t[0], &t[1])
+        });
+        same_on_both(gpu, &[a.clone(), row], |backend, t| {
+            backend.add(&t[0], &t[1])
+        });
+        same_on_both(gpu, std::slice::from_ref(&a), |backend, t| {
+            backend.relu(&t[0])
+        });
         same_on_both(gpu, &[a], |backend, t| backend.softmax(&t[0]));
     }
 }

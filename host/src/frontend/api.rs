@@ -77,7 +77,10 @@ impl Sluice for SluiceApi {
         _request: Request<proto::ListModelsRequest>,
     ) -> Result<Response<proto::ListModelsResponse>, Status> {
         let models = self.registry.list().iter().map(entry_status).collect();
-        Ok(Response::new(proto::ListModelsResponse { models }))
+        Ok(Response::new(proto::ListModelsResponse {
+            models,
+            compute: self.registry.runtime().compute().name().to_string(),
+        }))
     }
 
     async fn load_model(

@@ -236,6 +236,11 @@ impl Registry {
         }
     }
 
+    /// The runtime the models run on.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Versions>> {
         self.models.write().unwrap_or_else(|p| p.into_inner())
     }

@@ -117,9 +117,9 @@ impl GpuBackend {
         let scopes = ErrorScopes::push(&device);
         let layout = bind_group_layout(&device);
         let kernels = Kernels::build(&device, &layout);
-        scopes
-            .pop()
-            .map_err(|e| ComputeError::NoGpu(format!("building the kernels on {}: {e}", info.name)))?;
+        scopes.pop().map_err(|e| {
+            ComputeError::NoGpu(format!("building the kernels on {}: {e}", info.name))
+        })?;
         let name = format!(
             "gpu: {} ({:?}, {:?})",
             info.name, info.backend, info.device_type
@@ -138,7 +138,9 @@ impl GpuBackend {
     fn storage(&self, len: usize) -> GpuBuffer {
         self.pool.take(
             (len * 4) as u64,
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
         )
     }
 
@@ -165,11 +167,13 @@ impl GpuBackend {
         }
         let mut block = [0u32; PARAMS_BYTES / 4];
         block[..params.len()].copy_from_slice(params);
-        let params = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("sluice kernel params"),
-            contents: bytemuck::cast_slice(&block),
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
+        let params = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("sluice kernel params"),
+                contents: bytemuck::cast_slice(&block),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
             layout: &self.layout,
@@ -394,13 +398,25 @@ impl Backend for GpuBackend {
 
     fn relu(&self, x: &DeviceTensor) -> Result<DeviceTensor, ComputeError> {
         let len = x.len();
-        self.elementwise(&self.kernels.relu, &[x], &[dim(len)?], x.shape().to_vec(), len)
+        self.elementwise(
+            &self.kernels.relu,
+            &[x],
+            &[dim(len)?],
+            x.shape().to_vec(),
+            len,
+        )
     }
 
     fn softmax(&self, x: &DeviceTensor) -> Result<DeviceTensor, ComputeError> {
         let (rows, width) = shapes::rows_and_width(x.shape());
         let params = [dim(rows)?, dim(width)?];
-        self.elementwise(&self.kernels.softmax, &[x], &params, x.shape().to_vec(), rows)
+        self.elementwise(
+            &self.kernels.softmax,
+            &[x],
+            &params,
+            x.shape().to_vec(),
+            rows,
+        )
     }
 
     fn conv2d(
@@ -432,12 +448,21 @@ impl Backend for GpuBackend {
         let (oh, ow) = (h / size, w / size);
         let len = n * c * oh * ow;
         let params = [dim(len)?, dim(h)?, dim(w)?, dim(oh)?, dim(ow)?, dim(size)?];
-        self.elementwise(&self.kernels.max_pool, &[x], &params, vec![n, c, oh, ow], len)
+        self.elementwise(
+            &self.kernels.max_pool,
+            &[x],
+            &params,
+            vec![n, c, oh, ow],
+            len,
+        )
     }
 
     fn reshape(&self, x: &DeviceTensor, shape: &[usize]) -> Result<DeviceTensor, ComputeError> {
         shapes::reshape(x.shape(), shape)?;
         // The same buffer under a new shape: nothing moves.
-        Ok(DeviceTensor::on_gpu(shape.to_vec(), x.gpu_buffer()?.clone()))
+        Ok(DeviceTensor::on_gpu(
+            shape.to_vec(),
+            x.gpu_buffer()?.clone(),
+        ))
     }
 }
