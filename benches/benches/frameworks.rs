@@ -8,43 +8,18 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use onnx_runner::OnnxRunner;
-use sluice::bundled::{ONNX_RUNNER, SAMPLE_WASM_DIR};
-use sluice::runtime::replica::{InstanceRecipe, Replica};
-use sluice::runtime::{Dtype, ModelLimits, Runtime, RuntimeConfig, Tensor};
-use sluice_train::{Digits, params_path};
+use sluice::bundled::ONNX_RUNNER;
+use sluice::runtime::Tensor;
+use sluice::runtime::replica::Replica;
+use sluice_train::params_path;
 use std::hint::black_box;
 use std::path::PathBuf;
 
-fn runtime() -> Runtime {
-    Runtime::new(RuntimeConfig {
-        cache_dir: Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-cache")),
-        ..RuntimeConfig::default()
-    })
-    .unwrap()
-}
+mod common;
+use common::{component_bytes, default_runtime, pixels, pixels_tensor, recipe};
 
-fn recipe(runtime: &Runtime, component: &[u8], model: &str, config: Vec<u8>) -> InstanceRecipe {
-    InstanceRecipe {
-        component: runtime.load_component(component).unwrap(),
-        model: model.into(),
-        config: config.into(),
-        limits: ModelLimits::default(),
-        compute: runtime.compute().clone(),
-    }
-}
-
-fn pixels(rows: usize) -> Vec<Tensor> {
-    let digits = Digits::load_default().unwrap();
-    let values: Vec<f32> = digits.holdout[..rows]
-        .iter()
-        .flat_map(|s| s.pixels.iter().copied())
-        .collect();
-    vec![Tensor {
-        name: "pixels".into(),
-        dtype: Dtype::Fp32,
-        shape: vec![rows as u32, 64],
-        data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    }]
+fn pixels_input(rows: usize) -> Vec<Tensor> {
+    vec![pixels_tensor(&pixels(rows))]
 }
 
 fn onnx_file(name: &str) -> Vec<u8> {
@@ -69,14 +44,14 @@ fn sdk_tensors(tensors: &[Tensor]) -> Vec<sluice_sdk::Tensor> {
 }
 
 fn onnx(c: &mut Criterion) {
-    let runtime = runtime();
+    let runtime = default_runtime();
     let mut group = c.benchmark_group("onnx");
     for model in ["digits-sklearn", "digits-cnn"] {
         let graph = onnx_file(model);
         let mut native = OnnxRunner::from_onnx(&graph).unwrap();
         let mut sandboxed = Replica::new(recipe(&runtime, ONNX_RUNNER, model, graph)).unwrap();
         for rows in [1usize, 64] {
-            let inputs = pixels(rows);
+            let inputs = pixels_input(rows);
             let native_inputs = sdk_tensors(&inputs);
             group.throughput(Throughput::Elements(rows as u64));
             group.bench_with_input(
@@ -111,16 +86,16 @@ fn python(c: &mut Criterion) {
         );
         return;
     };
-    let runtime = runtime();
+    let runtime = default_runtime();
     let params = std::fs::read(params_path("digits-logreg")).unwrap();
-    let rust = std::fs::read(PathBuf::from(SAMPLE_WASM_DIR).join("digits_logreg.wasm")).unwrap();
+    let rust = component_bytes("digits_logreg");
     let python = recipe(&runtime, &python, "python-logreg", params.clone());
     let rust = recipe(&runtime, &rust, "digits-logreg", params);
     let mut group = c.benchmark_group("python");
     for (name, recipe) in [("python-logreg", &python), ("rust-logreg", &rust)] {
         let mut replica = Replica::new(recipe.clone()).unwrap();
         for rows in [1usize, 64] {
-            let inputs = pixels(rows);
+            let inputs = pixels_input(rows);
             group.throughput(Throughput::Elements(rows as u64));
             group.bench_with_input(BenchmarkId::new(name, rows), &inputs, |b, inputs| {
                 b.iter(|| black_box(replica.predict(black_box(inputs)).unwrap()))

@@ -7,61 +7,23 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use digits_logreg::{CLASSES, LogReg};
-use sluice::bundled::SAMPLE_WASM_DIR;
-use sluice::runtime::replica::{InstanceRecipe, Replica};
-use sluice::runtime::{Dtype, ModelLimits, Runtime, RuntimeConfig, Tensor};
-use sluice_train::{Digits, params_path};
+use sluice::runtime::replica::Replica;
+use sluice::runtime::{Runtime, RuntimeConfig};
+use sluice_train::params_path;
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-fn component_bytes(name: &str) -> Vec<u8> {
-    std::fs::read(PathBuf::from(SAMPLE_WASM_DIR).join(format!("{name}.wasm"))).unwrap()
-}
-
-fn cached_runtime() -> Runtime {
-    Runtime::new(RuntimeConfig {
-        cache_dir: Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-cache")),
-        ..RuntimeConfig::default()
-    })
-    .unwrap()
-}
-
-fn recipe(runtime: &Runtime, component: &str, model: &str) -> InstanceRecipe {
-    InstanceRecipe {
-        component: runtime.load_component(&component_bytes(component)).unwrap(),
-        model: model.into(),
-        config: std::fs::read(params_path(model)).unwrap().into(),
-        limits: ModelLimits::default(),
-        compute: runtime.compute().clone(),
-    }
-}
-
-/// The first `rows` held-out images, flattened.
-fn pixels(rows: usize) -> Vec<f32> {
-    let digits = Digits::load_default().unwrap();
-    digits.holdout[..rows]
-        .iter()
-        .flat_map(|s| s.pixels.iter().copied())
-        .collect()
-}
-
-fn pixels_tensor(values: &[f32]) -> Tensor {
-    Tensor {
-        name: "pixels".into(),
-        dtype: Dtype::Fp32,
-        shape: vec![(values.len() / 64) as u32, 64],
-        data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    }
-}
+mod common;
+use common::{component_bytes, default_runtime, pixels, pixels_tensor, sample_recipe};
 
 fn predict(c: &mut Criterion) {
-    let runtime = cached_runtime();
+    let runtime = default_runtime();
     let config = std::fs::read(params_path("digits-logreg")).unwrap();
     let native = LogReg::from_config(&config).unwrap();
-    let mut logreg = Replica::new(recipe(&runtime, "digits_logreg", "digits-logreg")).unwrap();
-    let mut mlp = Replica::new(recipe(&runtime, "digits_mlp", "digits-mlp")).unwrap();
-    let mut cnn = Replica::new(recipe(&runtime, "digits_cnn", "digits-cnn")).unwrap();
+    let mut logreg =
+        Replica::new(sample_recipe(&runtime, "digits_logreg", "digits-logreg")).unwrap();
+    let mut mlp = Replica::new(sample_recipe(&runtime, "digits_mlp", "digits-mlp")).unwrap();
+    let mut cnn = Replica::new(sample_recipe(&runtime, "digits_cnn", "digits-cnn")).unwrap();
 
     let mut group = c.benchmark_group("predict");
     for rows in [1usize, 64, 256] {
@@ -90,8 +52,8 @@ fn predict(c: &mut Criterion) {
 }
 
 fn lifecycle(c: &mut Criterion) {
-    let runtime = cached_runtime();
-    let logreg = recipe(&runtime, "digits_logreg", "digits-logreg");
+    let runtime = default_runtime();
+    let logreg = sample_recipe(&runtime, "digits_logreg", "digits-logreg");
     let bytes = component_bytes("digits_logreg");
     let uncached = Runtime::new(RuntimeConfig {
         cache_dir: None,

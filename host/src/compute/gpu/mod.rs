@@ -210,6 +210,18 @@ impl GpuBackend {
         self.run(pipeline, inputs, params, out_shape, grid(invocations))
     }
 
+    /// Waits until all submitted work has run: what a benchmark of one operation times, since
+    /// operations only queue work.
+    pub fn wait_idle(&self) -> Result<(), ComputeError> {
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: Some(READ_TIMEOUT),
+            })
+            .map(drop)
+            .map_err(|e| ComputeError::Gpu(format!("waiting for the queue: {e}")))
+    }
+
     /// The pool, for tests of reuse.
     #[cfg(test)]
     pub(super) fn idle_pool_bytes(&self) -> u64 {
