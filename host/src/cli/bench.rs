@@ -5,10 +5,16 @@
 //! scheduled send time, so a slow server cannot hide its queueing — no coordinated omission).
 //! At the end: throughput, latency percentiles (HDR histogram), errors by status, and the
 //! server's mean batch size over the run (from `ListModels` before and after).
+//!
+//! `--protocol kserve` speaks the Open Inference Protocol (`ModelInfer`, inputs described by
+//! `ModelMetadata`) instead of sluice's own `Predict`, so the same generator drives sluice,
+//! Triton or MLServer the same way (`benches/compare/run.sh`); batch sizes are then unknown.
 
 use super::ServerArgs;
 use crate::frontend::json;
+use crate::inference::{self, grpc_inference_service_client::GrpcInferenceServiceClient};
 use crate::proto::{self, sluice_client::SluiceClient};
+use crate::runtime::{Dtype, Tensor};
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
 use rand::Rng;
@@ -57,6 +63,45 @@ pub(super) struct BenchArgs {
     /// Also draw the latency distribution (latency by percentile) as SVG to this file.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// The API to speak.
+    #[arg(long, value_enum, default_value = "sluice")]
+    protocol: Protocol,
+}
+
+/// The APIs the load generator speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Protocol {
+    /// sluice's own `Predict` (and `ListModels`, for the server's batch sizes).
+    Sluice,
+    /// The Open Inference Protocol's `ModelInfer` (KServe v2): sluice, Triton, MLServer.
+    Kserve,
+}
+
+/// A prepared request and the connection it goes over; cloned per worker.
+#[derive(Clone)]
+enum Caller {
+    Sluice(SluiceClient<Channel>, proto::PredictRequest),
+    Kserve(
+        GrpcInferenceServiceClient<Channel>,
+        inference::ModelInferRequest,
+    ),
+}
+
+impl Caller {
+    async fn call(&mut self) -> Result<(), tonic::Status> {
+        match self {
+            Caller::Sluice(client, request) => client.predict(request.clone()).await.map(drop),
+            Caller::Kserve(client, request) => client.model_infer(request.clone()).await.map(drop),
+        }
+    }
+}
+
+/// An input the model declares: what the generated rows must look like.
+struct InputSpec {
+    name: String,
+    dtype: Dtype,
+    /// `-1` for a variable dimension.
+    shape: Vec<i64>,
 }
 
 /// What the workers record.
@@ -94,35 +139,34 @@ impl Recorder {
     }
 }
 
-/// One request to send, cloned for each send.
-fn build_request(args: &BenchArgs, status: &proto::ModelStatus) -> Result<proto::PredictRequest> {
-    let inputs = match &args.input_file {
+/// The inputs of one request: `--input-file`, or rows generated for `specs`.
+fn request_inputs(args: &BenchArgs, specs: &[InputSpec]) -> Result<Vec<Tensor>> {
+    match &args.input_file {
         Some(path) => json::parse_inputs(
             &std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?,
-        )?,
-        None => generated_inputs(status, args.rows)?,
-    };
-    Ok(proto::PredictRequest {
-        model: args.model.clone(),
-        version: String::new(),
-        inputs,
-        timeout_ms: args.timeout_ms,
-    })
+        )?
+        .into_iter()
+        .map(|t| crate::frontend::convert::tensor_from_proto(t).map_err(anyhow::Error::msg))
+        .collect(),
+        None => generated_inputs(specs, args.rows),
+    }
 }
 
 /// Digits rows for a `pixels [-1, 64]` FP32 input; zeros (empty strings for BYTES) otherwise.
-fn generated_inputs(status: &proto::ModelStatus, rows: usize) -> Result<Vec<proto::Tensor>> {
-    status
-        .inputs
+fn generated_inputs(specs: &[InputSpec], rows: usize) -> Result<Vec<Tensor>> {
+    if specs.is_empty() {
+        bail!("the model declares no inputs; pass --input-file");
+    }
+    Ok(specs
         .iter()
         .map(|spec| {
-            let mut shape: Vec<u64> = spec.shape.iter().map(|&d| d.max(1) as u64).collect();
-            shape[0] = rows as u64;
-            let count: u64 = shape.iter().product();
-            let dtype = crate::frontend::convert::dtype_from_proto(spec.datatype)
-                .context("the model declares an unknown datatype")?;
-            let data = if spec.shape == [-1, 64] && dtype == crate::runtime::Dtype::Fp32 {
+            let mut shape: Vec<u32> = spec.shape.iter().map(|&d| d.max(1) as u32).collect();
+            if let Some(first) = shape.first_mut() {
+                *first = rows as u32;
+            }
+            let count: usize = shape.iter().map(|&d| d as usize).product();
+            let data = if spec.shape == [-1, 64] && spec.dtype == Dtype::Fp32 {
                 DIGITS_CSV
                     .lines()
                     .cycle()
@@ -131,19 +175,88 @@ fn generated_inputs(status: &proto::ModelStatus, rows: usize) -> Result<Vec<prot
                     .flat_map(|v| v.parse::<f32>().unwrap_or(0.0).to_le_bytes())
                     .collect()
             } else {
-                match crate::tensor::element_size(dtype) {
-                    Some(size) => vec![0; count as usize * size],
-                    None => vec![0; count as usize * 4], // BYTES: empty strings
-                }
+                // BYTES: empty strings, a 4-byte length prefix each.
+                vec![0; count * crate::tensor::element_size(spec.dtype).unwrap_or(4)]
             };
-            Ok(proto::Tensor {
+            Tensor {
                 name: spec.name.clone(),
-                datatype: spec.datatype,
+                dtype: spec.dtype,
                 shape,
                 data,
+            }
+        })
+        .collect())
+}
+
+/// The caller of one connection for `--protocol sluice`, and the model's status.
+async fn sluice_caller(channel: Channel, args: &BenchArgs) -> Result<(Caller, proto::ModelStatus)> {
+    let mut client = SluiceClient::new(channel);
+    let status = model_status(&mut client, &args.model).await?;
+    let specs = status
+        .inputs
+        .iter()
+        .map(|spec| {
+            Ok(InputSpec {
+                name: spec.name.clone(),
+                dtype: crate::frontend::convert::dtype_from_proto(spec.datatype)
+                    .context("the model declares an unknown datatype")?,
+                shape: spec.shape.clone(),
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    let request = proto::PredictRequest {
+        model: args.model.clone(),
+        version: String::new(),
+        inputs: request_inputs(args, &specs)?
+            .into_iter()
+            .map(crate::frontend::convert::tensor_to_proto)
+            .collect(),
+        timeout_ms: args.timeout_ms,
+    };
+    Ok((Caller::Sluice(client, request), status))
+}
+
+/// The caller of one connection for `--protocol kserve`: inputs from `ModelMetadata`, sent
+/// as raw tensors (as Triton's clients do).
+async fn kserve_caller(channel: Channel, args: &BenchArgs) -> Result<Caller> {
+    let mut client = GrpcInferenceServiceClient::new(channel);
+    let metadata = client
+        .model_metadata(inference::ModelMetadataRequest {
+            name: args.model.clone(),
+            version: String::new(),
+        })
+        .await
+        .with_context(|| format!("ModelMetadata of `{}`", args.model))?
+        .into_inner();
+    let specs = metadata
+        .inputs
+        .iter()
+        .map(|input| {
+            Ok(InputSpec {
+                name: input.name.clone(),
+                dtype: crate::tensor::parse_dtype(&input.datatype).with_context(|| {
+                    format!("input `{}` has datatype {}", input.name, input.datatype)
+                })?,
+                shape: input.shape.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let inputs = request_inputs(args, &specs)?;
+    let request = inference::ModelInferRequest {
+        model_name: args.model.clone(),
+        inputs: inputs
+            .iter()
+            .map(|t| inference::model_infer_request::InferInputTensor {
+                name: t.name.clone(),
+                datatype: crate::tensor::dtype_name(t.dtype).to_string(),
+                shape: t.shape.iter().map(|&d| i64::from(d)).collect(),
+                ..Default::default()
+            })
+            .collect(),
+        raw_input_contents: inputs.into_iter().map(|t| t.data).collect(),
+        ..Default::default()
+    };
+    Ok(Caller::Kserve(client, request))
 }
 
 async fn model_status(
@@ -165,12 +278,19 @@ pub(super) async fn run(server: &ServerArgs, args: BenchArgs) -> Result<()> {
     if args.rows == 0 {
         bail!("--rows must be at least 1");
     }
-    let mut clients = Vec::new();
+    let mut callers = Vec::new();
+    let mut before = None;
     for _ in 0..args.connections.max(1) {
-        clients.push(SluiceClient::new(server.channel().await?));
+        let channel = server.channel().await?;
+        callers.push(match args.protocol {
+            Protocol::Sluice => {
+                let (caller, status) = sluice_caller(channel, &args).await?;
+                before.get_or_insert(status);
+                caller
+            }
+            Protocol::Kserve => kserve_caller(channel, &args).await?,
+        });
     }
-    let before = model_status(&mut clients[0], &args.model).await?;
-    let request = build_request(&args, &before)?;
     let recorder = Arc::new(Recorder::new());
     let duration = Duration::from_secs_f64(args.duration);
     let progress = indicatif::ProgressBar::new(duration.as_millis() as u64).with_style(
@@ -192,28 +312,26 @@ pub(super) async fn run(server: &ServerArgs, args: BenchArgs) -> Result<()> {
     };
     let mode = match args.rate {
         Some(rate) => {
-            open_loop(&clients, &request, rate, duration, &recorder).await;
+            open_loop(&callers, rate, duration, &recorder).await;
             format!("open loop, {rate} req/s offered")
         }
         None => {
             let concurrency = args.concurrency.unwrap_or(16);
-            closed_loop(
-                &clients,
-                &request,
-                concurrency,
-                duration,
-                args.requests,
-                &recorder,
-            )
-            .await;
+            closed_loop(&callers, concurrency, duration, args.requests, &recorder).await;
             format!("closed loop, {concurrency} clients")
         }
     };
     let elapsed = started.elapsed();
     ticker.abort();
     progress.finish_and_clear();
-    let after = model_status(&mut clients[0], &args.model).await?;
-    let report = Report::new(&args, mode, elapsed, &recorder, &before, &after);
+    let batches = match (before, &callers[0]) {
+        (Some(before), Caller::Sluice(client, _)) => {
+            let after = model_status(&mut client.clone(), &args.model).await?;
+            Some((before, after))
+        }
+        _ => None,
+    };
+    let report = Report::new(&args, mode, elapsed, &recorder, batches);
     report.print();
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report.to_json())?)
@@ -227,8 +345,7 @@ pub(super) async fn run(server: &ServerArgs, args: BenchArgs) -> Result<()> {
 }
 
 async fn closed_loop(
-    clients: &[SluiceClient<Channel>],
-    request: &proto::PredictRequest,
+    callers: &[Caller],
     concurrency: usize,
     duration: Duration,
     limit: Option<u64>,
@@ -237,8 +354,8 @@ async fn closed_loop(
     let stop_at = Instant::now() + duration;
     let workers: Vec<_> = (0..concurrency.max(1))
         .map(|i| {
-            let mut client = clients[i % clients.len()].clone();
-            let (request, recorder) = (request.clone(), recorder.clone());
+            let mut caller = callers[i % callers.len()].clone();
+            let recorder = recorder.clone();
             tokio::spawn(async move {
                 while Instant::now() < stop_at {
                     let n = recorder.sent.fetch_add(1, Ordering::Relaxed);
@@ -246,7 +363,7 @@ async fn closed_loop(
                         break;
                     }
                     let sent = Instant::now();
-                    let result = client.predict(request.clone()).await.map(drop);
+                    let result = caller.call().await;
                     recorder.record(sent, result);
                 }
             })
@@ -257,13 +374,7 @@ async fn closed_loop(
     }
 }
 
-async fn open_loop(
-    clients: &[SluiceClient<Channel>],
-    request: &proto::PredictRequest,
-    rate: f64,
-    duration: Duration,
-    recorder: &Arc<Recorder>,
-) {
+async fn open_loop(callers: &[Caller], rate: f64, duration: Duration, recorder: &Arc<Recorder>) {
     let start = tokio::time::Instant::now();
     let mut next = start;
     let mut in_flight = Vec::new();
@@ -271,13 +382,13 @@ async fn open_loop(
     let mut i = 0usize;
     while next < start + duration {
         tokio::time::sleep_until(next).await;
-        let mut client = clients[i % clients.len()].clone();
-        let (request, recorder) = (request.clone(), recorder.clone());
+        let mut caller = callers[i % callers.len()].clone();
+        let recorder = recorder.clone();
         // Latency counts from the scheduled time, not from when the task got to run.
         let scheduled = Instant::now() - (tokio::time::Instant::now() - next);
         recorder.sent.fetch_add(1, Ordering::Relaxed);
         in_flight.push(tokio::spawn(async move {
-            let result = client.predict(request).await.map(drop);
+            let result = caller.call().await;
             recorder.record(scheduled, result);
         }));
         in_flight.retain(|t| !t.is_finished());
@@ -301,7 +412,8 @@ struct Report {
     ok: u64,
     errors: BTreeMap<String, u64>,
     latency_us: Histogram<u64>,
-    mean_batch: f64,
+    /// Rows per batch on the server over the run (sluice's protocol only).
+    mean_batch: Option<f64>,
     batch_sizes: Vec<u32>,
 }
 
@@ -311,11 +423,16 @@ impl Report {
         mode: String,
         elapsed: Duration,
         recorder: &Recorder,
-        before: &proto::ModelStatus,
-        after: &proto::ModelStatus,
+        batches: Option<(proto::ModelStatus, proto::ModelStatus)>,
     ) -> Self {
-        let batches = after.batches_run.saturating_sub(before.batches_run);
-        let rows = after.rows_run.saturating_sub(before.rows_run);
+        let mean_batch = batches.as_ref().map(|(before, after)| {
+            let batches = after.batches_run.saturating_sub(before.batches_run);
+            let rows = after.rows_run.saturating_sub(before.rows_run);
+            rows as f64 / batches.max(1) as f64
+        });
+        let batch_sizes = batches
+            .map(|(_, after)| after.batch_sizes)
+            .unwrap_or_default();
         Report {
             model: args.model.clone(),
             mode,
@@ -325,12 +442,8 @@ impl Report {
             ok: recorder.ok.load(Ordering::Relaxed),
             errors: recorder.errors.lock().unwrap().clone(),
             latency_us: recorder.latency_us.lock().unwrap().clone(),
-            mean_batch: if batches == 0 {
-                0.0
-            } else {
-                rows as f64 / batches as f64
-            },
-            batch_sizes: after.batch_sizes.clone(),
+            mean_batch,
+            batch_sizes,
         }
     }
 
@@ -366,10 +479,12 @@ impl Report {
         for (code, count) in &self.errors {
             println!("  errors {code}: {count}");
         }
-        println!(
-            "  server: mean batch {:.2} rows, batch size now {:?}",
-            self.mean_batch, self.batch_sizes
-        );
+        if let Some(mean_batch) = self.mean_batch {
+            println!(
+                "  server: mean batch {mean_batch:.2} rows, batch size now {:?}",
+                self.batch_sizes
+            );
+        }
     }
 
     /// Latency against percentile on a "nines" axis (50, 90, 99, 99.9, 99.99), as SVG.

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# sluice against Seldon MLServer (issue 10): the same digits classifier, a logistic regression,
+# served by both over gRPC with the Open Inference Protocol on loopback, driven by the same load
+# generator (`sluice bench --protocol kserve`, closed loop, one row per request) at concurrency
+# 1, 16 and 64, with adaptive batching off and on for each. Prints one table and the throughput
+# of each system at p99 <= 20 ms. The systems run one after the other, never at the same time.
+#
+#   benches/compare/run.sh            # ~3 minutes after the first build and venv
+#   DURATION=10 benches/compare/run.sh
+#
+# sluice: a release `sluice serve` of the bundled digits-logreg (2 replicas), once as
+# `digits-logreg` (AIMD batching, 20 ms SLO) and once as `digits-logreg-nobatch` (no batching).
+# MLServer 1.7 (mlserver-sklearn, pinned in mlserver/requirements.txt, installed in a venv):
+# scikit-learn's StandardScaler + LogisticRegression on the same training split
+# (mlserver/train.py), 1 inference worker (MLServer's default); batching on is
+# max_batch_size 32, max_batch_time 5 ms.
+#
+# Results (one JSON per run, summary.md) go to $OUT (default $CARGO_TARGET_DIR/compare).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DURATION=${DURATION:-5}
+TARGET=${CARGO_TARGET_DIR:-target}
+OUT=${OUT:-$TARGET/compare}
+VENV=${VENV:-$HOME/.cache/sluice-ci/mlserver-venv}
+PORT=${PORT:-18001}
+CONCURRENCY=${CONCURRENCY:-"1 16 64"}
+rm -rf "$OUT" && mkdir -p "$OUT"
+
+echo "==> building sluice (release)"
+cargo build --release -p sluice 2>&1 | tail -1
+SLUICE="$TARGET/release/sluice"
+
+echo "==> MLServer's virtualenv ($VENV)"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/pip" install --quiet --disable-pip-version-check -r benches/compare/mlserver/requirements.txt
+
+# One closed-loop run: bench SYSTEM BATCHING URL MODEL CONCURRENCY
+bench() {
+    local system=$1 batching=$2 url=$3 model=$4 c=$5
+    "$SLUICE" bench "$model" --protocol kserve --server "$url" --concurrency "$c" \
+        --connections "$(( c < 4 ? c : 4 ))" --duration "$DURATION" \
+        --json "$OUT/$system-$batching-c$c.json" | sed -n '2,3p'
+}
+
+echo "==> sluice"
+REPO="$OUT/sluice-repo"
+"$SLUICE" init-repo "$OUT/samples" >/dev/null
+for variant in digits-logreg digits-logreg-nobatch; do
+    mkdir -p "$REPO/$variant/1"
+    cp "$OUT/samples/digits-logreg/1/"{model.wasm,params.slpm} "$REPO/$variant/1/"
+done
+printf 'replicas = 2\nconfig = "params.slpm"\n[batching]\nmode = "adaptive"\nslo_ms = 20\n' \
+    > "$REPO/digits-logreg/1/config.toml"
+printf 'replicas = 2\nconfig = "params.slpm"\n[batching]\nmode = "none"\n' \
+    > "$REPO/digits-logreg-nobatch/1/config.toml"
+"$SLUICE" serve --repository "$REPO" --no-watch --no-state --listen "127.0.0.1:$PORT" \
+    --http-listen "127.0.0.1:$((PORT + 1))" --cache-dir "$TARGET/bench-cache" \
+    > "$OUT/sluice.log" 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true; benches/compare/mlserver/serve.sh stop "$OUT" || true' EXIT
+for _ in $(seq 300); do grep -q "listening on" "$OUT/sluice.log" && break; sleep 0.1; done
+for c in $CONCURRENCY; do
+    echo "-- sluice, no batching, concurrency $c"
+    bench sluice off "http://127.0.0.1:$PORT" digits-logreg-nobatch "$c"
+    echo "-- sluice, adaptive batching, concurrency $c"
+    bench sluice on "http://127.0.0.1:$PORT" digits-logreg "$c"
+done
+kill "$SERVER"; wait "$SERVER" 2>/dev/null || true
+
+for batching in off on; do
+    echo "==> MLServer, batching $batching"
+    size=0; [ "$batching" = on ] && size=32
+    MLS_BATCH_SIZE=$size MLS_BATCH_TIME=0.005 \
+        benches/compare/mlserver/serve.sh "$VENV" "$OUT" >/dev/null
+    for c in $CONCURRENCY; do
+        echo "-- MLServer, batching $batching, concurrency $c"
+        bench mlserver "$batching" "http://127.0.0.1:18081" digits-sklearn "$c"
+    done
+    benches/compare/mlserver/serve.sh stop "$OUT"
+done
+
+echo "==> summary ($OUT/summary.md)"
+python3 - "$OUT" <<'PY' | tee "$OUT/summary.md"
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+runs = []
+for path in sorted(out.glob("*-c*.json")):
+    system, batching, c = path.stem.rsplit("-", 2)
+    r = json.loads(path.read_text())
+    runs.append((system, batching, int(c[1:]), r))
+print("| system | batching | concurrency | req/s | p50 ms | p99 ms | errors |")
+print("|---|---|---|---|---|---|---|")
+for system, batching, c, r in sorted(runs, key=lambda x: (x[0] != "sluice", x[1], x[2])):
+    errors = sum(r["errors"].values())
+    print(f"| {system} | {batching} | {c} | {r['throughput_rps']:.0f} | "
+          f"{r['latency_ms']['p50']:.3f} | {r['latency_ms']['p99']:.3f} | {errors} |")
+best = {}
+for system, batching, c, r in runs:
+    if r["latency_ms"]["p99"] <= 20 and not r["errors"]:
+        if r["throughput_rps"] > best.get(system, (0, ""))[0]:
+            best[system] = (r["throughput_rps"], f"batching {batching}, concurrency {c}")
+print()
+for system, (tput, where) in sorted(best.items()):
+    print(f"- {system}: {tput:.0f} req/s at p99 <= 20 ms ({where})")
+if "sluice" in best and "mlserver" in best:
+    print(f"- ratio: {best['sluice'][0] / best['mlserver'][0]:.1f}x")
+PY
