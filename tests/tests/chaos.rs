@@ -21,7 +21,8 @@ fn faulty_request(fault: &str, trigger: bool) -> PredictRequest {
     }
 }
 
-#[tokio::test]
+// A multi-threaded runtime, as in `sluice serve`: guest calls run in `block_in_place`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faulty_and_healthy_models_under_load() {
     let mut server = TestServer::with_samples(CACHE).await;
     for fault in FAULTS {

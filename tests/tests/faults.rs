@@ -41,7 +41,8 @@ fn request(model: &str, values: &[f32]) -> PredictRequest {
     }
 }
 
-#[tokio::test]
+// A multi-threaded runtime, as in `sluice serve`: guest calls run in `block_in_place`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fault_fails_only_its_own_request() {
     let mut server = TestServer::with_samples(CACHE).await;
     let faults = [

@@ -80,7 +80,14 @@ pub trait BatchRunner: Send + 'static {
     ) -> impl Future<Output = (Vec<Tensor>, Result<Vec<Tensor>, CallError>)> + Send;
 }
 
-/// Runs batches on a wasm replica, on tokio's blocking pool (a call may take milliseconds).
+/// Runs batches on a wasm replica without stalling the async executor (a call may take
+/// milliseconds).
+///
+/// On a multi-threaded runtime the call runs right here, in `block_in_place`: tokio hands this
+/// worker's other tasks to another thread and the guest starts at once. Moving the replica to
+/// the blocking pool instead (`spawn_blocking`, what a current-thread runtime needs) costs two
+/// more thread wake-ups per batch: 47 µs against 25 µs for a batch-1 call through the queue
+/// on the machine of docs/benchmarks.md (`floors/queued-predict`).
 pub struct ReplicaRunner {
     replica: Option<Replica>,
 }
@@ -102,11 +109,14 @@ impl BatchRunner for ReplicaRunner {
                 Err(CallError::Unavailable("the replica was lost".into())),
             );
         };
-        let joined = tokio::task::spawn_blocking(move || {
+        let call = move || {
             let result = replica.predict(&inputs);
             (replica, inputs, result)
-        })
-        .await;
+        };
+        let joined = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => Ok(tokio::task::block_in_place(call)),
+            _ => tokio::task::spawn_blocking(call).await,
+        };
         match joined {
             Ok((replica, inputs, result)) => {
                 self.replica = Some(replica);
