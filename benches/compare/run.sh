@@ -2,8 +2,10 @@
 # sluice against Seldon MLServer (issue 10): the same digits classifier, a logistic regression,
 # served by both over gRPC with the Open Inference Protocol on loopback, driven by the same load
 # generator (`sluice bench --protocol kserve`, closed loop, one row per request) at concurrency
-# 1, 16 and 64, with adaptive batching off and on for each. Prints one table and the throughput
-# of each system at p99 <= 20 ms. The systems run one after the other, never at the same time.
+# 1, 16, 64 and 256, with adaptive batching off and on for each. Prints one table (with the
+# server's own CPU time per request, all its processes counted) and the throughput of each
+# system at p99 <= 20 ms. The systems run one after the other, never at the same time; the load
+# generator shares the machine with the server under test.
 #
 #   benches/compare/run.sh            # ~3 minutes after the first build and venv
 #   DURATION=10 benches/compare/run.sh
@@ -23,7 +25,7 @@ TARGET=${CARGO_TARGET_DIR:-target}
 OUT=${OUT:-$TARGET/compare}
 VENV=${VENV:-$HOME/.cache/sluice-ci/mlserver-venv}
 PORT=${PORT:-18001}
-CONCURRENCY=${CONCURRENCY:-"1 16 64"}
+CONCURRENCY=${CONCURRENCY:-"1 16 64 256"}
 rm -rf "$OUT" && mkdir -p "$OUT"
 
 echo "==> building sluice (release)"
@@ -34,12 +36,29 @@ echo "==> MLServer's virtualenv ($VENV)"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r benches/compare/mlserver/requirements.txt
 
-# One closed-loop run: bench SYSTEM BATCHING URL MODEL CONCURRENCY
+# CPU seconds (user + system) used so far by every process of process group $1.
+group_cpu() {
+    python3 -c '
+import os, sys
+pgid, total = int(sys.argv[1]), 0
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        continue
+    if int(fields[2]) == pgid:
+        total += int(fields[11]) + int(fields[12])
+print(total / os.sysconf("SC_CLK_TCK"))' "$1"
+}
+
+# One closed-loop run: bench SYSTEM BATCHING URL MODEL CONCURRENCY SERVER_PGID
 bench() {
-    local system=$1 batching=$2 url=$3 model=$4 c=$5
+    local system=$1 batching=$2 url=$3 model=$4 c=$5 pgid=$6
+    local before; before=$(group_cpu "$pgid")
     "$SLUICE" bench "$model" --protocol kserve --server "$url" --concurrency "$c" \
         --connections "$(( c < 4 ? c : 4 ))" --duration "$DURATION" \
         --json "$OUT/$system-$batching-c$c.json" | sed -n '2,3p'
+    echo "$before $(group_cpu "$pgid")" > "$OUT/$system-$batching-c$c.cpu"
 }
 
 echo "==> sluice"
@@ -53,7 +72,7 @@ printf 'replicas = 2\nconfig = "params.slpm"\n[batching]\nmode = "adaptive"\nslo
     > "$REPO/digits-logreg/1/config.toml"
 printf 'replicas = 2\nconfig = "params.slpm"\n[batching]\nmode = "none"\n' \
     > "$REPO/digits-logreg-nobatch/1/config.toml"
-"$SLUICE" serve --repository "$REPO" --no-watch --no-state --listen "127.0.0.1:$PORT" \
+setsid "$SLUICE" serve --repository "$REPO" --no-watch --no-state --listen "127.0.0.1:$PORT" \
     --http-listen "127.0.0.1:$((PORT + 1))" --cache-dir "$TARGET/bench-cache" \
     > "$OUT/sluice.log" 2>&1 &
 SERVER=$!
@@ -61,9 +80,9 @@ trap 'kill $SERVER 2>/dev/null || true; benches/compare/mlserver/serve.sh stop "
 for _ in $(seq 300); do grep -q "listening on" "$OUT/sluice.log" && break; sleep 0.1; done
 for c in $CONCURRENCY; do
     echo "-- sluice, no batching, concurrency $c"
-    bench sluice off "http://127.0.0.1:$PORT" digits-logreg-nobatch "$c"
+    bench sluice off "http://127.0.0.1:$PORT" digits-logreg-nobatch "$c" "$SERVER"
     echo "-- sluice, adaptive batching, concurrency $c"
-    bench sluice on "http://127.0.0.1:$PORT" digits-logreg "$c"
+    bench sluice on "http://127.0.0.1:$PORT" digits-logreg "$c" "$SERVER"
 done
 kill "$SERVER"; wait "$SERVER" 2>/dev/null || true
 
@@ -74,7 +93,8 @@ for batching in off on; do
         benches/compare/mlserver/serve.sh "$VENV" "$OUT" >/dev/null
     for c in $CONCURRENCY; do
         echo "-- MLServer, batching $batching, concurrency $c"
-        bench mlserver "$batching" "http://127.0.0.1:18081" digits-sklearn "$c"
+        bench mlserver "$batching" "http://127.0.0.1:18081" digits-sklearn "$c" \
+            "$(cat "$OUT/mlserver.pid")"
     done
     benches/compare/mlserver/serve.sh stop "$OUT"
 done
@@ -87,13 +107,16 @@ runs = []
 for path in sorted(out.glob("*-c*.json")):
     system, batching, c = path.stem.rsplit("-", 2)
     r = json.loads(path.read_text())
+    before, after = map(float, path.with_suffix(".cpu").read_text().split())
+    r["cpu_us"] = (after - before) * 1e6 / max(r["ok"], 1)
     runs.append((system, batching, int(c[1:]), r))
-print("| system | batching | concurrency | req/s | p50 ms | p99 ms | errors |")
-print("|---|---|---|---|---|---|---|")
+print("| system | batching | concurrency | req/s | p50 ms | p99 ms | errors | server CPU µs/req |")
+print("|---|---|---|---|---|---|---|---|")
 for system, batching, c, r in sorted(runs, key=lambda x: (x[0] != "sluice", x[1], x[2])):
     errors = sum(r["errors"].values())
     print(f"| {system} | {batching} | {c} | {r['throughput_rps']:.0f} | "
-          f"{r['latency_ms']['p50']:.3f} | {r['latency_ms']['p99']:.3f} | {errors} |")
+          f"{r['latency_ms']['p50']:.3f} | {r['latency_ms']['p99']:.3f} | {errors} | "
+          f"{r['cpu_us']:.1f} |")
 best = {}
 for system, batching, c, r in runs:
     if r["latency_ms"]["p99"] <= 20 and not r["errors"]:
@@ -104,4 +127,10 @@ for system, (tput, where) in sorted(best.items()):
     print(f"- {system}: {tput:.0f} req/s at p99 <= 20 ms ({where})")
 if "sluice" in best and "mlserver" in best:
     print(f"- ratio: {best['sluice'][0] / best['mlserver'][0]:.1f}x")
+cheapest = {}
+for system, batching, c, r in runs:
+    cheapest[system] = min(cheapest.get(system, float("inf")), r["cpu_us"])
+if len(cheapest) == 2:
+    print(f"- server CPU per request, lowest: sluice {cheapest['sluice']:.1f} µs, MLServer "
+          f"{cheapest['mlserver']:.1f} µs ({cheapest['mlserver'] / cheapest['sluice']:.0f}x)")
 PY
