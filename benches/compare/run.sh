@@ -17,7 +17,8 @@
 # (mlserver/train.py), 1 inference worker (MLServer's default); batching on is
 # max_batch_size 32, max_batch_time 5 ms.
 #
-# Results (one JSON per run, summary.md) go to $OUT (default $CARGO_TARGET_DIR/compare).
+# Results (one JSON per run, summary.md, throughput.svg) go to $OUT (default
+# $CARGO_TARGET_DIR/compare).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${DURATION:-5}
@@ -62,6 +63,10 @@ bench() {
 }
 
 echo "==> sluice"
+if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+    echo "run.sh: 127.0.0.1:$PORT is already in use (a server left running?)" >&2
+    exit 1
+fi
 REPO="$OUT/sluice-repo"
 "$SLUICE" init-repo "$OUT/samples" >/dev/null
 for variant in digits-logreg digits-logreg-nobatch; do
@@ -72,10 +77,13 @@ printf 'replicas = 2\nconfig = "params.slpm"\n[batching]\nmode = "adaptive"\nslo
     > "$REPO/digits-logreg/1/config.toml"
 printf 'replicas = 2\nconfig = "params.slpm"\n[batching]\nmode = "none"\n' \
     > "$REPO/digits-logreg-nobatch/1/config.toml"
-setsid "$SLUICE" serve --repository "$REPO" --no-watch --no-state --listen "127.0.0.1:$PORT" \
+# In a session of its own, so that its process group holds exactly the server (for group_cpu).
+setsid bash -c 'echo $$ > "$0"; exec "$@"' "$OUT/sluice.pid" \
+    "$SLUICE" serve --repository "$REPO" --no-watch --no-state --listen "127.0.0.1:$PORT" \
     --http-listen "127.0.0.1:$((PORT + 1))" --cache-dir "$TARGET/bench-cache" \
     > "$OUT/sluice.log" 2>&1 &
-SERVER=$!
+for _ in $(seq 100); do [ -s "$OUT/sluice.pid" ] && break; sleep 0.05; done
+SERVER=$(cat "$OUT/sluice.pid")
 trap 'kill $SERVER 2>/dev/null || true; benches/compare/mlserver/serve.sh stop "$OUT" || true' EXIT
 for _ in $(seq 300); do grep -q "listening on" "$OUT/sluice.log" && break; sleep 0.1; done
 for c in $CONCURRENCY; do
@@ -84,7 +92,8 @@ for c in $CONCURRENCY; do
     echo "-- sluice, adaptive batching, concurrency $c"
     bench sluice on "http://127.0.0.1:$PORT" digits-logreg "$c" "$SERVER"
 done
-kill "$SERVER"; wait "$SERVER" 2>/dev/null || true
+kill "$SERVER"
+while kill -0 "$SERVER" 2>/dev/null; do sleep 0.1; done
 
 for batching in off on; do
     echo "==> MLServer, batching $batching"
@@ -133,4 +142,42 @@ for system, batching, c, r in runs:
 if len(cheapest) == 2:
     print(f"- server CPU per request, lowest: sluice {cheapest['sluice']:.1f} µs, MLServer "
           f"{cheapest['mlserver']:.1f} µs ({cheapest['mlserver'] / cheapest['sluice']:.0f}x)")
+
+# throughput.svg: req/s by concurrency (log scale), one bar per system and batching; a bar
+# whose p99 is over 20 ms is drawn hollow.
+import math
+series = [("sluice", "on", "#1f77b4"), ("sluice", "off", "#9ecae1"),
+          ("mlserver", "on", "#d62728"), ("mlserver", "off", "#fc9272")]
+levels = sorted({c for _, _, c, _ in runs})
+by_key = {(s, b, c): r for s, b, c, r in runs}
+width, height, left, bottom, top = 640, 320, 60, 40, 20
+plot_h = height - bottom - top
+lo, hi = 1, 6  # 10 .. 1e6 req/s, log10
+def y(v):
+    return top + plot_h * (1 - (math.log10(max(v, 10)) - lo) / (hi - lo))
+svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+       f'font-family="sans-serif" font-size="11">', f'<rect width="{width}" height="{height}" fill="white"/>']
+for e in range(lo, hi + 1):
+    svg.append(f'<line x1="{left}" x2="{width - 10}" y1="{y(10**e):.1f}" y2="{y(10**e):.1f}" stroke="#ddd"/>')
+    svg.append(f'<text x="{left - 6}" y="{y(10**e) + 4:.1f}" text-anchor="end">1e{e}</text>')
+group_w = (width - left - 10) / len(levels)
+bar_w = group_w / (len(series) + 1)
+for i, c in enumerate(levels):
+    x0 = left + i * group_w + bar_w / 2
+    svg.append(f'<text x="{x0 + bar_w * len(series) / 2:.1f}" y="{height - bottom + 16}" '
+               f'text-anchor="middle">concurrency {c}</text>')
+    for j, (system, batching, colour) in enumerate(series):
+        r = by_key.get((system, batching, c))
+        if not r:
+            continue
+        top_y = y(r["throughput_rps"])
+        fill = colour if r["latency_ms"]["p99"] <= 20 else "none"
+        svg.append(f'<rect x="{x0 + j * bar_w:.1f}" y="{top_y:.1f}" width="{bar_w - 2:.1f}" '
+                   f'height="{top + plot_h - top_y:.1f}" fill="{fill}" stroke="{colour}"/>')
+for j, (system, batching, colour) in enumerate(series):
+    svg.append(f'<rect x="{left + 10 + j * 140}" y="4" width="10" height="10" fill="{colour}"/>')
+    svg.append(f'<text x="{left + 24 + j * 140}" y="13">{system}, batching {batching}</text>')
+svg.append(f'<text x="12" y="{top + plot_h / 2}" transform="rotate(-90 12 {top + plot_h / 2})" '
+           f'text-anchor="middle">requests/s (hollow: p99 over 20 ms)</text></svg>')
+(out / "throughput.svg").write_text("\n".join(svg) + "\n")
 PY
