@@ -100,6 +100,8 @@ for batching in off on; do
     size=0; [ "$batching" = on ] && size=32
     MLS_BATCH_SIZE=$size MLS_BATCH_TIME=0.005 \
         benches/compare/mlserver/serve.sh "$VENV" "$OUT" >/dev/null
+    # The peer must be right before it is timed: its answers against scikit-learn's own.
+    "$VENV/bin/python" benches/compare/mlserver/check.py "$OUT/mlserver-repo/digits-sklearn" | tail -1
     for c in $CONCURRENCY; do
         echo "-- MLServer, batching $batching, concurrency $c"
         bench mlserver "$batching" "http://127.0.0.1:18081" digits-sklearn "$c" \
