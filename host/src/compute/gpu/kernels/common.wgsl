@@ -17,6 +17,11 @@ fn flat_index(id: vec3<u32>, groups: vec3<u32>) -> u32 {
     return id.x + id.y * groups.x * GROUP;
 }
 
+// Output value `i` of planes of height×width, as (x, y, plane).
+fn pixel_of(i: u32, width: u32, height: u32) -> vec3<u32> {
+    return vec3<u32>(i % width, (i / width) % height, i / (width * height));
+}
+
 // -inf, the identity of max (WGSL has no infinite constants, so it is built at run time).
 fn neg_infinity() -> f32 {
     return bitcast<f32>(0xff800000u);

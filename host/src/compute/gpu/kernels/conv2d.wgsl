@@ -20,10 +20,11 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
     if i >= params.len {
         return;
     }
-    let ox = i % params.ow;
-    let oy = (i / params.ow) % params.oh;
-    let out_channel = (i / (params.ow * params.oh)) % params.f;
-    let image = i / (params.ow * params.oh * params.f);
+    let pixel = pixel_of(i, params.ow, params.oh);
+    let ox = pixel.x;
+    let oy = pixel.y;
+    let out_channel = pixel.z % params.f;
+    let image = pixel.z / params.f;
     var sum = 0.0;
     for (var ch = 0u; ch < params.c; ch++) {
         for (var ky = 0u; ky < params.kh; ky++) {

@@ -16,9 +16,10 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
     if i >= params.len {
         return;
     }
-    let ox = i % params.ow;
-    let oy = (i / params.ow) % params.oh;
-    let plane = i / (params.ow * params.oh);
+    let pixel = pixel_of(i, params.ow, params.oh);
+    let ox = pixel.x;
+    let oy = pixel.y;
+    let plane = pixel.z;
     var largest = neg_infinity();
     for (var dy = 0u; dy < params.size; dy++) {
         let row = plane * params.h * params.w + (oy * params.size + dy) * params.w;
