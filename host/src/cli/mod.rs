@@ -213,7 +213,7 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match async_runtime(&cli.command) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -227,6 +227,26 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The server runs on all cores. A client command runs on this thread only: it sends a few
+/// calls, and a request that crosses no threads comes back sooner. `bench --threads N` asks
+/// for more.
+fn async_runtime(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
+    let threads = match command {
+        Command::Serve(_) => None,
+        Command::Bench { bench, .. } if bench.threads > 1 => Some(bench.threads),
+        _ => {
+            return tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+        }
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = threads {
+        builder.worker_threads(threads);
+    }
+    builder.enable_all().build()
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {

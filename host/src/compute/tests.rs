@@ -195,7 +195,11 @@ fn a_tensor_given_to_the_other_backend_is_an_error_not_a_crash() {
 
 #[test]
 fn gpu_buffers_are_pooled_and_reused() {
-    let Some(gpu) = gpu() else { return };
+    if gpu().is_none() {
+        return;
+    }
+    // A backend of its own: the shared one's pool changes under the tests running beside it.
+    let gpu = GpuBackend::open(Adapters::AnyKind).unwrap();
     let tensor = gpu.upload(vec![1000], vec![1.0; 1000]).unwrap();
     let idle_before = gpu.idle_pool_bytes();
     drop(tensor);
