@@ -65,6 +65,11 @@ async fn every_fault_fails_only_its_own_request() {
             Code::ResourceExhausted,
             "over its response limit of 1048576 bytes",
         ),
+        (
+            "huge-matmul",
+            Code::Internal,
+            "device memory budget exceeded: 17180393472 bytes of tensors requested, limit 67108864",
+        ),
     ];
     for (fault, ..) in &faults {
         load_faulty(&mut server, fault).await;

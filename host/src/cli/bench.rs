@@ -283,6 +283,9 @@ pub(super) async fn run(server: &ServerArgs, args: BenchArgs) -> Result<()> {
     if args.rows == 0 {
         bail!("--rows must be at least 1");
     }
+    if args.protocol == Protocol::Kserve && args.timeout_ms != 0 {
+        bail!("--timeout-ms needs --protocol sluice: a KServe request carries no deadline");
+    }
     let mut callers = Vec::new();
     let mut before = None;
     for _ in 0..args.connections.max(1) {

@@ -44,6 +44,14 @@ pub enum ComputeError {
     /// No usable GPU adapter (for `--compute gpu`), or the device could not be opened.
     #[error("no gpu: {0}")]
     NoGpu(String),
+    /// The result would take the instance past its budget of device memory; nothing ran.
+    #[error("device memory budget exceeded: {requested} bytes of tensors requested, limit {limit}")]
+    Budget {
+        /// Bytes the instance would hold with the result.
+        requested: usize,
+        /// The instance's budget.
+        limit: usize,
+    },
 }
 
 /// Where a tensor's values are.
@@ -184,12 +192,58 @@ pub trait Backend: Send + Sync {
 }
 
 /// The shapes an operation works on, checked once for both backends: each function returns
-/// the output shape (and the dimensions the kernels need) or the error the guest sees.
-mod shapes {
+/// the dimensions the kernels need or the error the guest sees, and [`output_shape`] says
+/// how large a result will be before anything runs (so that an instance's memory budget is
+/// checked first: a `[65536, 1] × [1, 65536]` product would need 16 GiB).
+pub mod shapes {
     use super::ComputeError;
 
+    /// An operation of the compute interface with its operands' shapes.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Op<'a> {
+        /// `matmul(a, b)`.
+        Matmul(&'a [usize], &'a [usize]),
+        /// `add(a, b)`.
+        Add(&'a [usize], &'a [usize]),
+        /// `relu(x)` or `softmax(x)`: the shape of `x`.
+        Elementwise(&'a [usize]),
+        /// `conv2d(x, filters, pad)`.
+        Conv2d(&'a [usize], &'a [usize], usize),
+        /// `max_pool(x, size)`.
+        MaxPool(&'a [usize], usize),
+        /// `reshape(x, shape)`.
+        Reshape(&'a [usize], &'a [usize]),
+    }
+
+    /// The shape of `op`'s result, or why the operands do not fit it.
+    pub fn output_shape(op: Op<'_>) -> Result<Vec<usize>, ComputeError> {
+        Ok(match op {
+            Op::Matmul(a, b) => {
+                let (m, _, n) = matmul(a, b)?;
+                vec![m, n]
+            }
+            Op::Add(a, b) => {
+                add(a, b)?;
+                a.to_vec()
+            }
+            Op::Elementwise(x) => x.to_vec(),
+            Op::Conv2d(x, filters, pad) => {
+                let conv = conv2d(x, filters, pad)?;
+                vec![conv.n, conv.f, conv.oh, conv.ow]
+            }
+            Op::MaxPool(x, size) => {
+                let [n, c, h, w] = max_pool(x, size)?;
+                vec![n, c, h / size, w / size]
+            }
+            Op::Reshape(x, shape) => {
+                reshape(x, shape)?;
+                shape.to_vec()
+            }
+        })
+    }
+
     /// Splits a shape into `(rows, row_len)`: everything but the last dimension is rows.
-    pub(super) fn rows_and_width(shape: &[usize]) -> (usize, usize) {
+    pub(crate) fn rows_and_width(shape: &[usize]) -> (usize, usize) {
         match shape.split_last() {
             Some((&last, rest)) => (rest.iter().product(), last),
             None => (1, 1),
@@ -197,7 +251,7 @@ mod shapes {
     }
 
     /// `(m, k, n)` of `a [m, k] × b [k, n]`.
-    pub(super) fn matmul(a: &[usize], b: &[usize]) -> Result<(usize, usize, usize), ComputeError> {
+    pub(crate) fn matmul(a: &[usize], b: &[usize]) -> Result<(usize, usize, usize), ComputeError> {
         let (&[m, k], &[k2, n]) = (a, b) else {
             return Err(ComputeError::Shape(format!(
                 "matmul needs two matrices, got {a:?} and {b:?}"
@@ -212,7 +266,7 @@ mod shapes {
     }
 
     /// How many values of `b` repeat over `a` in `a + b`: all of them (same shape) or a row.
-    pub(super) fn add(a: &[usize], b: &[usize]) -> Result<usize, ComputeError> {
+    pub(crate) fn add(a: &[usize], b: &[usize]) -> Result<usize, ComputeError> {
         if a == b {
             return Ok(a.iter().product());
         }
@@ -228,7 +282,7 @@ mod shapes {
 
     /// The dimensions of a convolution, checked.
     #[derive(Debug, Clone, Copy)]
-    pub(super) struct Conv {
+    pub(crate) struct Conv {
         pub n: usize,
         pub c: usize,
         pub h: usize,
@@ -241,7 +295,7 @@ mod shapes {
         pub ow: usize,
     }
 
-    pub(super) fn conv2d(x: &[usize], filters: &[usize], pad: usize) -> Result<Conv, ComputeError> {
+    pub(crate) fn conv2d(x: &[usize], filters: &[usize], pad: usize) -> Result<Conv, ComputeError> {
         let (&[n, c, h, w], &[f, c2, kh, kw]) = (x, filters) else {
             return Err(ComputeError::Shape(format!(
                 "conv2d needs x [n, c, h, w] and filters [f, c, kh, kw], got {x:?} and {filters:?}"
@@ -269,7 +323,7 @@ mod shapes {
     }
 
     /// `[n, c, h, w]` of a pooling input whose window fits.
-    pub(super) fn max_pool(x: &[usize], size: usize) -> Result<[usize; 4], ComputeError> {
+    pub(crate) fn max_pool(x: &[usize], size: usize) -> Result<[usize; 4], ComputeError> {
         let &[n, c, h, w] = x else {
             return Err(ComputeError::Shape(format!(
                 "max_pool needs x [n, c, h, w], got {x:?}"
@@ -283,7 +337,7 @@ mod shapes {
         Ok([n, c, h, w])
     }
 
-    pub(super) fn reshape(x: &[usize], shape: &[usize]) -> Result<(), ComputeError> {
+    pub(crate) fn reshape(x: &[usize], shape: &[usize]) -> Result<(), ComputeError> {
         let (from, to) = (x.iter().product::<usize>(), shape.iter().product::<usize>());
         if from != to {
             return Err(ComputeError::Shape(format!(

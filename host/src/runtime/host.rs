@@ -5,6 +5,7 @@
 use super::bindings::sluice::model::compute::{Host, HostDeviceTensor};
 use super::bindings::sluice::model::types;
 use super::guest_log::GuestLog;
+use crate::compute::shapes::{Op, output_shape};
 use crate::compute::{Backend, ComputeError, DeviceTensor, decode_le_f32};
 use std::sync::Arc;
 use wasmtime::component::{Resource, ResourceTable};
@@ -43,23 +44,39 @@ impl StoreState {
         }
     }
 
+    /// Whether `bytes` more of device tensors fit the instance's budget.
+    fn fits(&self, bytes: usize) -> Result<(), ComputeError> {
+        let requested = self.device_bytes.saturating_add(bytes);
+        if requested > self.limiter.memory_bytes {
+            return Err(ComputeError::Budget {
+                requested,
+                limit: self.limiter.memory_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks that an operation's result (of `shape`) fits the budget before anything runs: an
+    /// output can be far larger than its operands (a `[65536, 1] × [1, 65536]` product is
+    /// 16 GiB).
+    fn fits_output(&self, shape: Result<Vec<usize>, ComputeError>) -> Result<(), ComputeError> {
+        let bytes = shape?
+            .iter()
+            .try_fold(4usize, |acc, &d| acc.checked_mul(d))
+            .unwrap_or(usize::MAX);
+        self.fits(bytes)
+    }
+
     /// Stores a new device tensor if the instance's budget allows it.
     fn keep(
         &mut self,
         result: Result<DeviceTensor, ComputeError>,
     ) -> wasmtime::Result<Result<Resource<DeviceTensor>, String>> {
-        let tensor = match result {
+        let tensor = match result.and_then(|t| self.fits(t.byte_size()).map(|()| t)) {
             Ok(tensor) => tensor,
             Err(e) => return Ok(Err(e.to_string())),
         };
-        let after = self.device_bytes + tensor.byte_size();
-        if after > self.limiter.memory_bytes {
-            return Ok(Err(format!(
-                "device memory budget exceeded: {after} bytes of tensors requested, limit {}",
-                self.limiter.memory_bytes
-            )));
-        }
-        self.device_bytes = after;
+        self.device_bytes += tensor.byte_size();
         Ok(Ok(self.table.push(tensor)?))
     }
 
@@ -67,26 +84,36 @@ impl StoreState {
         Ok(self.table.get(handle)?)
     }
 
+    /// Runs a two-operand operation (`shape` describes it for the budget check).
     fn binary(
         &mut self,
         a: Resource<DeviceTensor>,
         b: Resource<DeviceTensor>,
+        shape: impl FnOnce(&[usize], &[usize]) -> Result<Vec<usize>, ComputeError>,
         op: impl FnOnce(
             &dyn Backend,
             &DeviceTensor,
             &DeviceTensor,
         ) -> Result<DeviceTensor, ComputeError>,
     ) -> wasmtime::Result<Result<Resource<DeviceTensor>, String>> {
-        let result = op(self.compute.as_ref(), self.tensor(&a)?, self.tensor(&b)?);
+        let (a, b) = (self.tensor(&a)?, self.tensor(&b)?);
+        let result = self
+            .fits_output(shape(a.shape(), b.shape()))
+            .and_then(|()| op(self.compute.as_ref(), a, b));
         self.keep(result)
     }
 
+    /// Runs a one-operand operation (`shape` describes it for the budget check).
     fn unary(
         &mut self,
         x: Resource<DeviceTensor>,
+        shape: impl FnOnce(&[usize]) -> Result<Vec<usize>, ComputeError>,
         op: impl FnOnce(&dyn Backend, &DeviceTensor) -> Result<DeviceTensor, ComputeError>,
     ) -> wasmtime::Result<Result<Resource<DeviceTensor>, String>> {
-        let result = op(self.compute.as_ref(), self.tensor(&x)?);
+        let x = self.tensor(&x)?;
+        let result = self
+            .fits_output(shape(x.shape()))
+            .and_then(|()| op(self.compute.as_ref(), x));
         self.keep(result)
     }
 }
@@ -139,7 +166,12 @@ impl Host for StoreState {
         a: Resource<DeviceTensor>,
         b: Resource<DeviceTensor>,
     ) -> wasmtime::Result<Result<Resource<DeviceTensor>, String>> {
-        self.binary(a, b, |backend, a, b| backend.matmul(a, b))
+        self.binary(
+            a,
+            b,
+            |a, b| output_shape(Op::Matmul(a, b)),
+            |backend, a, b| backend.matmul(a, b),
+        )
     }
 
     fn add(
@@ -147,21 +179,34 @@ impl Host for StoreState {
         a: Resource<DeviceTensor>,
         b: Resource<DeviceTensor>,
     ) -> wasmtime::Result<Result<Resource<DeviceTensor>, String>> {
-        self.binary(a, b, |backend, a, b| backend.add(a, b))
+        self.binary(
+            a,
+            b,
+            |a, b| output_shape(Op::Add(a, b)),
+            |backend, a, b| backend.add(a, b),
+        )
     }
 
     fn relu(
         &mut self,
         x: Resource<DeviceTensor>,
     ) -> wasmtime::Result<Result<Resource<DeviceTensor>, String>> {
-        self.unary(x, |backend, x| backend.relu(x))
+        self.unary(
+            x,
+            |x| output_shape(Op::Elementwise(x)),
+            |backend, x| backend.relu(x),
+        )
     }
 
     fn softmax(
         &mut self,
         x: Resource<DeviceTensor>,
     ) -> wasmtime::Result<Result<Resource<DeviceTensor>, String>> {
-        self.unary(x, |backend, x| backend.softmax(x))
+        self.unary(
+            x,
+            |x| output_shape(Op::Elementwise(x)),
+            |backend, x| backend.softmax(x),
+        )
     }
 
     fn conv2d(
@@ -170,9 +215,13 @@ impl Host for StoreState {
         filters: Resource<DeviceTensor>,
         pad: u32,
     ) -> wasmtime::Result<Result<Resource<DeviceTensor>, String>> {
-        self.binary(x, filters, |backend, x, f| {
-            backend.conv2d(x, f, pad as usize)
-        })
+        let pad = pad as usize;
+        self.binary(
+            x,
+            filters,
+            |x, f| output_shape(Op::Conv2d(x, f, pad)),
+            |backend, x, f| backend.conv2d(x, f, pad),
+        )
     }
 
     fn max_pool(
@@ -180,7 +229,12 @@ impl Host for StoreState {
         x: Resource<DeviceTensor>,
         size: u32,
     ) -> wasmtime::Result<Result<Resource<DeviceTensor>, String>> {
-        self.unary(x, |backend, x| backend.max_pool(x, size as usize))
+        let size = size as usize;
+        self.unary(
+            x,
+            |x| output_shape(Op::MaxPool(x, size)),
+            |backend, x| backend.max_pool(x, size),
+        )
     }
 
     fn reshape(
@@ -189,7 +243,11 @@ impl Host for StoreState {
         shape: Vec<u32>,
     ) -> wasmtime::Result<Result<Resource<DeviceTensor>, String>> {
         let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-        self.unary(x, |backend, x| backend.reshape(x, &shape))
+        self.unary(
+            x,
+            |x| output_shape(Op::Reshape(x, &shape)),
+            |backend, x| backend.reshape(x, &shape),
+        )
     }
 }
 
@@ -259,5 +317,88 @@ impl wasmtime::ResourceLimiter for InstanceLimiter {
 
     fn memories(&self) -> usize {
         MAX_MEMORIES
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compute::cpu::CpuBackend;
+
+    /// Stores tensors like the CPU backend but fails the test if asked to compute anything.
+    struct ComputesNothing;
+
+    impl Backend for ComputesNothing {
+        fn name(&self) -> &str {
+            "computes-nothing"
+        }
+        fn upload(&self, shape: Vec<usize>, data: Vec<f32>) -> Result<DeviceTensor, ComputeError> {
+            CpuBackend.upload(shape, data)
+        }
+        fn read(&self, x: &DeviceTensor) -> Result<Vec<f32>, ComputeError> {
+            CpuBackend.read(x)
+        }
+        fn matmul(&self, _: &DeviceTensor, _: &DeviceTensor) -> Result<DeviceTensor, ComputeError> {
+            panic!("matmul ran although its result is over the budget")
+        }
+        fn add(&self, _: &DeviceTensor, _: &DeviceTensor) -> Result<DeviceTensor, ComputeError> {
+            panic!("add ran although its result is over the budget")
+        }
+        fn relu(&self, _: &DeviceTensor) -> Result<DeviceTensor, ComputeError> {
+            panic!("relu ran although its result is over the budget")
+        }
+        fn softmax(&self, _: &DeviceTensor) -> Result<DeviceTensor, ComputeError> {
+            panic!("softmax ran although its result is over the budget")
+        }
+        fn conv2d(
+            &self,
+            _: &DeviceTensor,
+            _: &DeviceTensor,
+            _: usize,
+        ) -> Result<DeviceTensor, ComputeError> {
+            panic!("conv2d ran although its result is over the budget")
+        }
+        fn max_pool(&self, _: &DeviceTensor, _: usize) -> Result<DeviceTensor, ComputeError> {
+            panic!("max_pool ran although its result is over the budget")
+        }
+        fn reshape(&self, _: &DeviceTensor, _: &[usize]) -> Result<DeviceTensor, ComputeError> {
+            panic!("reshape ran although its result is over the budget")
+        }
+    }
+
+    fn upload(state: &mut StoreState, shape: &[u32]) -> Resource<DeviceTensor> {
+        let bytes = vec![0u8; shape.iter().product::<u32>() as usize * 4];
+        HostDeviceTensor::upload(state, shape.to_vec(), bytes)
+            .unwrap()
+            .unwrap()
+    }
+
+    fn borrow(handle: &Resource<DeviceTensor>) -> Resource<DeviceTensor> {
+        Resource::new_borrow(handle.rep())
+    }
+
+    #[test]
+    fn an_operation_whose_result_is_over_the_budget_is_refused_before_it_runs() {
+        let mut state = StoreState::new("m".into(), 1 << 20, Arc::new(ComputesNothing));
+        let column = upload(&mut state, &[65536, 1]);
+        let row = upload(&mut state, &[1, 65536]);
+        // 512 KiB of operands, 16 GiB of product.
+        let refused = Host::matmul(&mut state, borrow(&column), borrow(&row)).unwrap();
+        assert_eq!(
+            refused.unwrap_err(),
+            "device memory budget exceeded: 17180393472 bytes of tensors requested, limit 1048576"
+        );
+        // A convolution that multiplies its input by many filters is checked the same way.
+        let image = upload(&mut state, &[1, 1, 64, 64]);
+        let filters = upload(&mut state, &[4096, 1, 1, 1]);
+        let refused = Host::conv2d(&mut state, borrow(&image), borrow(&filters), 0).unwrap();
+        assert!(
+            refused
+                .unwrap_err()
+                .starts_with("device memory budget exceeded")
+        );
+        // Shape errors still come first, as the guest's error.
+        let refused = Host::matmul(&mut state, borrow(&column), borrow(&column)).unwrap();
+        assert!(refused.unwrap_err().contains("inner dimensions differ"));
     }
 }

@@ -1,10 +1,11 @@
 //! A model that misbehaves on purpose, so the tests can prove that a fault fails only its own
 //! request. Its config is the name of the fault (UTF-8): `loop`, `oom`, `panic`, `recursion`,
-//! `wrong-shape`, `wrong-dtype`, `huge-output` or `straggler`. It serves as `faulty-<fault>`,
+//! `wrong-shape`, `wrong-dtype`, `huge-output`, `straggler` or `huge-matmul`. It serves as `faulty-<fault>`,
 //! with input `x` FP32 `[-1, 1]` and output `y` FP32 `[-1, -1]`: it echoes `x`, except that a
 //! batch containing the value `1.0` triggers the fault. So a test can send a bad request and
 //! then a good one to the same model.
 
+use sluice_sdk::compute::DeviceTensor;
 use sluice_sdk::{Dtype, Model, ModelError, ModelInfo, Tensor, TensorSpec};
 use std::hint::black_box;
 
@@ -27,6 +28,9 @@ enum Fault {
     HugeOutput,
     /// Answers correctly, but only after 100 ms of work: slow only sometimes.
     Straggler,
+    /// Asks the host for a `[65536, 1] × [1, 65536]` product: 512 KiB of operands, 16 GiB of
+    /// result. The host must refuse it before computing anything.
+    HugeMatmul,
 }
 
 /// The configured faulty model.
@@ -53,10 +57,11 @@ impl Model for Faulty {
             "wrong-dtype" => Fault::WrongDtype,
             "huge-output" => Fault::HugeOutput,
             "straggler" => Fault::Straggler,
+            "huge-matmul" => Fault::HugeMatmul,
             other => {
                 return Err(ModelError::Internal(format!(
                     "unknown fault `{other}`; expected loop, oom, panic, recursion, wrong-shape, \
-                     wrong-dtype, huge-output or straggler"
+                     wrong-dtype, huge-output, straggler or huge-matmul"
                 )));
             }
         };
@@ -105,6 +110,13 @@ impl Model for Faulty {
                     while started.elapsed() < std::time::Duration::from_millis(100) {
                         black_box(&values);
                     }
+                }
+                Fault::HugeMatmul => {
+                    const SIDE: u32 = 1 << 16;
+                    let ones = vec![1.0f32; SIDE as usize];
+                    let column = DeviceTensor::upload(&[SIDE, 1], &ones)?;
+                    let row = DeviceTensor::upload(&[1, SIDE], &ones)?;
+                    column.matmul(&row)?;
                 }
                 Fault::HugeOutput => {
                     const WIDTH: u32 = 1 << 20;
