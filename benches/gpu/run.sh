@@ -2,8 +2,9 @@
 # The GPU backend's figures on a machine with a GPU (the figures in docs/benchmarks.md):
 # builds the `compute` criterion bench, runs matmul at 1024² and 4096² and end-to-end predict of
 # the MLP and the CNN at batch 1 and 256 on the GPU and on the CPU backend, and prints a table
-# with GFLOP/s and latencies. Budget: under 5 minutes on a 16-core machine with a warm
-# registry (the build is most of it).
+# with GFLOP/s and latencies. Meant to take under 5 minutes on a 16-core machine, most of it
+# the release build; not yet run on one (no GPU machine was lent so far). On this project's
+# 2-core machine, with the build cached and LARGE=0, it took 1 minute on lavapipe.
 #
 #   benches/gpu/run.sh                  # both backends; needs a GPU (any wgpu adapter)
 #   BACKENDS=gpu benches/gpu/run.sh     # the GPU only
