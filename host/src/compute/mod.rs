@@ -139,12 +139,16 @@ fn check_len(shape: &[usize], len: usize) -> Result<(), ComputeError> {
     Ok(())
 }
 
+/// Bytes of an fp32 tensor with dimensions `dims`; `usize::MAX` where that overflows.
+fn fp32_bytes(dims: impl IntoIterator<Item = usize>) -> usize {
+    dims.into_iter()
+        .try_fold(4usize, |acc, d| acc.checked_mul(d))
+        .unwrap_or(usize::MAX)
+}
+
 /// Decodes little-endian fp32 `bytes` of a tensor of `shape` (the WIT upload format).
 pub fn decode_le_f32(shape: &[u32], bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), ComputeError> {
-    let expected = shape
-        .iter()
-        .try_fold(4usize, |acc, &d| acc.checked_mul(d as usize))
-        .unwrap_or(usize::MAX);
+    let expected = fp32_bytes(shape.iter().map(|&d| d as usize));
     if expected != bytes.len() {
         return Err(ComputeError::DataLength {
             shape: shape.to_vec(),
@@ -192,7 +196,7 @@ pub trait Backend: Send + Sync {
 }
 
 /// The shapes an operation works on, checked once for both backends: each function returns
-/// the dimensions the kernels need or the error the guest sees, and [`output_shape`] says
+/// the dimensions the kernels need or the error the guest sees, and [`output_bytes`] says
 /// how large a result will be before anything runs (so that an instance's memory budget is
 /// checked first: a `[65536, 1] × [1, 65536]` product would need 16 GiB).
 pub mod shapes {
@@ -215,29 +219,30 @@ pub mod shapes {
         Reshape(&'a [usize], &'a [usize]),
     }
 
-    /// The shape of `op`'s result, or why the operands do not fit it.
-    pub fn output_shape(op: Op<'_>) -> Result<Vec<usize>, ComputeError> {
+    /// Bytes of `op`'s result, or why the operands do not fit it.
+    pub fn output_bytes(op: Op<'_>) -> Result<usize, ComputeError> {
+        let bytes = |dims: &[usize]| super::fp32_bytes(dims.iter().copied());
         Ok(match op {
             Op::Matmul(a, b) => {
                 let (m, _, n) = matmul(a, b)?;
-                vec![m, n]
+                bytes(&[m, n])
             }
             Op::Add(a, b) => {
                 add(a, b)?;
-                a.to_vec()
+                bytes(a)
             }
-            Op::Elementwise(x) => x.to_vec(),
+            Op::Elementwise(x) => bytes(x),
             Op::Conv2d(x, filters, pad) => {
                 let conv = conv2d(x, filters, pad)?;
-                vec![conv.n, conv.f, conv.oh, conv.ow]
+                bytes(&[conv.n, conv.f, conv.oh, conv.ow])
             }
             Op::MaxPool(x, size) => {
                 let [n, c, h, w] = max_pool(x, size)?;
-                vec![n, c, h / size, w / size]
+                bytes(&[n, c, h / size, w / size])
             }
             Op::Reshape(x, shape) => {
                 reshape(x, shape)?;
-                shape.to_vec()
+                bytes(shape)
             }
         })
     }

@@ -5,7 +5,7 @@
 use super::bindings::sluice::model::compute::{Host, HostDeviceTensor};
 use super::bindings::sluice::model::types;
 use super::guest_log::GuestLog;
-use crate::compute::shapes::{Op, output_shape};
+use crate::compute::shapes::{Op, output_bytes};
 use crate::compute::{Backend, ComputeError, DeviceTensor, decode_le_f32};
 use std::sync::Arc;
 use wasmtime::component::{Resource, ResourceTable};
@@ -56,15 +56,11 @@ impl StoreState {
         Ok(())
     }
 
-    /// Checks that an operation's result (of `shape`) fits the budget before anything runs: an
-    /// output can be far larger than its operands (a `[65536, 1] × [1, 65536]` product is
+    /// Checks that an operation's result (of `bytes`) fits the budget before anything runs:
+    /// an output can be far larger than its operands (a `[65536, 1] × [1, 65536]` product is
     /// 16 GiB).
-    fn fits_output(&self, shape: Result<Vec<usize>, ComputeError>) -> Result<(), ComputeError> {
-        let bytes = shape?
-            .iter()
-            .try_fold(4usize, |acc, &d| acc.checked_mul(d))
-            .unwrap_or(usize::MAX);
-        self.fits(bytes)
+    fn fits_output(&self, bytes: Result<usize, ComputeError>) -> Result<(), ComputeError> {
+        self.fits(bytes?)
     }
 
     /// Stores a new device tensor if the instance's budget allows it.
@@ -84,12 +80,12 @@ impl StoreState {
         Ok(self.table.get(handle)?)
     }
 
-    /// Runs a two-operand operation (`shape` describes it for the budget check).
+    /// Runs a two-operand operation (`output` sizes its result for the budget check).
     fn binary(
         &mut self,
         a: Resource<DeviceTensor>,
         b: Resource<DeviceTensor>,
-        shape: impl FnOnce(&[usize], &[usize]) -> Result<Vec<usize>, ComputeError>,
+        output: impl FnOnce(&[usize], &[usize]) -> Result<usize, ComputeError>,
         op: impl FnOnce(
             &dyn Backend,
             &DeviceTensor,
@@ -98,21 +94,21 @@ impl StoreState {
     ) -> wasmtime::Result<Result<Resource<DeviceTensor>, String>> {
         let (a, b) = (self.tensor(&a)?, self.tensor(&b)?);
         let result = self
-            .fits_output(shape(a.shape(), b.shape()))
+            .fits_output(output(a.shape(), b.shape()))
             .and_then(|()| op(self.compute.as_ref(), a, b));
         self.keep(result)
     }
 
-    /// Runs a one-operand operation (`shape` describes it for the budget check).
+    /// Runs a one-operand operation (`output` sizes its result for the budget check).
     fn unary(
         &mut self,
         x: Resource<DeviceTensor>,
-        shape: impl FnOnce(&[usize]) -> Result<Vec<usize>, ComputeError>,
+        output: impl FnOnce(&[usize]) -> Result<usize, ComputeError>,
         op: impl FnOnce(&dyn Backend, &DeviceTensor) -> Result<DeviceTensor, ComputeError>,
     ) -> wasmtime::Result<Result<Resource<DeviceTensor>, String>> {
         let x = self.tensor(&x)?;
         let result = self
-            .fits_output(shape(x.shape()))
+            .fits_output(output(x.shape()))
             .and_then(|()| op(self.compute.as_ref(), x));
         self.keep(result)
     }
@@ -169,7 +165,7 @@ impl Host for StoreState {
         self.binary(
             a,
             b,
-            |a, b| output_shape(Op::Matmul(a, b)),
+            |a, b| output_bytes(Op::Matmul(a, b)),
             |backend, a, b| backend.matmul(a, b),
         )
     }
@@ -182,7 +178,7 @@ impl Host for StoreState {
         self.binary(
             a,
             b,
-            |a, b| output_shape(Op::Add(a, b)),
+            |a, b| output_bytes(Op::Add(a, b)),
             |backend, a, b| backend.add(a, b),
         )
     }
@@ -193,7 +189,7 @@ impl Host for StoreState {
     ) -> wasmtime::Result<Result<Resource<DeviceTensor>, String>> {
         self.unary(
             x,
-            |x| output_shape(Op::Elementwise(x)),
+            |x| output_bytes(Op::Elementwise(x)),
             |backend, x| backend.relu(x),
         )
     }
@@ -204,7 +200,7 @@ impl Host for StoreState {
     ) -> wasmtime::Result<Result<Resource<DeviceTensor>, String>> {
         self.unary(
             x,
-            |x| output_shape(Op::Elementwise(x)),
+            |x| output_bytes(Op::Elementwise(x)),
             |backend, x| backend.softmax(x),
         )
     }
@@ -219,7 +215,7 @@ impl Host for StoreState {
         self.binary(
             x,
             filters,
-            |x, f| output_shape(Op::Conv2d(x, f, pad)),
+            |x, f| output_bytes(Op::Conv2d(x, f, pad)),
             |backend, x, f| backend.conv2d(x, f, pad),
         )
     }
@@ -232,7 +228,7 @@ impl Host for StoreState {
         let size = size as usize;
         self.unary(
             x,
-            |x| output_shape(Op::MaxPool(x, size)),
+            |x| output_bytes(Op::MaxPool(x, size)),
             |backend, x| backend.max_pool(x, size),
         )
     }
@@ -245,7 +241,7 @@ impl Host for StoreState {
         let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
         self.unary(
             x,
-            |x| output_shape(Op::Reshape(x, &shape)),
+            |x| output_bytes(Op::Reshape(x, &shape)),
             |backend, x| backend.reshape(x, &shape),
         )
     }
