@@ -10,15 +10,15 @@
 //! Run: `cargo bench -p sluice-benches --bench compute`, or `benches/gpu/run.sh`.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use sluice::compute::cpu::CpuBackend;
-use sluice::compute::gpu::{Adapters, GpuBackend};
-use sluice::compute::{Backend, ComputeError, DeviceTensor};
-use sluice::runtime::replica::Replica;
+use sluice_compute::cpu::CpuBackend;
+use sluice_compute::gpu::{Adapters, GpuBackend};
+use sluice_compute::{Backend, ComputeError, DeviceTensor};
+use sluice_runtime::Replica;
 use std::hint::black_box;
 use std::sync::Arc;
 
 mod common;
-use common::{cached_runtime, pixels, pixels_tensor, sample_recipe};
+use common::{cached_runtime, call, pixels, pixels_tensor, sample_recipe};
 
 /// A backend under test, and how to wait until its queued work is done.
 struct Subject {
@@ -175,7 +175,8 @@ fn predict(c: &mut Criterion) {
                 group.throughput(Throughput::Elements(rows as u64));
                 let id = BenchmarkId::new(format!("{model}/{}", subject.label), rows);
                 group.bench_function(id, |b| {
-                    b.iter(|| black_box(replica.predict(black_box(&inputs)).unwrap()))
+                    let mut inputs = inputs.to_vec();
+                    b.iter(|| black_box(call(&mut replica, &mut inputs)))
                 });
             }
         }

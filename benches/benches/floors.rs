@@ -13,21 +13,22 @@
 //! Run: `cargo bench -p sluice-benches --bench floors`. Figures go to `docs/benchmarks.md`.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use sluice::batching::{BatchMode, BatchingConfig};
-use sluice::cache::{CacheKey, PredictionCache, digest_inputs};
-use sluice::frontend::convert::{tensor_from_proto, tensor_to_proto};
-use sluice::frontend::{FrontendOptions, RunningServer};
-use sluice::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
-use sluice::inference::{self, model_infer_request::InferInputTensor};
-use sluice::registry::{LoadRequest, Registry};
-use sluice::runtime::replica::Replica;
-use sluice::runtime::{ModelLimits, Runtime, RuntimeConfig};
+use sluice_api::convert::{tensor_from_proto, tensor_to_proto};
+use sluice_api::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use sluice_api::inference::{self, model_infer_request::InferInputTensor};
+use sluice_frontend::Server;
+use sluice_runtime::{Replica, Runtime, RuntimeConfig};
+use sluice_serving::ModelLimits;
+use sluice_serving::batching::{BatchMode, BatchingConfig};
+use sluice_serving::cache::{CacheKey, PredictionCache, digest_inputs};
+use sluice_serving::registry::{LoadRequest, Registry};
 use sluice_train::params_path;
+use sluice_types::Tensor;
 use std::hint::black_box;
 use std::sync::Arc;
 
 mod common;
-use common::{component_bytes, default_runtime, pixels, pixels_tensor, sample_recipe};
+use common::{call, component_bytes, default_runtime, pixels, pixels_tensor, sample_recipe};
 
 /// The logistic regression without batching (one request per call), on `runtime`.
 fn logreg_request() -> LoadRequest {
@@ -55,7 +56,7 @@ fn tokio_runtime() -> tokio::runtime::Runtime {
 fn in_process(c: &mut Criterion) {
     let one = vec![pixels_tensor(&pixels(1))];
     let cache = PredictionCache::new(64 << 20);
-    let key = |inputs: &[sluice::runtime::Tensor]| CacheKey {
+    let key = |inputs: &[Tensor]| CacheKey {
         model: "digits-logreg".into(),
         version: "1".into(),
         input: digest_inputs(inputs),
@@ -63,14 +64,15 @@ fn in_process(c: &mut Criterion) {
     let runtime = default_runtime();
     let mut replica =
         Replica::new(sample_recipe(&runtime, "digits_logreg", "digits-logreg")).unwrap();
-    cache.insert(key(&one), Arc::new(replica.predict(&one).unwrap()));
+    let mut inputs = one.clone();
+    cache.insert(key(&one), Arc::new(call(&mut replica, &mut inputs)));
     let mut group = c.benchmark_group("floors");
     group.bench_function("cache-hit", |b| {
         b.iter(|| black_box(cache.get(&key(black_box(&one))).unwrap()))
     });
     for rows in [1usize, 64] {
-        let inputs = vec![pixels_tensor(&pixels(rows))];
-        let outputs = replica.predict(&inputs).unwrap();
+        let mut inputs = vec![pixels_tensor(&pixels(rows))];
+        let outputs = call(&mut replica, &mut inputs);
         let proto_inputs: Vec<_> = inputs.iter().cloned().map(tensor_to_proto).collect();
         group.bench_with_input(
             BenchmarkId::new("tensor-conversion", rows),
@@ -89,7 +91,8 @@ fn in_process(c: &mut Criterion) {
         );
     }
     group.bench_function("replica-call", |b| {
-        b.iter(|| black_box(replica.predict(black_box(&one)).unwrap()))
+        let mut inputs = one.clone();
+        b.iter(|| black_box(call(&mut replica, &mut inputs)))
     });
     let rt = tokio_runtime();
     let registry = Registry::new(Arc::new(default_runtime()));
@@ -104,12 +107,14 @@ fn grpc(c: &mut Criterion) {
     let rt = tokio_runtime();
     let registry = Arc::new(Registry::new(Arc::new(default_runtime())));
     rt.block_on(registry.load(logreg_request())).unwrap();
+    let loopback = "127.0.0.1:0".parse().unwrap();
     let server = rt
-        .block_on(RunningServer::start(
-            "127.0.0.1:0".parse().unwrap(),
-            registry,
-            FrontendOptions::default(),
-        ))
+        .block_on(
+            Server::builder(registry)
+                .build()
+                .unwrap()
+                .start(loopback, loopback),
+        )
         .unwrap();
     let mut client = rt
         .block_on(GrpcInferenceServiceClient::connect(server.url()))

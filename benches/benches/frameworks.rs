@@ -8,15 +8,15 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use onnx_runner::OnnxRunner;
-use sluice::bundled::ONNX_RUNNER;
-use sluice::runtime::Tensor;
-use sluice::runtime::replica::Replica;
+use sluice_runtime::Replica;
+use sluice_samples::ONNX_RUNNER;
 use sluice_train::params_path;
+use sluice_types::Tensor;
 use std::hint::black_box;
 use std::path::PathBuf;
 
 mod common;
-use common::{component_bytes, default_runtime, pixels, pixels_tensor, recipe};
+use common::{call, component_bytes, default_runtime, pixels, pixels_tensor, recipe};
 
 fn pixels_input(rows: usize) -> Vec<Tensor> {
     vec![pixels_tensor(&pixels(rows))]
@@ -62,7 +62,10 @@ fn onnx(c: &mut Criterion) {
             group.bench_with_input(
                 BenchmarkId::new(format!("{model}-component"), rows),
                 &inputs,
-                |b, inputs| b.iter(|| black_box(sandboxed.predict(black_box(inputs)).unwrap())),
+                |b, inputs| {
+                    let mut inputs = inputs.to_vec();
+                    b.iter(|| black_box(call(&mut sandboxed, &mut inputs)))
+                },
             );
         }
     }
@@ -98,7 +101,8 @@ fn python(c: &mut Criterion) {
             let inputs = pixels_input(rows);
             group.throughput(Throughput::Elements(rows as u64));
             group.bench_with_input(BenchmarkId::new(name, rows), &inputs, |b, inputs| {
-                b.iter(|| black_box(replica.predict(black_box(inputs)).unwrap()))
+                let mut inputs = inputs.to_vec();
+                b.iter(|| black_box(call(&mut replica, &mut inputs)))
             });
         }
     }

@@ -7,14 +7,13 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use digits_logreg::{CLASSES, LogReg};
-use sluice::runtime::replica::Replica;
-use sluice::runtime::{Runtime, RuntimeConfig};
+use sluice_runtime::{Replica, Runtime, RuntimeConfig};
 use sluice_train::params_path;
 use std::hint::black_box;
 use std::sync::Arc;
 
 mod common;
-use common::{component_bytes, default_runtime, pixels, pixels_tensor, sample_recipe};
+use common::{call, component_bytes, default_runtime, pixels, pixels_tensor, sample_recipe};
 
 fn predict(c: &mut Criterion) {
     let runtime = default_runtime();
@@ -32,7 +31,8 @@ fn predict(c: &mut Criterion) {
         group.throughput(Throughput::Elements(rows as u64));
         for (name, replica) in [("mlp-component", &mut mlp), ("cnn-component", &mut cnn)] {
             group.bench_with_input(BenchmarkId::new(name, rows), &inputs, |b, inputs| {
-                b.iter(|| black_box(replica.predict(black_box(inputs)).unwrap()))
+                let mut inputs = inputs.to_vec();
+                b.iter(|| black_box(call(replica, &mut inputs)))
             });
         }
         if rows == 256 {
@@ -45,7 +45,10 @@ fn predict(c: &mut Criterion) {
         group.bench_with_input(
             BenchmarkId::new("logreg-component", rows),
             &inputs,
-            |b, inputs| b.iter(|| black_box(logreg.predict(black_box(inputs)).unwrap())),
+            |b, inputs| {
+                let mut inputs = inputs.to_vec();
+                b.iter(|| black_box(call(&mut logreg, &mut inputs)))
+            },
         );
     }
     group.finish();

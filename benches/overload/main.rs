@@ -7,8 +7,8 @@
 //! memory is the server's alone) and drives it over gRPC on loopback. The load generator
 //! shares the machine's two cores with the server.
 
-use sluice::proto::load_model_request::Component;
-use sluice::proto::{self, batching_config::Mode, sluice_client::SluiceClient};
+use sluice_api::proto::load_model_request::Component;
+use sluice_api::proto::{self, batching_config::Mode, sluice_client::SluiceClient};
 use sluice_train::Digits;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -104,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
     let pid = child.id();
     let mut client = SluiceClient::connect(url.clone()).await?;
     let wasm = std::fs::read(
-        std::path::Path::new(sluice::bundled::SAMPLE_WASM_DIR).join("digits_logreg.wasm"),
+        std::path::Path::new(sluice_samples::SAMPLE_WASM_DIR).join("digits_logreg.wasm"),
     )?;
     client
         .load_model(proto::LoadModelRequest {

@@ -13,14 +13,14 @@
 //!
 //! Run with `benches/selection/run.sh`; it writes `selection.json` and the plots.
 
-use sluice::batching::{BatchMode, BatchingConfig};
-use sluice::bundled::SAMPLE_MODELS;
-use sluice::cache::PredictionCache;
-use sluice::frontend::{FrontendOptions, RunningServer};
-use sluice::proto::{self, policy::Kind, sluice_client::SluiceClient};
-use sluice::registry::{LoadRequest, Registry};
-use sluice::runtime::{ModelLimits, Runtime, RuntimeConfig};
-use sluice::selection::{Applications, Store};
+use sluice_api::proto::{self, policy::Kind, sluice_client::SluiceClient};
+use sluice_frontend::{RunningServer, Server};
+use sluice_runtime::{Runtime, RuntimeConfig};
+use sluice_samples::SAMPLE_MODELS;
+use sluice_serving::ModelLimits;
+use sluice_serving::batching::{BatchMode, BatchingConfig};
+use sluice_serving::registry::{LoadRequest, Registry};
+use sluice_serving::store::Store;
 use sluice_train::{Digits, Sample};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -147,13 +147,12 @@ async fn start(digits: &Digits, state: &std::path::Path) -> Lab {
     )
     .await;
     let store = Store::open(&state.join("state.redb")).expect("state store");
-    let cache = Arc::new(PredictionCache::new(64 << 20));
-    let applications = Applications::open(registry.clone(), cache, store).expect("applications");
-    let options = FrontendOptions {
-        applications: Some(Arc::new(applications)),
-        ..FrontendOptions::default()
-    };
-    let server = RunningServer::start("127.0.0.1:0".parse().unwrap(), registry, options)
+    let loopback = "127.0.0.1:0".parse().unwrap();
+    let server = Server::builder(registry)
+        .store(store)
+        .build()
+        .expect("applications")
+        .start(loopback, loopback)
         .await
         .expect("bind");
     let client = SluiceClient::connect(server.url()).await.expect("connect");

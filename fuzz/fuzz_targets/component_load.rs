@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sluice::runtime::{Runtime, RuntimeConfig};
+use sluice_runtime::{Runtime, RuntimeConfig};
 use std::sync::LazyLock;
 
 static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {

@@ -3,11 +3,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use sluice_api::kserve_json::{JsonTensor, parse_inputs};
 
 fuzz_target!(|text: &str| {
-    if let Ok(tensors) = sluice::frontend::json::parse_inputs(text) {
+    if let Ok(tensors) = parse_inputs(text) {
         for tensor in &tensors {
-            let _ = sluice::frontend::json::decode(tensor);
+            let _ = JsonTensor::from_tensor(tensor);
         }
     }
 });

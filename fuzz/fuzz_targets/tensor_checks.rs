@@ -3,9 +3,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sluice::batching::rows;
-use sluice::runtime::{Dtype, ModelInfo, Tensor, TensorSpec};
-use sluice::tensor::{ALL_DTYPES, check_inputs};
+use sluice_serving::batching::rows;
+use sluice_types::contract::check_inputs;
+use sluice_types::{Dtype, ModelInfo, Tensor, TensorSpec};
 
 fn info() -> ModelInfo {
     let spec = |name: &str, dtype, shape: &[i64]| TensorSpec {
@@ -38,7 +38,7 @@ fn tensors(mut data: &[u8]) -> Vec<Tensor> {
     let mut out = Vec::new();
     while let Some(header) = take(3) {
         let name = ["a", "b", "c"][header[0] as usize % 3].to_string();
-        let dtype = ALL_DTYPES[header[1] as usize % ALL_DTYPES.len()];
+        let dtype = Dtype::ALL[header[1] as usize % Dtype::ALL.len()];
         let rank = header[2] as usize % 4;
         let Some(dims) = take(rank) else { break };
         let shape: Vec<u32> = dims.iter().map(|&d| u32::from(d % 9)).collect();

@@ -1,11 +1,11 @@
 //! What the criterion benches share: a runtime with an on-disk cache of compiled components,
 //! instance recipes for the bundled models, and held-out digits as request tensors.
 
-use sluice::bundled::SAMPLE_WASM_DIR;
-use sluice::compute::Backend;
-use sluice::runtime::replica::InstanceRecipe;
-use sluice::runtime::{Dtype, ModelLimits, Runtime, RuntimeConfig, Tensor};
+use sluice_compute::Backend;
+use sluice_runtime::{InstanceLimits, InstanceRecipe, Replica, Runtime, RuntimeConfig};
+use sluice_samples::SAMPLE_WASM_DIR;
 use sluice_train::{Digits, params_path};
+use sluice_types::{Dtype, Tensor};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -36,9 +36,18 @@ pub fn recipe(runtime: &Runtime, component: &[u8], model: &str, config: Vec<u8>)
         component: runtime.load_component(component).unwrap(),
         model: model.into(),
         config: config.into(),
-        limits: ModelLimits::default(),
+        limits: InstanceLimits::default(),
         compute: runtime.compute().clone(),
+        on_replace: Arc::new(|_, _| {}),
     }
+}
+
+/// Runs `replica` on `inputs` as the batcher does: the inputs move in and come back, so a
+/// bench measures the call and not a copy of its inputs.
+pub fn call(replica: &mut Replica, inputs: &mut Vec<Tensor>) -> Vec<Tensor> {
+    let (back, result) = replica.predict(std::mem::take(inputs));
+    *inputs = back;
+    result.unwrap()
 }
 
 /// A recipe for a bundled digits model with its committed parameters.

@@ -1,0 +1,248 @@
+//! `sluice serve`: build the runtime, load the bundled sample models (unless told not to),
+//! open the applications and their learned state, serve gRPC and HTTP until Ctrl-C or SIGTERM,
+//! then drain in-flight calls.
+
+use crate::samples::write_sample_repository;
+use anyhow::{Context, Result};
+use sluice_frontend::Server;
+use sluice_frontend::tls::TlsIdentity;
+use sluice_runtime::{Runtime, RuntimeConfig};
+use sluice_serving::ModelLimits;
+use sluice_serving::batching::BatchingConfig;
+use sluice_serving::registry::Registry;
+use sluice_serving::repository::Repository;
+use sluice_serving::store::Store;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Flags of `sluice serve`.
+#[derive(Debug, clap::Args)]
+pub(super) struct ServeArgs {
+    /// Address for gRPC (the sluice API and KServe v2).
+    #[arg(long, default_value = "127.0.0.1:8001")]
+    listen: SocketAddr,
+    /// Address for HTTP (KServe v2 REST).
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    http_listen: SocketAddr,
+    /// Serve the models in this repository: DIR/<model>/<version>/model.wasm (+ config.toml).
+    #[arg(long)]
+    repository: Option<PathBuf>,
+    /// With --repository: load at start only, do not watch for changes (explicit mode).
+    #[arg(long, requires = "repository")]
+    no_watch: bool,
+    /// Do not load the bundled sample models (when no --repository is given).
+    #[arg(long, conflicts_with = "repository")]
+    no_samples: bool,
+    /// Replicas of each bundled sample model.
+    #[arg(long, default_value_t = 2)]
+    sample_replicas: usize,
+    /// Directory for precompiled components (default: $XDG_CACHE_HOME/sluice or ~/.cache/sluice).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Compile components on every load instead of caching them.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
+    /// Default per-call time limit in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    call_timeout_ms: u64,
+    /// Default memory limit per instance, in MiB.
+    #[arg(long, default_value_t = 256)]
+    memory_mib: usize,
+    /// Default latency objective in milliseconds (adaptive batching keeps batches under it).
+    #[arg(long, default_value_t = 100)]
+    slo_ms: u64,
+    /// Directory of the durable store of applications and what they learned
+    /// (default: $XDG_DATA_HOME/sluice or ~/.local/share/sluice).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Keep applications and selection state in memory only (lost when the server stops).
+    #[arg(long, conflicts_with = "state_dir")]
+    no_state: bool,
+    /// Memory for the prediction cache, in MiB (0: no caching, identical in-flight queries
+    /// are still coalesced).
+    #[arg(long, default_value_t = 64)]
+    cache_mib: usize,
+    /// Serve both ports over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Where models' compute imports (matmul, conv2d, ...) run.
+    #[arg(long, value_enum, default_value_t = Compute::Auto, env = "SLUICE_COMPUTE")]
+    compute: Compute,
+    /// Allow admin calls from any peer that presents this token (default: loopback only).
+    #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+/// `--compute`: where host compute runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Compute {
+    /// A hardware GPU if there is one, else the CPU (a software rasterizer counts as a CPU:
+    /// lavapipe is far slower than the CPU backend's SGEMM).
+    Auto,
+    /// A GPU adapter, software ones included; an error if there is none.
+    Gpu,
+    /// The CPU backend.
+    Cpu,
+}
+
+impl From<Compute> for sluice_compute::ComputeChoice {
+    fn from(choice: Compute) -> Self {
+        match choice {
+            Compute::Auto => sluice_compute::ComputeChoice::Auto,
+            Compute::Gpu => sluice_compute::ComputeChoice::Gpu,
+            Compute::Cpu => sluice_compute::ComputeChoice::Cpu,
+        }
+    }
+}
+
+pub(super) async fn run(args: ServeArgs) -> Result<()> {
+    let cache_dir = if args.no_cache {
+        None
+    } else {
+        args.cache_dir.or_else(RuntimeConfig::default_cache_dir)
+    };
+    let compute = sluice_compute::select(args.compute.into()).context("opening --compute")?;
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: cache_dir.clone(),
+        compute,
+    })
+    .context("starting the wasm runtime")?;
+    tracing::info!(compute = runtime.compute().name(), "compute backend");
+    let registry = Arc::new(Registry::new(Arc::new(runtime)));
+    let default_limits = ModelLimits {
+        call_timeout: Duration::from_millis(args.call_timeout_ms),
+        memory_bytes: args.memory_mib << 20,
+        ..ModelLimits::default()
+    };
+    let default_batching = BatchingConfig {
+        slo: Duration::from_millis(args.slo_ms),
+        ..BatchingConfig::default()
+    };
+    let repository_dir = match (&args.repository, args.no_samples) {
+        (Some(dir), _) => Some(dir.clone()),
+        (None, true) => None,
+        (None, false) => {
+            // The bundled samples, written out as a repository (the same files
+            // `--repository` would read).
+            let dir = cache_dir
+                .clone()
+                .unwrap_or_else(|| {
+                    std::env::temp_dir().join(format!("sluice-{}", std::process::id()))
+                })
+                .join("sample-repo");
+            write_sample_repository(&dir, args.sample_replicas)
+                .with_context(|| format!("writing the sample repository to {}", dir.display()))?;
+            Some(dir)
+        }
+    };
+    let mut _watcher = None;
+    let mut server = Server::builder(registry.clone())
+        .defaults(default_limits, default_batching)
+        .cache_bytes(args.cache_mib << 20)
+        .onnx_runner(sluice_samples::ONNX_RUNNER)
+        .admin_token(args.admin_token);
+    if let Some(dir) = repository_dir {
+        let repo = Arc::new(Repository::new(
+            dir.clone(),
+            registry.clone(),
+            default_limits,
+            default_batching,
+        ));
+        let report = repo.sync().await?;
+        tracing::info!(repository = %dir.display(), loaded = report.loaded.len(),
+            failed = report.failed.len(), "model repository loaded");
+        if args.repository.is_some() && !args.no_watch {
+            _watcher = Some(repo.watch()?);
+        }
+        server = server.repository(repo);
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        server = server.tls(Some(
+            TlsIdentity::read(cert, key).context("--tls-cert/--tls-key")?,
+        ));
+    }
+    let store = if args.no_state {
+        Store::in_memory()
+    } else {
+        let dir = args.state_dir.or_else(default_state_dir).context(
+            "no --state-dir given and no home directory; pass --state-dir or --no-state",
+        )?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating the state directory {}", dir.display()))?;
+        Store::open(&dir.join(STATE_FILE))?
+    };
+    let server = server.store(store).build()?;
+    tracing::info!(
+        applications = server.applications().list().len(),
+        "applications restored"
+    );
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let http_listener = tokio::net::TcpListener::bind(args.http_listen)
+        .await
+        .with_context(|| format!("binding {}", args.http_listen))?;
+    let addr = listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+    tracing::info!(%addr, %http_addr, "serving gRPC (sluice.v1, inference (KServe v2), health, \
+        reflection) and HTTP (KServe v2 REST)");
+    // Plain lines on stdout, so scripts (and the CLI tests) learn the ports chosen for :0. A
+    // closed stdout must not stop the server, so write errors are ignored.
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "listening on {addr}\nhttp on {http_addr}");
+        let _ = stdout.flush();
+    }
+    // Models loaded through the API before the last stop (on top of the repository's).
+    let restored = server.restore().await?;
+    for (model, reason) in &restored.failed {
+        tracing::warn!(
+            model,
+            reason,
+            "a model loaded through the API could not be restored"
+        );
+    }
+    if !restored.loaded.is_empty() {
+        tracing::info!(models = ?restored.loaded, "models loaded through the API restored");
+    }
+    // One signal stops both ports; each finishes its in-flight requests.
+    server
+        .serve(listener, http_listener, shutdown_signal())
+        .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The store's file name inside the state directory.
+const STATE_FILE: &str = "state.redb";
+
+/// `$XDG_DATA_HOME/sluice`, else `~/.local/share/sluice`.
+fn default_state_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .map(|dir| dir.join("sluice"))
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down: finishing in-flight requests");
+}

@@ -1,0 +1,381 @@
+//! The Open Inference Protocol (KServe v2) over HTTP/REST, with Triton's binary tensor data
+//! extension (what `tritonclient.http` sends by default) and the model-repository endpoints.
+//! JSON tensors become [`Tensor`]s and back directly (no protobuf in between); binary tensor
+//! data is the bytes a model receives.
+
+use super::{PeerAddr, Result, authorize};
+use crate::Shared;
+use crate::error::ApiError;
+use crate::kserve::{
+    self, AppParameters, InferTarget, PLATFORM, SERVER_NAME, is_requested, repository_index,
+};
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use sluice_api::convert::shape_to_u32;
+use sluice_api::kserve_json::{self, Elements};
+use sluice_types::{Dtype, Tensor, TensorSpec};
+use std::sync::Arc;
+
+/// Header of the binary tensor data extension: the length of the JSON part of the body.
+const HEADER_LENGTH: &str = "inference-header-content-length";
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::invalid_argument(message)
+}
+
+/// The KServe v2 routes.
+pub(super) fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route(
+            "/v2/health/live",
+            get(|| async { Json(json!({ "live": true })) }),
+        )
+        .route(
+            "/v2/health/ready",
+            get(|| async { Json(json!({ "ready": true })) }),
+        )
+        .route("/v2", get(server_metadata))
+        .route("/v2/models/{name}", get(metadata))
+        .route("/v2/models/{name}/versions/{version}", get(metadata))
+        .route("/v2/models/{name}/ready", get(ready))
+        .route("/v2/models/{name}/versions/{version}/ready", get(ready))
+        .route("/v2/models/{name}/infer", post(infer))
+        .route("/v2/models/{name}/versions/{version}/infer", post(infer))
+        .route("/v2/repository/index", post(index))
+        .route("/v2/repository/models/{name}/load", post(load))
+        .route("/v2/repository/models/{name}/unload", post(unload))
+}
+
+async fn server_metadata() -> Json<Value> {
+    Json(json!({
+        "name": SERVER_NAME,
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["model_repository", "binary_tensor_data"],
+    }))
+}
+
+fn specs(specs: &[TensorSpec]) -> Value {
+    specs
+        .iter()
+        .map(|s| json!({ "name": s.name, "datatype": s.dtype.name(), "shape": s.shape }))
+        .collect()
+}
+
+/// `/v2/models/{name}` or `/v2/models/{name}/versions/{version}`.
+#[derive(Deserialize)]
+struct ModelPath {
+    name: String,
+    version: Option<String>,
+}
+
+fn resolve(shared: &Shared, path: &ModelPath) -> Result<InferTarget> {
+    Ok(InferTarget::resolve(
+        &shared.registry,
+        &shared.applications,
+        &path.name,
+        path.version.as_deref(),
+    )?)
+}
+
+async fn metadata(
+    State(shared): State<Arc<Shared>>,
+    Path(path): Path<ModelPath>,
+) -> Result<Json<Value>> {
+    let meta = resolve(&shared, &path)?.metadata(&shared.registry);
+    Ok(Json(json!({
+        "name": meta.name,
+        "versions": meta.versions,
+        "platform": PLATFORM,
+        "inputs": specs(&meta.inputs),
+        "outputs": specs(&meta.outputs),
+    })))
+}
+
+async fn ready(
+    State(shared): State<Arc<Shared>>,
+    Path(path): Path<ModelPath>,
+) -> Result<Json<Value>> {
+    if !resolve(&shared, &path)?.ready(&shared.registry) {
+        return Err(ApiError::unavailable(format!(
+            "application `{}` has no loaded model",
+            path.name
+        ))
+        .into());
+    }
+    Ok(Json(json!({ "name": path.name, "ready": true })))
+}
+
+#[derive(Deserialize)]
+struct InferInput<'a> {
+    name: String,
+    #[serde(borrow)]
+    datatype: std::borrow::Cow<'a, str>,
+    shape: Vec<u64>,
+    #[serde(default)]
+    parameters: serde_json::Map<String, Value>,
+    /// The elements as JSON text, decoded once the datatype is known (absent with binary data).
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct InferOutput {
+    name: String,
+    #[serde(default)]
+    parameters: serde_json::Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct InferRequest<'a> {
+    id: Option<String>,
+    #[serde(default)]
+    parameters: serde_json::Map<String, Value>,
+    #[serde(borrow)]
+    inputs: Vec<InferInput<'a>>,
+    #[serde(default)]
+    outputs: Vec<InferOutput>,
+}
+
+fn flag(parameters: &serde_json::Map<String, Value>, key: &str) -> bool {
+    parameters
+        .get(key)
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+/// Splits a body into its JSON part and the binary data that follows it (if the
+/// `Inference-Header-Content-Length` header is present).
+fn split_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<(&'a [u8], &'a [u8])> {
+    let Some(value) = headers.get(HEADER_LENGTH) else {
+        return Ok((body, &[]));
+    };
+    let length: usize = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n <= body.len())
+        .ok_or_else(|| bad_request(format!("{HEADER_LENGTH}: not a length within the body")))?;
+    Ok(body.split_at(length))
+}
+
+async fn infer(
+    State(shared): State<Arc<Shared>>,
+    Path(path): Path<ModelPath>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let target = resolve(&shared, &path)?;
+    let (header, binary) = split_body(&headers, &body)?;
+    let request: InferRequest = serde_json::from_slice(header).map_err(|e| {
+        bad_request(format!(
+            "the request body is not a valid inference request: {e}"
+        ))
+    })?;
+    let inputs = decode_inputs(request.inputs, binary)?;
+    target.check_requested_outputs(request.outputs.iter().map(|o| o.name.as_str()))?;
+    let parameters = AppParameters {
+        user_id: request
+            .parameters
+            .get("user_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        bypass_cache: flag(&request.parameters, "bypass_cache"),
+    };
+    let inferred = target
+        .infer(&shared.applications, inputs, parameters)
+        .await?;
+    let all_binary = flag(&request.parameters, "binary_data_output");
+    let (outputs, appended) = encode_outputs(&inferred.outputs, &request.outputs, all_binary);
+    let answer = InferResponse {
+        model_name: &inferred.name,
+        model_version: &inferred.version,
+        id: request.id,
+        parameters: (!inferred.parameters.is_empty()).then(|| {
+            inferred
+                .parameters
+                .iter()
+                .map(|(key, value)| (key.to_string(), Value::String(value.clone())))
+                .collect()
+        }),
+        outputs,
+    };
+    let header = serde_json::to_vec(&answer).expect("JSON serializes");
+    if appended.is_empty() {
+        return Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            header,
+        )
+            .into_response());
+    }
+    let header_length = header.len();
+    let mut body = header;
+    body.extend_from_slice(&appended);
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(HEADER_LENGTH, HeaderValue::from(header_length));
+    Ok(response)
+}
+
+/// The request's inputs as tensors: JSON `data`, or (with `binary_data_size`) the next bytes
+/// of the binary part of the body.
+fn decode_inputs(inputs: Vec<InferInput<'_>>, mut binary: &[u8]) -> Result<Vec<Tensor>> {
+    let mut tensors = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let size = input
+            .parameters
+            .get("binary_data_size")
+            .and_then(Value::as_u64);
+        let tensor = match size {
+            Some(size) => {
+                let size = usize::try_from(size).unwrap_or(usize::MAX);
+                if size > binary.len() {
+                    return Err(bad_request(format!(
+                        "input `{}`: binary_data_size {size} is past the end of the body",
+                        input.name
+                    ))
+                    .into());
+                }
+                let (data, rest) = binary.split_at(size);
+                binary = rest;
+                let dtype = Dtype::parse(&input.datatype).ok_or_else(|| {
+                    bad_request(format!(
+                        "input `{}`: {}",
+                        input.name,
+                        Dtype::unsupported(&input.datatype)
+                    ))
+                })?;
+                Tensor {
+                    shape: shape_to_u32(&input.name, &input.shape).map_err(bad_request)?,
+                    name: input.name,
+                    dtype,
+                    data: data.to_vec(),
+                }
+            }
+            None => {
+                let data = input.data.map_or("[]", RawValue::get);
+                kserve_json::decode(input.name, &input.datatype, &input.shape, data)
+                    .map_err(bad_request)?
+            }
+        };
+        tensors.push(tensor);
+    }
+    Ok(tensors)
+}
+
+/// One output of an inference response: its data in JSON, or its size when the data follows
+/// the JSON part as binary.
+#[derive(Serialize)]
+struct OutputJson<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [u32],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinarySize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Elements<'a>>,
+}
+
+#[derive(Serialize)]
+struct BinarySize {
+    binary_data_size: usize,
+}
+
+#[derive(Serialize)]
+struct InferResponse<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<serde_json::Map<String, Value>>,
+    outputs: Vec<OutputJson<'a>>,
+}
+
+/// The requested outputs (all when none are named), each in JSON or, when asked for, as
+/// binary data appended after the JSON part.
+fn encode_outputs<'a>(
+    outputs: &'a [Tensor],
+    requested: &[InferOutput],
+    all_binary: bool,
+) -> (Vec<OutputJson<'a>>, Vec<u8>) {
+    let mut json_outputs = Vec::with_capacity(outputs.len());
+    let mut appended = Vec::new();
+    for t in outputs {
+        let names = requested.iter().map(|o| o.name.as_str());
+        if !is_requested(names, &t.name, requested.is_empty()) {
+            continue;
+        }
+        let binary = all_binary
+            || requested
+                .iter()
+                .find(|o| o.name == t.name)
+                .is_some_and(|o| flag(&o.parameters, "binary_data"));
+        let (parameters, data) = if binary {
+            appended.extend_from_slice(&t.data);
+            (
+                Some(BinarySize {
+                    binary_data_size: t.data.len(),
+                }),
+                None,
+            )
+        } else {
+            (None, Some(Elements(t)))
+        };
+        json_outputs.push(OutputJson {
+            name: &t.name,
+            datatype: t.dtype.name(),
+            shape: &t.shape,
+            parameters,
+            data,
+        });
+    }
+    (json_outputs, appended)
+}
+
+async fn index(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Json<Value>> {
+    let ready_only = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("ready").and_then(Value::as_bool))
+        .unwrap_or(false);
+    let index = repository_index(&shared, ready_only)?;
+    Ok(Json(
+        index
+            .into_iter()
+            .map(|m| json!({ "name": m.name, "version": m.version, "state": m.state, "reason": m.reason }))
+            .collect(),
+    ))
+}
+
+async fn load(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>> {
+    authorize(&shared, &headers, peer)?;
+    kserve::repository_load(&shared, &name).await?;
+    Ok(Json(json!({})))
+}
+
+async fn unload(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>> {
+    authorize(&shared, &headers, peer)?;
+    kserve::repository_unload(&shared, &name).await?;
+    Ok(Json(json!({})))
+}

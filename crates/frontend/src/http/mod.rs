@@ -1,0 +1,125 @@
+//! The HTTP port (default 127.0.0.1:8000): KServe v2 REST with Triton's binary tensor data
+//! extension ([`kserve`]), the sluice application API in JSON under `/sluice/v1/apps`
+//! ([`apps`]), and Prometheus metrics at `/metrics`.
+//!
+//! Errors are the protocol's JSON body `{"error": "..."}` with the HTTP status of their kind
+//! (see [`crate::status`]).
+
+mod apps;
+mod kserve;
+
+use crate::Shared;
+use crate::admin::check_admin;
+use crate::error::ApiError;
+use crate::status::http_status;
+use crate::tls::TlsIdentity;
+use axum::extract::State;
+use axum::extract::connect_info::Connected;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::serve::IncomingStream;
+use axum::{Json, Router};
+use serde_json::json;
+use sluice_serving::registry::ModelState;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// An error answered as `{"error": message}` with the status of its kind.
+pub(crate) struct HttpError(ApiError);
+
+impl<E: Into<ApiError>> From<E> for HttpError {
+    fn from(error: E) -> HttpError {
+        HttpError(error.into())
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let status = http_status(self.0.kind);
+        (status, Json(json!({ "error": self.0.message }))).into_response()
+    }
+}
+
+pub(crate) type Result<T> = std::result::Result<T, HttpError>;
+
+/// The client's address, for the admin check; taken from plain and TLS connections alike.
+#[derive(Clone, Copy)]
+pub(crate) struct PeerAddr(pub(crate) SocketAddr);
+
+/// The HTTP port's listener when it serves TLS.
+type TlsTcpListener = tls_listener::TlsListener<tokio::net::TcpListener, tokio_rustls::TlsAcceptor>;
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for PeerAddr {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, TlsTcpListener>> for PeerAddr {
+    fn connect_info(stream: IncomingStream<'_, TlsTcpListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+/// Checks an admin call's credentials (see [`check_admin`]).
+pub(crate) fn authorize(shared: &Shared, headers: &HeaderMap, peer: SocketAddr) -> Result<()> {
+    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
+    Ok(check_admin(
+        shared.admin_token.as_deref(),
+        authorization,
+        Some(peer),
+    )?)
+}
+
+/// Every route of the HTTP port.
+pub(crate) fn router(shared: Shared) -> Router {
+    kserve::routes()
+        .merge(apps::routes())
+        .route("/metrics", get(metrics))
+        .with_state(Arc::new(shared))
+}
+
+/// Serves the HTTP port on `listener` until `shutdown` resolves.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Shared,
+    tls: Option<TlsIdentity>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let tls = match &tls {
+        Some(identity) => Some(identity.rustls_config().map_err(std::io::Error::other)?),
+        None => None,
+    };
+    let app = router(shared).into_make_service_with_connect_info::<PeerAddr>();
+    match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(config) => {
+            // Handshakes run concurrently, so a slow client does not hold up the others.
+            let listener = TlsTcpListener::new(tokio_rustls::TlsAcceptor::from(config), listener);
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
+}
+
+/// Prometheus text format.
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let replicas = shared.registry.list().into_iter().filter_map(|e| {
+        let model = e.model.filter(|_| e.state == ModelState::Ready)?;
+        Some((e.name, e.version, model.replicas()))
+    });
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        sluice_serving::metrics::render(replicas),
+    )
+}

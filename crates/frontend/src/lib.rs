@@ -1,0 +1,302 @@
+//! # sluice-frontend: the protocols
+//!
+//! One [`Server`] serves two ports that share one registry, one set of applications and one
+//! durable store:
+//! - gRPC ([`grpc`]): the `sluice.v1.Sluice` service, the Open Inference Protocol
+//!   (`inference.GRPCInferenceService`, KServe v2 with Triton's repository extension), the
+//!   standard `grpc.health.v1` service and server reflection;
+//! - HTTP ([`http`]): KServe v2 REST (with Triton's binary tensor data extension), the
+//!   sluice application API in JSON, and Prometheus metrics.
+//!
+//! What both KServe protocols do alike (resolving a name to a model or an application,
+//! metadata, requested outputs, the repository extension) lives in [`kserve`], so they cannot
+//! drift apart. Errors travel as [`ApiError`] (an [`sluice_types::ErrorKind`] and a message)
+//! and become a gRPC status or an HTTP status only in [`status`].
+
+mod admin;
+mod error;
+pub mod grpc;
+pub mod http;
+mod kserve;
+pub mod messages;
+pub mod status;
+pub mod tls;
+
+pub use error::ApiError;
+
+use sluice_api::proto;
+use sluice_serving::ModelLimits;
+use sluice_serving::batching::BatchingConfig;
+use sluice_serving::cache::PredictionCache;
+use sluice_serving::lifecycle::{Lifecycle, Restored};
+use sluice_serving::registry::Registry;
+use sluice_serving::repository::Repository;
+use sluice_serving::selection::Applications;
+use sluice_serving::store::{Store, StoreError};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use thiserror::Error;
+use tls::TlsIdentity;
+use tokio::net::TcpListener;
+
+/// The largest gRPC message accepted: room for a component upload or a large batch.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// HTTP/2 streams a client may have open on one connection; beyond it the client waits
+/// before sending, so a burst queues at its source instead of in the server's memory.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
+/// The prediction cache of a server that is given no size.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
+/// What every protocol of one server shares.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) applications: Arc<Applications>,
+    pub(crate) lifecycle: Arc<Lifecycle>,
+    pub(crate) repository: Option<Arc<Repository>>,
+    /// When set, admin calls need `authorization: Bearer <token>` and are then accepted from
+    /// any peer; when unset they are accepted from loopback peers only.
+    pub(crate) admin_token: Option<String>,
+}
+
+/// Why a server could not start or stopped with an error.
+#[derive(Debug, Error)]
+pub enum ServeError {
+    /// The store could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A port could not be bound or served.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The TLS identity is unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The gRPC server failed.
+    #[error("gRPC: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+/// A server: its services, ready to serve on two listeners.
+pub struct Server {
+    shared: Shared,
+    tls: Option<TlsIdentity>,
+}
+
+/// Builds a [`Server`]; every setting has a default.
+pub struct ServerBuilder {
+    registry: Arc<Registry>,
+    store: Option<Store>,
+    cache_bytes: usize,
+    states_in_memory: Option<usize>,
+    repository: Option<Arc<Repository>>,
+    default_limits: ModelLimits,
+    default_batching: BatchingConfig,
+    onnx_runner: Option<Arc<[u8]>>,
+    admin_token: Option<String>,
+    tls: Option<TlsIdentity>,
+}
+
+impl Server {
+    /// A builder of a server whose models are `registry`'s.
+    pub fn builder(registry: Arc<Registry>) -> ServerBuilder {
+        ServerBuilder {
+            registry,
+            store: None,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            states_in_memory: None,
+            repository: None,
+            default_limits: ModelLimits::default(),
+            default_batching: BatchingConfig::default(),
+            onnx_runner: None,
+            admin_token: None,
+            tls: None,
+        }
+    }
+
+    /// The models.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.shared.registry
+    }
+
+    /// The applications and their selection state.
+    pub fn applications(&self) -> &Arc<Applications> {
+        &self.shared.applications
+    }
+
+    /// Loads again the models loaded through the API before the last stop (on top of the
+    /// repository's). Records of sluice 0.1 before the lifecycle's own format (the
+    /// `LoadModelRequest` as protobuf) are read too, and recorded anew.
+    pub async fn restore(&self) -> Result<Restored, StoreError> {
+        let legacy = |bytes: &[u8]| {
+            let request = <proto::LoadModelRequest as prost::Message>::decode(bytes).ok()?;
+            messages::models::load_spec(request).ok()
+        };
+        self.shared.lifecycle.restore(legacy).await
+    }
+
+    /// Serves gRPC on `grpc` and HTTP on `http` until `shutdown` resolves, then finishes the
+    /// requests in flight on both and returns.
+    pub async fn serve(
+        self,
+        grpc: TcpListener,
+        http: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|&s| s).await;
+        };
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        });
+        let rest = tokio::spawn(http::serve(
+            http,
+            self.shared.clone(),
+            self.tls.clone(),
+            until_stopped(stopped.clone()),
+        ));
+        grpc::serve(grpc, self.shared, self.tls, until_stopped(stopped)).await?;
+        rest.await
+            .map_err(|e| std::io::Error::other(format!("the HTTP server task failed: {e}")))??;
+        Ok(())
+    }
+
+    /// Binds both addresses (port 0 picks a free port) and serves in the background.
+    pub async fn start(
+        self,
+        grpc_addr: SocketAddr,
+        http_addr: SocketAddr,
+    ) -> Result<RunningServer, ServeError> {
+        let grpc = TcpListener::bind(grpc_addr).await?;
+        let http = TcpListener::bind(http_addr).await?;
+        let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(self.serve(grpc, http, async {
+            let _ = stopped.await;
+        }));
+        Ok(RunningServer {
+            grpc_addr,
+            http_addr,
+            scheme,
+            stop,
+            task,
+        })
+    }
+}
+
+impl ServerBuilder {
+    /// The durable store (applications, selection state, models loaded through the API);
+    /// without one the server keeps them in memory (nothing survives it).
+    pub fn store(mut self, store: Store) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Memory for the prediction cache, in bytes (0: no caching; identical in-flight
+    /// queries are still coalesced). Default 64 MiB.
+    pub fn cache_bytes(mut self, bytes: usize) -> Self {
+        self.cache_bytes = bytes;
+        self
+    }
+
+    /// Selection states kept in memory (default 100 000); the others stay in the store.
+    pub fn states_in_memory(mut self, states: usize) -> Self {
+        self.states_in_memory = Some(states);
+        self
+    }
+
+    /// The model repository, for the repository extension's index, load and unload.
+    pub fn repository(mut self, repository: Arc<Repository>) -> Self {
+        self.repository = Some(repository);
+        self
+    }
+
+    /// Limits and batching of models loaded without their own.
+    pub fn defaults(mut self, limits: ModelLimits, batching: BatchingConfig) -> Self {
+        self.default_limits = limits;
+        self.default_batching = batching;
+        self
+    }
+
+    /// The component that serves ONNX graphs (`LoadModel` with `onnx`); without one such
+    /// loads are refused.
+    pub fn onnx_runner(mut self, component: impl Into<Arc<[u8]>>) -> Self {
+        self.onnx_runner = Some(component.into());
+        self
+    }
+
+    /// Accept admin calls from any peer that presents this token (default: loopback only).
+    pub fn admin_token(mut self, token: Option<String>) -> Self {
+        self.admin_token = token;
+        self
+    }
+
+    /// Serve both ports over TLS with this identity.
+    pub fn tls(mut self, identity: Option<TlsIdentity>) -> Self {
+        self.tls = identity;
+        self
+    }
+
+    /// Opens the applications kept in the store and assembles the server.
+    pub fn build(self) -> Result<Server, StoreError> {
+        let store = self.store.unwrap_or_else(Store::in_memory);
+        let cache = Arc::new(PredictionCache::new(self.cache_bytes));
+        let mut applications = Applications::open(self.registry.clone(), cache, store.clone())?;
+        if let Some(states) = self.states_in_memory {
+            applications = applications.with_states_in_memory(states);
+        }
+        let lifecycle = Lifecycle::new(
+            self.registry.clone(),
+            store,
+            (self.default_limits, self.default_batching),
+            self.onnx_runner,
+        );
+        Ok(Server {
+            shared: Shared {
+                registry: self.registry,
+                applications: Arc::new(applications),
+                lifecycle: Arc::new(lifecycle),
+                repository: self.repository,
+                admin_token: self.admin_token,
+            },
+            tls: self.tls,
+        })
+    }
+}
+
+/// A server running on a background task, for tests and embedding.
+pub struct RunningServer {
+    /// The gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// The HTTP address.
+    pub http_addr: SocketAddr,
+    scheme: &'static str,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), ServeError>>,
+}
+
+impl RunningServer {
+    /// The URL gRPC clients connect to (`https://` with TLS).
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.scheme, self.grpc_addr)
+    }
+
+    /// The base URL of the HTTP port (`https://` with TLS).
+    pub fn http_url(&self) -> String {
+        format!("{}://{}", self.scheme, self.http_addr)
+    }
+
+    /// Stops accepting, waits for in-flight calls on both ports, and returns the server's
+    /// result.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .map_err(|e| std::io::Error::other(format!("the server task failed: {e}")))?
+    }
+}

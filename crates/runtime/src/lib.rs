@@ -1,0 +1,294 @@
+//! # sluice-runtime: the sandbox
+//!
+//! One wasmtime [`Engine`] for the process, components compiled once and cached on disk, and
+//! models run as isolated instances (replicas) with hard limits. This is the only crate of
+//! sluice that depends on wasmtime; above it, tensors and declarations are the plain types of
+//! `sluice-types`, converted to and from the generated bindings here by moving their fields.
+//!
+//! - [`Runtime`] owns the engine (epoch interruption on, ticked by one host thread), the
+//!   [`Linker`] with the host's imports (WASI with nothing granted, and `compute`), and the
+//!   precompiled-code cache. [`Runtime::load_component`] turns bytes into a [`ModelComponent`]
+//!   or a [`LoadError`] that says what is wrong.
+//! - [`Replica`] runs one instance: `init` with the model's config, then `predict` calls under
+//!   a deadline and a memory cap; after a trap it throws the `Store` away and starts afresh.
+//!   The serving layer's batcher decides what each replica runs and when.
+
+mod component_cache;
+mod convert;
+mod error;
+mod guest_log;
+mod host;
+mod replica;
+
+pub(crate) use error::error_chain;
+pub use error::{CallError, LoadError};
+pub use replica::{InstanceRecipe, Replacement, ReplacementObserver, Replica};
+
+use host::StoreState;
+use sha2::{Digest, Sha256};
+use sluice_compute::Backend;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine};
+
+/// Bindings generated from `wit/`: the host's view of the `model` world.
+#[allow(missing_docs)]
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "model",
+        with: { "sluice:model/compute.device-tensor": sluice_compute::DeviceTensor },
+        imports: { default: trappable },
+        additional_derives: [PartialEq],
+    });
+}
+
+/// The interface every model must export, with the version this host speaks.
+pub const PREDICTOR_INTERFACE: &str = "sluice:model/predictor@0.1.0";
+
+/// How often the epoch ticker advances the engine's epoch: the granularity of call deadlines.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Limits of each instance of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceLimits {
+    /// Wall-clock limit of one `predict` call inside the sandbox.
+    pub call_timeout: Duration,
+    /// Cap on each linear memory of an instance, and on the bytes of host compute tensors it
+    /// may hold.
+    pub memory_bytes: usize,
+    /// Replace an instance with a fresh one after this many calls (0: never). Bounds what a
+    /// guest that leaks memory per call can accumulate.
+    pub max_calls_per_instance: u64,
+}
+
+impl Default for InstanceLimits {
+    fn default() -> Self {
+        InstanceLimits {
+            call_timeout: Duration::from_secs(1),
+            memory_bytes: 256 << 20,
+            max_calls_per_instance: 0,
+        }
+    }
+}
+
+/// Settings of the runtime as a whole.
+#[derive(Clone)]
+pub struct RuntimeConfig {
+    /// Where precompiled components are kept; `None` compiles on every load.
+    pub cache_dir: Option<PathBuf>,
+    /// The implementation of the `compute` import.
+    pub compute: Arc<dyn Backend>,
+}
+
+impl RuntimeConfig {
+    /// The default cache directory: `$XDG_CACHE_HOME/sluice` or `~/.cache/sluice`.
+    pub fn default_cache_dir() -> Option<PathBuf> {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|dir| dir.join("sluice"))
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            cache_dir: Self::default_cache_dir(),
+            compute: Arc::new(sluice_compute::cpu::CpuBackend),
+        }
+    }
+}
+
+/// A compiled, linked component that implements the model world, ready to instantiate.
+#[derive(Clone)]
+pub struct ModelComponent {
+    pre: bindings::ModelPre<StoreState>,
+    /// Hex SHA-256 of the component bytes.
+    pub sha256: String,
+}
+
+/// What a component imports and exports, by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentSurface {
+    /// Imported interfaces and functions.
+    pub imports: Vec<String>,
+    /// Exported interfaces and functions.
+    pub exports: Vec<String>,
+}
+
+/// The process-wide sandbox: engine, linker, cache and epoch ticker.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<StoreState>,
+    cache: component_cache::ComponentCache,
+    compute: Arc<dyn Backend>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    /// Builds the engine and linker and starts the epoch ticker.
+    pub fn new(config: RuntimeConfig) -> Result<Self, LoadError> {
+        let mut wasm_config = Config::new();
+        wasm_config.epoch_interruption(true);
+        wasm_config.wasm_component_model(true);
+        let engine = Engine::new(&wasm_config).map_err(|e| LoadError::Invalid(error_chain(&e)))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .and_then(|()| {
+                bindings::Model::add_to_linker::<StoreState, HasSelf<StoreState>>(
+                    &mut linker,
+                    |state| state,
+                )
+            })
+            .map_err(|e| LoadError::Invalid(error_chain(&e)))?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        spawn_epoch_ticker(engine.clone(), ticker_stop.clone())
+            .map_err(|e| LoadError::Internal(format!("starting the epoch ticker thread: {e}")))?;
+        Ok(Runtime {
+            cache: component_cache::ComponentCache::new(config.cache_dir, &engine),
+            engine,
+            linker,
+            compute: config.compute,
+            ticker_stop,
+        })
+    }
+
+    /// The compute backend models run their imports on.
+    pub fn compute(&self) -> &Arc<dyn Backend> {
+        &self.compute
+    }
+
+    /// Compiles (or loads from the cache) `bytes`, checks that it implements the model world,
+    /// and links it. Slow on a cache miss (Cranelift): call it off the async executor.
+    pub fn load_component(&self, bytes: &[u8]) -> Result<ModelComponent, LoadError> {
+        let sha256 = hex(&Sha256::digest(bytes));
+        let component = self.compile(bytes, &sha256)?;
+        let exports = component.component_type();
+        match exports.get_export(&self.engine, PREDICTOR_INTERFACE) {
+            Some(e) if matches!(e.ty, ComponentItem::ComponentInstance(_)) => {}
+            _ => {
+                let found = self.surface(&component).exports;
+                return Err(LoadError::MissingPredictor {
+                    expected: PREDICTOR_INTERFACE,
+                    detail: if found.is_empty() {
+                        "it exports nothing".to_string()
+                    } else {
+                        format!("it exports only {}", found.join(", "))
+                    },
+                });
+            }
+        }
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::UnsatisfiedImport(error_chain(&e)))?;
+        let pre =
+            bindings::ModelPre::new(instance_pre).map_err(|e| LoadError::MissingPredictor {
+                expected: PREDICTOR_INTERFACE,
+                detail: error_chain(&e),
+            })?;
+        Ok(ModelComponent { pre, sha256 })
+    }
+
+    /// Lists a component's imports and exports without instantiating it.
+    pub fn inspect(&self, bytes: &[u8]) -> Result<ComponentSurface, LoadError> {
+        let sha256 = hex(&Sha256::digest(bytes));
+        let component = self.compile(bytes, &sha256)?;
+        Ok(self.surface(&component))
+    }
+
+    fn surface(&self, component: &Component) -> ComponentSurface {
+        let ty = component.component_type();
+        ComponentSurface {
+            imports: ty
+                .imports(&self.engine)
+                .map(|(n, _)| n.to_string())
+                .collect(),
+            exports: ty
+                .exports(&self.engine)
+                .map(|(n, _)| n.to_string())
+                .collect(),
+        }
+    }
+
+    fn compile(&self, bytes: &[u8], sha256: &str) -> Result<Component, LoadError> {
+        if wasmparser::Parser::is_core_wasm(bytes) {
+            return Err(LoadError::NotAComponent(
+                "this is a core WebAssembly module; build the model for wasm32-wasip2 (or wrap \
+                 it with `wasm-tools component new`)"
+                    .into(),
+            ));
+        }
+        if !wasmparser::Parser::is_component(bytes) {
+            return Err(LoadError::NotAComponent(format!(
+                "the file does not start with the WebAssembly magic `\\0asm` ({} bytes)",
+                bytes.len()
+            )));
+        }
+        self.cache.get_or_compile(&self.engine, bytes, sha256)
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until `stop` is set. Instances whose
+/// deadline (a number of ticks) passes trap with `Trap::Interrupt` at their next check.
+fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("sluice-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        })
+        .map(drop)
+}
+
+/// Ticks that cover `timeout`, rounded up, plus one for the tick in progress.
+fn deadline_ticks(timeout: Duration) -> u64 {
+    (timeout.as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64).saturating_add(1)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_ticks_round_up() {
+        assert_eq!(deadline_ticks(Duration::from_millis(1)), 2);
+        assert_eq!(deadline_ticks(Duration::from_micros(1500)), 3);
+        assert_eq!(deadline_ticks(Duration::from_secs(1)), 1001);
+    }
+
+    #[test]
+    fn non_components_are_refused_with_the_reason() {
+        let runtime = Runtime::new(RuntimeConfig {
+            cache_dir: None,
+            ..RuntimeConfig::default()
+        })
+        .unwrap();
+        let core_module = b"\0asm\x01\0\0\0";
+        match runtime.load_component(core_module) {
+            Err(LoadError::NotAComponent(m)) => assert!(m.contains("core WebAssembly module")),
+            other => panic!("unexpected {:?}", other.err()),
+        }
+        match runtime.load_component(b"hello, world") {
+            Err(LoadError::NotAComponent(m)) => assert!(m.contains("magic")),
+            other => panic!("unexpected {:?}", other.err()),
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! One instance of a model: a `Store` with its limits, the instantiated component, and the
+//! model state that `init` built from the config.
+//!
+//! A call that traps (panic, out of memory, deadline, stack overflow) leaves the instance in an
+//! unknown state, so the replica drops the whole `Store` and instantiates a fresh one from the
+//! `InstancePre` (~tens of microseconds plus the model's `init`); the next call runs on it.
+
+use crate::bindings::Model as ModelBindings;
+use crate::bindings::sluice::model::types::{ModelError, Tensor as WitTensor};
+use crate::convert::{info_from_wit, tensors_from_wit, tensors_to_wit};
+use crate::host::StoreState;
+use crate::{CallError, InstanceLimits, LoadError, ModelComponent, deadline_ticks, error_chain};
+use sluice_compute::Backend;
+use sluice_types::{ModelInfo, Tensor};
+use std::sync::Arc;
+use wasmtime::{Store, Trap};
+
+/// Told each time an instance is replaced: the model's name and why.
+pub type ReplacementObserver = Arc<dyn Fn(&str, Replacement) + Send + Sync>;
+
+/// What every instance of one model is built from.
+#[derive(Clone)]
+pub struct InstanceRecipe {
+    /// The compiled, linked component.
+    pub component: ModelComponent,
+    /// The name used in logs and errors.
+    pub model: Arc<str>,
+    /// Passed to `init`.
+    pub config: Arc<[u8]>,
+    /// Memory and time limits.
+    pub limits: InstanceLimits,
+    /// Where `compute` imports run.
+    pub compute: Arc<dyn Backend>,
+    /// Told each time an instance is replaced (for metrics).
+    pub on_replace: ReplacementObserver,
+}
+
+struct Instance {
+    store: Store<StoreState>,
+    bindings: ModelBindings,
+}
+
+/// A model instance that survives the faults of the calls it runs.
+pub struct Replica {
+    recipe: InstanceRecipe,
+    instance: Option<Instance>,
+    /// Calls the current instance has run.
+    calls: u64,
+}
+
+impl Replica {
+    /// Instantiates the component and runs `init`; an error here means the model cannot load.
+    pub fn new(recipe: InstanceRecipe) -> Result<Self, LoadError> {
+        let instance = instantiate(&recipe)?;
+        Ok(Replica {
+            recipe,
+            instance: Some(instance),
+            calls: 0,
+        })
+    }
+
+    /// Changes the name this replica and its instances log under (known only after `info`).
+    pub fn rename(&mut self, model: Arc<str>) {
+        if let Some(instance) = &self.instance {
+            instance.store.data().log.set_model(model.clone());
+        }
+        self.recipe.model = model;
+    }
+
+    /// Calls the model's `info`.
+    pub fn info(&mut self) -> Result<ModelInfo, LoadError> {
+        let recipe = &self.recipe;
+        let instance = self
+            .instance
+            .as_mut()
+            .ok_or_else(|| LoadError::InvalidInfo("the instance is gone".into()))?;
+        instance
+            .store
+            .set_epoch_deadline(deadline_ticks(recipe.limits.call_timeout));
+        let result = instance
+            .bindings
+            .sluice_model_predictor()
+            .call_info(&mut instance.store);
+        result
+            .map(info_from_wit)
+            .map_err(|e| LoadError::InvalidInfo(format!("info() trapped: {}", error_chain(&e))))
+    }
+
+    /// Runs one batch and hands the inputs back with the result (so that a failed batch can
+    /// be retried request by request). On a trap the instance is replaced before this returns,
+    /// so the next call finds a healthy one.
+    pub fn predict(
+        &mut self,
+        inputs: Vec<Tensor>,
+    ) -> (Vec<Tensor>, Result<Vec<Tensor>, CallError>) {
+        let inputs = tensors_to_wit(inputs);
+        let result = self.call_predict(&inputs);
+        (tensors_from_wit(inputs), result.map(tensors_from_wit))
+    }
+
+    fn call_predict(&mut self, inputs: &[WitTensor]) -> Result<Vec<WitTensor>, CallError> {
+        let instance = match &mut self.instance {
+            Some(instance) => instance,
+            None => self.instance.insert(
+                instantiate(&self.recipe).map_err(|e| CallError::Unavailable(e.to_string()))?,
+            ),
+        };
+        instance
+            .store
+            .set_epoch_deadline(deadline_ticks(self.recipe.limits.call_timeout));
+        let result = instance
+            .bindings
+            .sluice_model_predictor()
+            .call_predict(&mut instance.store, inputs);
+        let printed = instance.store.data().log.take_recent();
+        self.calls += 1;
+        let answer = match result {
+            Ok(Ok(outputs)) => Ok(outputs),
+            Ok(Err(ModelError::InvalidInput(message))) => Err(CallError::RejectedInput(message)),
+            Ok(Err(ModelError::Internal(message))) => Err(CallError::ModelFailed(message)),
+            Err(trap) => {
+                let memory = instance.store.data_mut().limiter.exceeded.take();
+                let error = classify_trap(&trap, memory, &printed, &self.recipe.limits);
+                tracing::warn!(model = %self.recipe.model, %error, details = %error_chain(&trap),
+                    "discarding the instance after a fault");
+                self.replace(Replacement::Fault);
+                return Err(error);
+            }
+        };
+        let limit = self.recipe.limits.max_calls_per_instance;
+        if limit > 0 && self.calls >= limit {
+            self.replace(Replacement::MaxCalls);
+        }
+        answer
+    }
+
+    /// Drops the current instance and makes a fresh one from the `InstancePre` (with `init`);
+    /// if that fails, the next call tries again.
+    fn replace(&mut self, why: Replacement) {
+        (self.recipe.on_replace)(&self.recipe.model, why);
+        self.calls = 0;
+        self.instance = match instantiate(&self.recipe) {
+            Ok(fresh) => Some(fresh),
+            Err(e) => {
+                tracing::error!(model = %self.recipe.model, error = %e,
+                    "re-instantiation failed; will retry on the next request");
+                None
+            }
+        };
+    }
+}
+
+/// Why an instance was replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replacement {
+    /// The call trapped (or ran out of time or memory): the `Store` is unusable.
+    Fault,
+    /// The instance ran `max_calls_per_instance` calls.
+    MaxCalls,
+}
+
+impl Replacement {
+    /// `fault` or `max-calls` (the metric's label).
+    pub fn label(self) -> &'static str {
+        match self {
+            Replacement::Fault => "fault",
+            Replacement::MaxCalls => "max-calls",
+        }
+    }
+}
+
+fn instantiate(recipe: &InstanceRecipe) -> Result<Instance, LoadError> {
+    let state = StoreState::new(
+        recipe.model.clone(),
+        recipe.limits.memory_bytes,
+        recipe.compute.clone(),
+    );
+    let mut store = Store::new(recipe.component.pre.engine(), state);
+    store.limiter(|state| &mut state.limiter);
+    store.set_epoch_deadline(deadline_ticks(recipe.limits.call_timeout));
+    let bindings =
+        recipe.component.pre.instantiate(&mut store).map_err(|e| {
+            LoadError::InitFailed(format!("instantiation failed: {}", error_chain(&e)))
+        })?;
+    let init = bindings
+        .sluice_model_predictor()
+        .call_init(&mut store, &recipe.config);
+    let printed = store.data().log.take_recent();
+    match init {
+        Ok(Ok(())) => Ok(Instance { store, bindings }),
+        Ok(Err(ModelError::InvalidInput(m) | ModelError::Internal(m))) => {
+            Err(LoadError::InitFailed(m))
+        }
+        Err(trap) => {
+            let memory = store.data_mut().limiter.exceeded.take();
+            Err(LoadError::InitFailed(
+                classify_trap(&trap, memory, &printed, &recipe.limits).to_string(),
+            ))
+        }
+    }
+}
+
+/// Names the cause of a trap: the deadline, the memory cap, or the trap itself together with
+/// the last lines the guest printed (where a Rust panic message lands).
+fn classify_trap(
+    trap: &wasmtime::Error,
+    memory_exceeded: Option<String>,
+    printed: &[String],
+    limits: &InstanceLimits,
+) -> CallError {
+    if let Some(message) = memory_exceeded {
+        return CallError::MemoryExhausted(message);
+    }
+    let mut message = match trap.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => {
+            return CallError::Timeout {
+                limit: limits.call_timeout,
+            };
+        }
+        Some(Trap::StackOverflow) => {
+            "stack overflow (the wasm call stack is exhausted)".to_string()
+        }
+        // The trap code alone; the wasm backtrace goes to the log, not to the client.
+        Some(trap) => trap.to_string(),
+        None => trap.root_cause().to_string(),
+    };
+    if !printed.is_empty() {
+        message.push_str("; the model printed: ");
+        message.push_str(&printed.join(" | "));
+    }
+    CallError::Trapped(message)
+}

@@ -1,0 +1,671 @@
+//! Adaptive batching, per replica (Clipper's layer 3).
+//!
+//! Every replica of a model has its own bounded queue ordered by deadline and its own worker
+//! task. [`Batcher::submit`] puts a request on the queue of the replica expected to serve it
+//! soonest; the worker takes as many rows as its [`sizer::BatchSizer`] allows (AIMD or a fixed
+//! size), optionally waits a little for more (delayed batching), answers expired requests with
+//! `DeadlineExceeded` without running them, joins the rest into one batch tensor per input,
+//! runs it on its model instance, and hands each caller its own rows.
+//!
+//! The worker is generic over [`BatchRunner`], so the logic is unit-tested with a fake model
+//! under tokio's paused clock; [`ReplicaRunner`] runs batches on a wasm [`Replica`].
+
+pub mod queue;
+pub mod rows;
+pub mod sizer;
+
+use crate::metrics::ModelMetrics;
+use crate::settings::ModelLimits;
+use queue::DeadlineQueue;
+use sizer::BatchSizer;
+use sluice_runtime::{CallError, LoadError, Replica};
+use sluice_types::{ErrorKind, HasKind, ModelInfo, Tensor, contract};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+
+/// Why a queued request got no answer from its model.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum BatchError {
+    /// The call into the model failed.
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// The model's answer to one request is larger than the model's response limit.
+    #[error("the model's answer is {bytes} bytes, over its response limit of {limit} bytes")]
+    ResponseTooLarge {
+        /// The size of the answer.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The model's answer does not match what it declared.
+    #[error("the model returned an invalid output: {0}")]
+    InvalidOutput(String),
+    /// The request's deadline passed while it waited; it was not run.
+    #[error("the request's deadline passed before a replica could run it")]
+    DeadlineExceeded,
+    /// Every replica's queue is full; the request was not run.
+    #[error("the model's queues are full ({capacity} requests waiting per replica)")]
+    QueueFull {
+        /// The queue bound.
+        capacity: usize,
+    },
+}
+
+impl HasKind for BatchError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            BatchError::Call(call) => call.kind(),
+            BatchError::DeadlineExceeded => ErrorKind::DeadlineExceeded,
+            BatchError::QueueFull { .. } | BatchError::ResponseTooLarge { .. } => {
+                ErrorKind::ResourceExhausted
+            }
+            BatchError::InvalidOutput(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+fn unavailable(why: &str) -> BatchError {
+    BatchError::Call(CallError::Unavailable(why.into()))
+}
+
+/// How a replica sizes its batches.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BatchMode {
+    /// AIMD: grow by `step` rows while batches meet the SLO, shrink by `backoff` (a fraction)
+    /// when one does not.
+    Adaptive {
+        /// Rows added after a full batch within the SLO.
+        step: usize,
+        /// Fraction removed after a batch over the SLO (0.1 = 10%).
+        backoff: f64,
+    },
+    /// Always up to `size` rows (1 = no batching), as TF Serving does.
+    Static {
+        /// The fixed batch size.
+        size: usize,
+    },
+}
+
+/// Batching settings of one model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchingConfig {
+    /// How batch sizes are chosen.
+    pub mode: BatchMode,
+    /// The latency objective: AIMD keeps batch latency under it, and a request without its own
+    /// deadline must be answered within it (else `DEADLINE_EXCEEDED`).
+    pub slo: Duration,
+    /// Delayed batching: when fewer rows wait than the batch size, wait up to this long for
+    /// more. `None` (the default) runs whatever is waiting at once.
+    pub max_delay: Option<Duration>,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        BatchingConfig {
+            mode: BatchMode::Adaptive {
+                step: 4,
+                backoff: 0.1,
+            },
+            slo: Duration::from_millis(100),
+            max_delay: None,
+        }
+    }
+}
+
+/// Runs one batch on a model instance. Returns the inputs with the result, so that a failed
+/// batch can be retried request by request.
+pub trait BatchRunner: Send + 'static {
+    /// Runs `inputs` (one tensor per declared input, batch already joined).
+    fn run(
+        &mut self,
+        inputs: Vec<Tensor>,
+    ) -> impl Future<Output = (Vec<Tensor>, Result<Vec<Tensor>, CallError>)> + Send;
+}
+
+/// Calls whose recent mean is below this run on the async thread itself (see
+/// [`ReplicaRunner`]).
+pub const INLINE_CALL_BELOW: Duration = Duration::from_micros(50);
+
+/// Runs batches on a wasm replica without stalling the async executor for long.
+///
+/// A call that has lately taken microseconds (mean under [`INLINE_CALL_BELOW`]) runs right
+/// here, on the async thread: handing it to another thread would cost more than the call
+/// (KServe REST infer on `digits-logreg`, a 2 µs call, ran at 31 200 req/s that way and at
+/// 41 500 req/s inline; docs/benchmarks.md). Any other call, and the first, runs in
+/// `block_in_place` on a multi-threaded runtime: tokio hands this worker's other tasks to
+/// another thread and the guest starts at once. Moving the replica to the blocking pool
+/// instead (`spawn_blocking`, what a current-thread runtime needs) costs two more thread
+/// wake-ups per batch: 49.3 µs against 19.2 µs for a batch-1 call through the queue
+/// (`floors/queued-predict`). A fast model that suddenly runs long holds its async thread for
+/// that one call, at most its `call_timeout`; its mean then moves it off the async threads.
+pub struct ReplicaRunner {
+    replica: Option<Replica>,
+    calls: CallMean,
+}
+
+/// The exponentially weighted mean wall time of a replica's calls.
+#[derive(Debug, Default)]
+struct CallMean {
+    /// Microseconds; 0 before the first call.
+    micros: u64,
+}
+
+impl CallMean {
+    /// Whether the next call may run on the async thread.
+    fn inline(&self) -> bool {
+        self.micros > 0 && self.micros < INLINE_CALL_BELOW.as_micros() as u64
+    }
+
+    fn record(&mut self, took: Duration) {
+        let sample = (took.as_micros() as u64).max(1);
+        self.micros = match self.micros {
+            0 => sample,
+            mean => (mean * 7 + sample) / 8,
+        };
+    }
+}
+
+impl ReplicaRunner {
+    /// Wraps an initialised replica.
+    pub fn new(replica: Replica) -> Self {
+        ReplicaRunner {
+            replica: Some(replica),
+            calls: CallMean::default(),
+        }
+    }
+}
+
+impl BatchRunner for ReplicaRunner {
+    async fn run(&mut self, inputs: Vec<Tensor>) -> (Vec<Tensor>, Result<Vec<Tensor>, CallError>) {
+        let Some(mut replica) = self.replica.take() else {
+            return (
+                inputs,
+                Err(CallError::Unavailable("the replica was lost".into())),
+            );
+        };
+        let call = move || {
+            let started = std::time::Instant::now();
+            let (inputs, result) = replica.predict(inputs);
+            (replica, inputs, result, started.elapsed())
+        };
+        let joined = if self.calls.inline() {
+            Ok(call())
+        } else {
+            match tokio::runtime::Handle::current().runtime_flavor() {
+                tokio::runtime::RuntimeFlavor::MultiThread => Ok(tokio::task::block_in_place(call)),
+                _ => tokio::task::spawn_blocking(call).await,
+            }
+        };
+        match joined {
+            Ok((replica, inputs, result, took)) => {
+                self.replica = Some(replica);
+                self.calls.record(took);
+                (inputs, result)
+            }
+            Err(e) => (
+                Vec::new(),
+                Err(CallError::Unavailable(format!(
+                    "the replica's thread failed: {e}"
+                ))),
+            ),
+        }
+    }
+}
+
+/// Makes a new runner when replicas are added.
+pub type RunnerFactory<R> = Arc<dyn Fn() -> Result<R, LoadError> + Send + Sync>;
+
+/// A request waiting in a replica's queue.
+struct Pending {
+    inputs: Vec<Tensor>,
+    rows: usize,
+    /// Set when a worker takes the request into a batch: from then on the caller waits for
+    /// the result even past its deadline (the call is bounded by the model's time limit).
+    started: Arc<AtomicBool>,
+    /// When it was queued (for the queue-time metric).
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<Vec<Tensor>, BatchError>>,
+}
+
+struct SlotState {
+    queue: DeadlineQueue<Pending>,
+    queued_rows: usize,
+    closed: bool,
+}
+
+/// One replica as the dispatcher sees it: its queue and what it is doing.
+struct Slot {
+    state: Mutex<SlotState>,
+    notify: Notify,
+    busy_rows: AtomicUsize,
+    batch_size: AtomicUsize,
+    /// Exponentially weighted mean batch latency, microseconds.
+    latency_us: AtomicU64,
+}
+
+impl Slot {
+    fn new(queue_capacity: usize, batch_size: usize) -> Self {
+        Slot {
+            state: Mutex::new(SlotState {
+                queue: DeadlineQueue::new(queue_capacity),
+                queued_rows: 0,
+                closed: false,
+            }),
+            notify: Notify::new(),
+            busy_rows: AtomicUsize::new(0),
+            batch_size: AtomicUsize::new(batch_size),
+            latency_us: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Microseconds until this replica would finish `rows` more rows: the batch it is running
+    /// (if any) plus the batches needed for what is queued and the new rows, times its mean
+    /// batch latency (at least 1 µs, so an idle replica with no history still wins).
+    fn estimated_wait(&self, rows: usize) -> u64 {
+        let queued = self.lock().queued_rows;
+        let running = u64::from(self.busy_rows.load(Ordering::Relaxed) > 0);
+        let batch = self.batch_size.load(Ordering::Relaxed).max(1);
+        let batches = running + (queued + rows).div_ceil(batch) as u64;
+        batches * self.latency_us.load(Ordering::Relaxed).max(1)
+    }
+
+    fn push(&self, deadline: Instant, pending: Pending) -> Result<(), Pending> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(pending);
+        }
+        if state.queue.len() == state.queue.capacity() {
+            // Make room by dropping requests whose callers gave up (their deadline passed).
+            state.queue.retain(|p| !p.reply.is_closed());
+            state.queued_rows = state.queue.iter().map(|p| p.rows).sum();
+        }
+        let rows = pending.rows;
+        state.queue.push(deadline, pending)?;
+        state.queued_rows += rows;
+        drop(state);
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.notify.notify_one();
+    }
+
+    fn record_latency(&self, latency: Duration) {
+        let sample = latency.as_micros() as u64;
+        let old = self.latency_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            (old * 7 + sample) / 8
+        };
+        self.latency_us.store(new, Ordering::Relaxed);
+    }
+}
+
+/// What the workers of one model share.
+struct Shared {
+    /// The model's metrics.
+    metrics: Arc<ModelMetrics>,
+    config: BatchingConfig,
+    info: Arc<ModelInfo>,
+    queue_capacity: usize,
+    max_response_bytes: usize,
+    batches: AtomicU64,
+    rows: AtomicU64,
+}
+
+/// Counters of what a model's replicas have run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatchStats {
+    /// Batches run.
+    pub batches: u64,
+    /// Rows in them.
+    pub rows: u64,
+}
+
+/// The replicas of one model, each with its queue and worker.
+pub struct Batcher<R: BatchRunner> {
+    slots: RwLock<Vec<Arc<Slot>>>,
+    factory: RunnerFactory<R>,
+    shared: Arc<Shared>,
+    scaling: tokio::sync::Mutex<()>,
+}
+
+impl<R: BatchRunner> Batcher<R> {
+    /// Starts one worker per runner for the model whose metrics are `metrics`. Must be called
+    /// within a tokio runtime.
+    pub fn start(
+        metrics: Arc<ModelMetrics>,
+        runners: Vec<R>,
+        factory: RunnerFactory<R>,
+        config: BatchingConfig,
+        info: Arc<ModelInfo>,
+        limits: &ModelLimits,
+    ) -> Self {
+        let batcher = Batcher {
+            slots: RwLock::default(),
+            factory,
+            shared: Arc::new(Shared {
+                metrics,
+                config,
+                info,
+                queue_capacity: limits.queue_capacity,
+                max_response_bytes: limits.max_response_bytes,
+                batches: AtomicU64::new(0),
+                rows: AtomicU64::new(0),
+            }),
+            scaling: tokio::sync::Mutex::new(()),
+        };
+        for runner in runners {
+            batcher.add(runner);
+        }
+        batcher
+    }
+
+    fn add(&self, runner: R) {
+        let sizer = BatchSizer::new(
+            self.shared.config.mode,
+            self.shared.info.max_batch as usize,
+            self.shared.config.slo,
+        );
+        let slot = Arc::new(Slot::new(self.shared.queue_capacity, sizer.size()));
+        tokio::spawn(run_worker(slot.clone(), runner, sizer, self.shared.clone()));
+        self.slots
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(slot);
+    }
+
+    /// The batching settings.
+    pub fn config(&self) -> BatchingConfig {
+        self.shared.config
+    }
+
+    /// The number of replicas taking new requests.
+    pub fn replicas(&self) -> usize {
+        self.slots.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// The current batch size limit of each replica.
+    pub fn batch_sizes(&self) -> Vec<usize> {
+        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+        slots
+            .iter()
+            .map(|s| s.batch_size.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Batches and rows run so far.
+    pub fn stats(&self) -> BatchStats {
+        BatchStats {
+            batches: self.shared.batches.load(Ordering::Relaxed),
+            rows: self.shared.rows.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Queues a request of `rows` rows (inputs in declared order, already checked) on the
+    /// replica expected to answer soonest, and waits for its rows of the output. If no
+    /// replica has started it by `deadline`, it fails with `DeadlineExceeded` at that moment
+    /// (and is dropped from the queue unrun).
+    pub async fn submit(
+        &self,
+        inputs: Vec<Tensor>,
+        rows: usize,
+        deadline: Instant,
+    ) -> Result<Vec<Tensor>, BatchError> {
+        let (reply, mut answer) = oneshot::channel();
+        let started = Arc::new(AtomicBool::new(false));
+        let mut pending = Pending {
+            inputs,
+            rows,
+            started: started.clone(),
+            enqueued: Instant::now(),
+            reply,
+        };
+        let queued = {
+            let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+            match slots.as_slice() {
+                // One replica: no choice to make (the common case, and the cheapest path).
+                [only] => only.push(deadline, pending).is_ok(),
+                _ => {
+                    let mut order: Vec<(u64, usize)> = slots
+                        .iter()
+                        .enumerate()
+                        .map(|(i, slot)| (slot.estimated_wait(rows), i))
+                        .collect();
+                    order.sort_unstable();
+                    let mut queued = false;
+                    for (_, i) in order {
+                        match slots[i].push(deadline, pending) {
+                            Ok(()) => {
+                                queued = true;
+                                break;
+                            }
+                            Err(back) => pending = back,
+                        }
+                    }
+                    queued
+                }
+            }
+        };
+        if !queued {
+            return Err(BatchError::QueueFull {
+                capacity: self.shared.queue_capacity,
+            });
+        }
+        let stopped = |_| Err(unavailable("the replica stopped before answering"));
+        tokio::select! {
+            result = &mut answer => result.unwrap_or_else(stopped),
+            _ = tokio::time::sleep_until(deadline) => {
+                if started.load(Ordering::Acquire) {
+                    answer.await.unwrap_or_else(stopped)
+                } else {
+                    Err(BatchError::DeadlineExceeded)
+                }
+            }
+        }
+    }
+
+    /// Changes the number of replicas to `replicas` (at least 1). New replicas are
+    /// instantiated before they take requests; removed ones stop taking requests at once and
+    /// finish what they have queued. No request is lost.
+    pub async fn scale(&self, replicas: usize) -> Result<(), LoadError> {
+        let _one_at_a_time = self.scaling.lock().await;
+        let replicas = replicas.max(1);
+        while self.replicas() < replicas {
+            let factory = self.factory.clone();
+            let runner = tokio::task::spawn_blocking(move || factory())
+                .await
+                .map_err(|e| LoadError::Internal(format!("starting a replica failed: {e}")))??;
+            self.add(runner);
+        }
+        let removed = {
+            let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+            let keep = replicas.min(slots.len());
+            slots.split_off(keep)
+        };
+        removed.iter().for_each(|slot| slot.close());
+        Ok(())
+    }
+}
+
+impl<R: BatchRunner> Drop for Batcher<R> {
+    fn drop(&mut self) {
+        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+        slots.iter().for_each(|slot| slot.close());
+    }
+}
+
+/// A replica's worker: wait for work, form a batch, run it, answer, learn; until closed and
+/// drained.
+async fn run_worker<R: BatchRunner>(
+    slot: Arc<Slot>,
+    mut runner: R,
+    mut sizer: BatchSizer,
+    shared: Arc<Shared>,
+) {
+    loop {
+        loop {
+            {
+                let state = slot.lock();
+                if state.queued_rows > 0 {
+                    break;
+                }
+                if state.closed {
+                    return;
+                }
+            }
+            slot.notify.notified().await;
+        }
+        if let Some(delay) = shared.config.max_delay {
+            let until = Instant::now() + delay;
+            loop {
+                {
+                    let state = slot.lock();
+                    if state.queued_rows >= sizer.size() || state.closed {
+                        break;
+                    }
+                }
+                tokio::select! {
+                    _ = slot.notify.notified() => {}
+                    _ = tokio::time::sleep_until(until) => break,
+                }
+            }
+        }
+        let batch = take_batch(&slot, sizer.size());
+        if batch.is_empty() {
+            continue;
+        }
+        let rows: usize = batch.iter().map(|p| p.rows).sum();
+        slot.busy_rows.store(rows, Ordering::Relaxed);
+        let started = Instant::now();
+        let waits: Vec<Duration> = batch.iter().map(|p| started - p.enqueued).collect();
+        run_batch(&mut runner, batch, &shared).await;
+        let latency = started.elapsed();
+        shared
+            .metrics
+            .record_batch(rows, latency, waits.into_iter());
+        sizer.observe(rows, latency);
+        slot.record_latency(latency);
+        slot.batch_size.store(sizer.size(), Ordering::Relaxed);
+        slot.busy_rows.store(0, Ordering::Relaxed);
+        shared.batches.fetch_add(1, Ordering::Relaxed);
+        shared.rows.fetch_add(rows as u64, Ordering::Relaxed);
+    }
+}
+
+/// Takes up to `size` rows of compatible requests, earliest deadline first. Requests whose
+/// deadline has passed are answered `DeadlineExceeded`; those whose caller left are dropped.
+/// A single request larger than `size` (but within the model's max batch) runs alone.
+fn take_batch(slot: &Slot, size: usize) -> Vec<Pending> {
+    let now = Instant::now();
+    let mut state = slot.lock();
+    let mut batch: Vec<Pending> = Vec::new();
+    let mut rows = 0;
+    let mut set_aside = Vec::new();
+    while let Some((deadline, pending)) = state.queue.pop() {
+        state.queued_rows -= pending.rows;
+        if pending.reply.is_closed() {
+            continue;
+        }
+        if deadline <= now {
+            let _ = pending.reply.send(Err(BatchError::DeadlineExceeded));
+            continue;
+        }
+        if let Some(first) = batch.first() {
+            let fits = rows + pending.rows <= size;
+            if !fits || !rows::compatible(&first.inputs, &pending.inputs) {
+                set_aside.push((deadline, pending));
+                if fits {
+                    continue;
+                }
+                break;
+            }
+        }
+        rows += pending.rows;
+        pending.started.store(true, Ordering::Release);
+        batch.push(pending);
+        if rows >= size {
+            break;
+        }
+    }
+    for (deadline, pending) in set_aside {
+        state.queued_rows += pending.rows;
+        // Room is certain: these were just popped.
+        let _ = state.queue.push(deadline, pending);
+    }
+    batch
+}
+
+/// Runs a batch and answers its callers. If the batch fails and held several requests, each
+/// is retried alone, so that one bad request (or one that makes the model trap) fails only
+/// itself.
+async fn run_batch<R: BatchRunner>(runner: &mut R, batch: Vec<Pending>, shared: &Shared) {
+    let info = &shared.info;
+    let rows: Vec<usize> = batch.iter().map(|p| p.rows).collect();
+    let total = rows.iter().sum();
+    let mut replies = Vec::with_capacity(batch.len());
+    let mut requests = Vec::with_capacity(batch.len());
+    for pending in batch {
+        replies.push(pending.reply);
+        requests.push(pending.inputs);
+    }
+    let (inputs, result) = runner.run(rows::concat(requests)).await;
+    let result = result
+        .map_err(BatchError::from)
+        .and_then(|outputs| checked(info, outputs, total));
+    match result.and_then(|outputs| rows::split(outputs, &rows).map_err(BatchError::InvalidOutput))
+    {
+        Ok(parts) => {
+            for (reply, part) in replies.into_iter().zip(parts) {
+                let _ = reply.send(within_limit(part, shared.max_response_bytes));
+            }
+        }
+        Err(error) if replies.len() == 1 || inputs.is_empty() => {
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+        Err(_) => {
+            let parts = rows::split(inputs, &rows).unwrap_or_default();
+            for ((reply, part), n) in replies.into_iter().zip(parts).zip(rows) {
+                if reply.is_closed() {
+                    continue;
+                }
+                let (_, result) = runner.run(part).await;
+                let result = result
+                    .map_err(BatchError::from)
+                    .and_then(|outputs| checked(info, outputs, n));
+                let _ = reply.send(result.and_then(|o| within_limit(o, shared.max_response_bytes)));
+            }
+        }
+    }
+}
+
+/// Refuses one request's answer if it is larger than the model's response limit.
+fn within_limit(outputs: Vec<Tensor>, limit: usize) -> Result<Vec<Tensor>, BatchError> {
+    let bytes = outputs.iter().map(|t| t.data.len()).sum();
+    if bytes > limit {
+        return Err(BatchError::ResponseTooLarge { bytes, limit });
+    }
+    Ok(outputs)
+}
+
+fn checked(info: &ModelInfo, outputs: Vec<Tensor>, rows: usize) -> Result<Vec<Tensor>, BatchError> {
+    contract::check_outputs(info, &outputs, rows).map_err(BatchError::InvalidOutput)?;
+    Ok(outputs)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,27 @@
+//! # sluice-serving: from a checked request to a model's answer, and the state around it
+//!
+//! - [`registry`]: the loaded models by name and version, and the one place a request is
+//!   checked against a model's contract and queued;
+//! - [`batching`]: adaptive batching per replica (AIMD), deadline-ordered bounded queues;
+//! - [`cache`]: the prediction cache, with coalescing of identical queries in flight;
+//! - [`selection`]: applications, their policies and what they learn from feedback;
+//! - [`store`]: the durable state (redb) of applications, selection and loaded models;
+//! - [`repository`]: a model directory, loaded and watched;
+//! - [`lifecycle`]: models loaded through the API, recorded so that they survive restarts;
+//! - [`settings`]: a model's limits and batching, and requests for them;
+//! - [`metrics`]: Prometheus counters and histograms, a leaf every module above calls.
+//!
+//! Nothing here knows a protocol: errors say their [`sluice_types::ErrorKind`], and the
+//! frontend maps it to a status.
+
+pub mod batching;
+pub mod cache;
+pub mod lifecycle;
+pub mod metrics;
+pub mod registry;
+pub mod repository;
+pub mod selection;
+pub mod settings;
+pub mod store;
+
+pub use settings::ModelLimits;

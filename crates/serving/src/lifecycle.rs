@@ -1,0 +1,460 @@
+//! The control plane of models loaded through the API: they survive restarts. Each
+//! acknowledged load is recorded in the store ([`LoadRecord`], with the component and init
+//! config stored once by content), and scaling, unloading and default-version pins keep the
+//! record current. At start, [`Lifecycle::restore`] replays the records on top of the model
+//! repository.
+//!
+//! A record keeps the settings as the request gave them (what it left unset takes the server's
+//! defaults again at restart), and the bytes that were sent: a path becomes the file's bytes,
+//! and an ONNX graph stays a graph, not a copy of the runner.
+
+use crate::batching::BatchingConfig;
+use crate::registry::{LoadRequest, Model, Registry, RegistryError};
+use crate::settings::{BatchingRequest, LimitsRequest, ModelLimits};
+use crate::store::{Store, StoreError, blocking};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sluice_types::{ErrorKind, HasKind};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use thiserror::Error;
+
+/// Why a lifecycle operation failed.
+#[derive(Debug, Error)]
+pub enum LifecycleError {
+    /// The request is malformed; the message starts with the field.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The registry refused or failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The change was made but could not be recorded.
+    #[error("the change was made but could not be recorded for restarts: {0}")]
+    Record(#[from] StoreError),
+}
+
+impl HasKind for LifecycleError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            LifecycleError::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            LifecycleError::Registry(e) => e.kind(),
+            LifecycleError::Record(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+/// Where a model's code comes from.
+#[derive(Debug, Clone)]
+pub enum ComponentSource {
+    /// A component's bytes.
+    Wasm(Vec<u8>),
+    /// A component file on the server.
+    Path(PathBuf),
+    /// An ONNX graph, served by the ONNX runner component (the graph is its init config).
+    Onnx(Vec<u8>),
+}
+
+/// A load request as the API gives it.
+#[derive(Debug, Clone)]
+pub struct LoadSpec {
+    /// The code.
+    pub source: ComponentSource,
+    /// Passed to the model's `init` (must be empty for an ONNX graph).
+    pub config: Vec<u8>,
+    /// Serve under this name instead of the model's own.
+    pub name: Option<String>,
+    /// Serve as this version instead of the one the model declares.
+    pub version: Option<String>,
+    /// Instances to run (at least 1).
+    pub replicas: usize,
+    /// Limits; what is unset takes the server's default.
+    pub limits: LimitsRequest,
+    /// Batching; what is unset takes the server's default.
+    pub batching: BatchingRequest,
+}
+
+/// What the store keeps of an acknowledged load (JSON; the bytes are blobs by SHA-256).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadRecord {
+    /// `wasm` (a component) or `onnx` (a graph for the ONNX runner).
+    pub kind: RecordedKind,
+    /// SHA-256 of the component or graph.
+    pub code_sha256: String,
+    /// SHA-256 of the init config.
+    pub config_sha256: String,
+    /// Replicas.
+    pub replicas: usize,
+    /// Limits as requested.
+    pub limits: LimitsRequest,
+    /// Batching as requested.
+    pub batching: BatchingRequest,
+}
+
+/// The kind of code a record holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordedKind {
+    /// A component.
+    Wasm,
+    /// An ONNX graph.
+    Onnx,
+}
+
+/// What [`Lifecycle::restore`] brought back.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// `name@version` of each model loaded again.
+    pub loaded: Vec<String>,
+    /// Records that failed to load, with the reason (they stay recorded).
+    pub failed: Vec<(String, String)>,
+}
+
+/// Loads, unloads, scales and pins models, recording each acknowledged change.
+pub struct Lifecycle {
+    registry: Arc<Registry>,
+    store: Store,
+    default_limits: ModelLimits,
+    default_batching: BatchingConfig,
+    onnx_runner: Option<Arc<[u8]>>,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Lifecycle {
+    /// The lifecycle of `registry`'s models, recorded in `store`; loads take what they leave
+    /// unset from the defaults, and ONNX graphs run on `onnx_runner` (none: ONNX loads are
+    /// refused).
+    pub fn new(
+        registry: Arc<Registry>,
+        store: Store,
+        defaults: (ModelLimits, BatchingConfig),
+        onnx_runner: Option<Arc<[u8]>>,
+    ) -> Lifecycle {
+        Lifecycle {
+            registry,
+            store,
+            default_limits: defaults.0,
+            default_batching: defaults.1,
+            onnx_runner,
+        }
+    }
+
+    /// The registry whose models this manages.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The limits of a model loaded without its own.
+    pub fn default_limits(&self) -> ModelLimits {
+        self.default_limits
+    }
+
+    /// The batching of a model loaded without its own.
+    pub fn default_batching(&self) -> BatchingConfig {
+        self.default_batching
+    }
+
+    async fn in_store<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, LifecycleError> {
+        let store = self.store.clone();
+        Ok(blocking(move || op(&store)).await?)
+    }
+
+    /// Loads a model, then records the load under the name and version it serves as (so a
+    /// replay cannot land elsewhere).
+    pub async fn load(&self, spec: LoadSpec) -> Result<Arc<Model>, LifecycleError> {
+        let (kind, code) = match spec.source {
+            ComponentSource::Wasm(bytes) => (RecordedKind::Wasm, bytes),
+            ComponentSource::Path(path) => {
+                let bytes = read_component_file(&path).await?;
+                (RecordedKind::Wasm, bytes)
+            }
+            ComponentSource::Onnx(graph) => {
+                if !spec.config.is_empty() {
+                    return Err(LifecycleError::InvalidArgument(
+                        "config: must be empty with `onnx` (the graph is the runner's config)"
+                            .into(),
+                    ));
+                }
+                (RecordedKind::Onnx, graph)
+            }
+        };
+        let record = LoadRecord {
+            kind,
+            code_sha256: sha256_hex(&code),
+            config_sha256: sha256_hex(&spec.config),
+            replicas: spec.replicas.max(1),
+            limits: spec.limits,
+            batching: spec.batching,
+        };
+        let model = self
+            .load_recorded(
+                &record,
+                code.clone(),
+                spec.config.clone(),
+                spec.name,
+                spec.version,
+            )
+            .await?;
+        let (name, version) = (model.name.clone(), model.version.clone());
+        let config = spec.config;
+        self.in_store(move |store| {
+            store.put_blob(&record.code_sha256, &code)?;
+            store.put_blob(&record.config_sha256, &config)?;
+            store.put_model(&name, &version, &encode_record(&record))
+        })
+        .await?;
+        Ok(model)
+    }
+
+    /// Loads what a record describes, from its bytes.
+    async fn load_recorded(
+        &self,
+        record: &LoadRecord,
+        code: Vec<u8>,
+        config: Vec<u8>,
+        name: Option<String>,
+        version: Option<String>,
+    ) -> Result<Arc<Model>, LifecycleError> {
+        let (component, config) = match record.kind {
+            RecordedKind::Wasm => (code, config),
+            RecordedKind::Onnx => {
+                let runner = self.onnx_runner.as_ref().ok_or_else(|| {
+                    LifecycleError::InvalidArgument(
+                        "onnx: this server has no ONNX runner; load a component instead".into(),
+                    )
+                })?;
+                (runner.to_vec(), code)
+            }
+        };
+        let batching = record
+            .batching
+            .resolve(self.default_batching)
+            .map_err(LifecycleError::InvalidArgument)?;
+        Ok(self
+            .registry
+            .load(LoadRequest {
+                component,
+                config,
+                name,
+                version,
+                replicas: record.replicas,
+                limits: record.limits.resolve(self.default_limits),
+                batching,
+            })
+            .await?)
+    }
+
+    /// Unloads one version of `name`, or all of them (`None`), and forgets their records;
+    /// returns the versions removed.
+    pub async fn unload(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Vec<String>, LifecycleError> {
+        let removed = self.registry.unload(name, version)?;
+        let (name, version) = (name.to_string(), version.map(str::to_string));
+        self.in_store(move |store| {
+            store.delete_models(&name, version.as_deref())?;
+            collect_blobs(store)
+        })
+        .await?;
+        Ok(removed)
+    }
+
+    /// Changes the replicas of `model`; a recorded model comes back with the new count.
+    pub async fn scale(&self, model: &Model, replicas: usize) -> Result<(), LifecycleError> {
+        model.scale(replicas).await?;
+        let (name, version) = (model.name.clone(), model.version.clone());
+        self.in_store(move |store| {
+            let Some(bytes) = store.model(&name, &version)? else {
+                return Ok(());
+            };
+            // A record this build cannot read is left as it is (restore reports it).
+            if let Ok(mut record) = decode_record(&bytes) {
+                record.replicas = replicas;
+                store.put_model(&name, &version, &encode_record(&record))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Pins (or with `None` unpins) the default version of `name`, and records the pin.
+    pub async fn set_default_version(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<(), LifecycleError> {
+        self.registry.set_default_version(name, version)?;
+        let (name, version) = (name.to_string(), version.map(str::to_string));
+        self.in_store(move |store| store.put_default_version(&name, version.as_deref()))
+            .await
+    }
+
+    /// Loads every recorded model again and re-applies the default-version pins. A record that
+    /// fails (a component this build cannot run any more, say) is reported and skipped. A
+    /// record that is not a [`LoadRecord`] is offered to `legacy`, which may read it as the
+    /// load request an earlier version recorded; it is then loaded and recorded anew.
+    pub async fn restore(
+        &self,
+        legacy: impl Fn(&[u8]) -> Option<LoadSpec>,
+    ) -> Result<Restored, StoreError> {
+        let mut restored = Restored::default();
+        let store = self.store.clone();
+        let records = blocking(move || store.models()).await?;
+        for (name, version, bytes) in records {
+            let label = format!("{name}@{version}");
+            let earlier = decode_record(&bytes)
+                .is_err()
+                .then(|| legacy(&bytes))
+                .flatten();
+            let result = match earlier {
+                Some(spec) => {
+                    let spec = LoadSpec {
+                        name: Some(name.clone()),
+                        version: Some(version.clone()),
+                        ..spec
+                    };
+                    self.load(spec).await.map_err(|e| e.to_string())
+                }
+                None => self.restore_one(&name, &version, &bytes).await,
+            };
+            match result {
+                Ok(model) => restored
+                    .loaded
+                    .push(format!("{}@{}", model.name, model.version)),
+                Err(reason) => restored.failed.push((label, reason)),
+            }
+        }
+        let store = self.store.clone();
+        for (name, version) in blocking(move || store.default_versions()).await? {
+            if let Err(e) = self.registry.set_default_version(&name, Some(&version)) {
+                restored.failed.push((name, e.to_string()));
+            }
+        }
+        Ok(restored)
+    }
+
+    async fn restore_one(
+        &self,
+        name: &str,
+        version: &str,
+        bytes: &[u8],
+    ) -> Result<Arc<Model>, String> {
+        let record = decode_record(bytes)
+            .map_err(|e| format!("an unreadable record (written by another sluice?): {e}"))?;
+        let store = self.store.clone();
+        let hashes = (record.code_sha256.clone(), record.config_sha256.clone());
+        let blobs = blocking(move || Ok((store.blob(&hashes.0)?, store.blob(&hashes.1)?)))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (Some(code), Some(config)) = blobs else {
+            return Err("the record's component or config is missing from the store".into());
+        };
+        self.load_recorded(
+            &record,
+            code,
+            config,
+            Some(name.to_string()),
+            Some(version.to_string()),
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+}
+
+fn encode_record(record: &LoadRecord) -> Vec<u8> {
+    serde_json::to_vec(record).expect("load records serialize")
+}
+
+fn decode_record(bytes: &[u8]) -> Result<LoadRecord, serde_json::Error> {
+    serde_json::from_slice(bytes)
+}
+
+/// Deletes the blobs no record refers to any more.
+fn collect_blobs(store: &Store) -> Result<(), StoreError> {
+    let referenced: BTreeSet<String> = store
+        .models()?
+        .iter()
+        .filter_map(|(_, _, bytes)| decode_record(bytes).ok())
+        .flat_map(|r| [r.code_sha256, r.config_sha256])
+        .collect();
+    store.retain_blobs(|sha256| referenced.contains(sha256))
+}
+
+/// Reads a component file named in a load request.
+async fn read_component_file(path: &std::path::Path) -> Result<Vec<u8>, LifecycleError> {
+    tokio::fs::read(path).await.map_err(|e| {
+        LifecycleError::InvalidArgument(format!(
+            "path: cannot read `{}` on the server: {e}",
+            path.display()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::ModeRequest;
+    use std::time::Duration;
+
+    #[test]
+    fn records_round_trip_as_json() {
+        let record = LoadRecord {
+            kind: RecordedKind::Onnx,
+            code_sha256: sha256_hex(b"graph"),
+            config_sha256: sha256_hex(b""),
+            replicas: 3,
+            limits: LimitsRequest {
+                call_timeout: Some(Duration::from_millis(250)),
+                ..LimitsRequest::default()
+            },
+            batching: BatchingRequest {
+                mode: Some(ModeRequest::Static(8)),
+                ..BatchingRequest::default()
+            },
+        };
+        assert_eq!(decode_record(&encode_record(&record)).unwrap(), record);
+        assert!(
+            decode_record(b"\x0a\x03abc").is_err(),
+            "protobuf is refused"
+        );
+    }
+
+    #[test]
+    fn blobs_no_record_uses_are_collected() {
+        let store = Store::in_memory();
+        let record = |code: &[u8]| LoadRecord {
+            kind: RecordedKind::Wasm,
+            code_sha256: sha256_hex(code),
+            config_sha256: sha256_hex(b""),
+            replicas: 1,
+            limits: LimitsRequest::default(),
+            batching: BatchingRequest::default(),
+        };
+        for (version, code) in [("1", b"one".as_slice()), ("2", b"two".as_slice())] {
+            store.put_blob(&sha256_hex(code), code).unwrap();
+            store
+                .put_model("m", version, &encode_record(&record(code)))
+                .unwrap();
+        }
+        store.put_blob(&sha256_hex(b""), b"").unwrap();
+        store.delete_models("m", Some("2")).unwrap();
+        collect_blobs(&store).unwrap();
+        assert_eq!(
+            store.blob(&sha256_hex(b"one")).unwrap(),
+            Some(b"one".to_vec())
+        );
+        assert_eq!(store.blob(&sha256_hex(b"two")).unwrap(), None);
+        assert_eq!(store.blob(&sha256_hex(b"")).unwrap(), Some(Vec::new()));
+    }
+}

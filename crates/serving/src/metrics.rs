@@ -1,0 +1,225 @@
+//! Prometheus metrics (the frontend serves them as text at `/metrics`): requests, failures by
+//! error kind, latency (total, queue, compute) and batch sizes per model, and replicas per
+//! model version; prediction-cache hits and misses per model; default outputs per
+//! application. One process-wide registry, as Prometheus exporters usually have.
+//!
+//! A leaf: the layers call it with labels of their own (names, an [`ErrorKind`], a reason) and
+//! it calls nothing of theirs.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry,
+};
+use sluice_types::ErrorKind;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+/// Latency buckets in seconds: 100 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
+];
+/// Batch-size buckets in rows.
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    failures: IntCounterVec,
+    request_seconds: HistogramVec,
+    queue_seconds: HistogramVec,
+    compute_seconds: HistogramVec,
+    batch_rows: HistogramVec,
+    replicas: IntGaugeVec,
+    cache_lookups: IntCounterVec,
+    default_outputs: IntCounterVec,
+    instances_replaced: IntCounterVec,
+}
+
+fn histogram(name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        &["model"],
+    )
+    .expect("valid histogram")
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let m = Metrics {
+        registry: Registry::new(),
+        requests: IntCounterVec::new(
+            Opts::new(
+                "sluice_requests_total",
+                "Inference requests received, per model",
+            ),
+            &["model"],
+        )
+        .expect("valid counter"),
+        failures: IntCounterVec::new(
+            Opts::new(
+                "sluice_request_failures_total",
+                "Inference requests that failed, per model and error kind (gRPC code name)",
+            ),
+            &["model", "code"],
+        )
+        .expect("valid counter"),
+        request_seconds: histogram(
+            "sluice_request_duration_seconds",
+            "Time from a checked request to its answer (queue + compute)",
+            LATENCY_BUCKETS,
+        ),
+        queue_seconds: histogram(
+            "sluice_queue_duration_seconds",
+            "Time a request waited in its replica's queue",
+            LATENCY_BUCKETS,
+        ),
+        compute_seconds: histogram(
+            "sluice_compute_duration_seconds",
+            "Time one batch took to run on a replica",
+            LATENCY_BUCKETS,
+        ),
+        batch_rows: histogram("sluice_batch_rows", "Rows per batch run", BATCH_BUCKETS),
+        replicas: IntGaugeVec::new(
+            Opts::new(
+                "sluice_model_replicas",
+                "Replicas serving each loaded model version",
+            ),
+            &["model", "version"],
+        )
+        .expect("valid gauge"),
+        cache_lookups: IntCounterVec::new(
+            Opts::new(
+                "sluice_cache_lookups_total",
+                "Prediction-cache lookups per model, by result (hit, miss, coalesced)",
+            ),
+            &["model", "result"],
+        )
+        .expect("valid counter"),
+        instances_replaced: IntCounterVec::new(
+            Opts::new(
+                "sluice_instances_replaced_total",
+                "Instances replaced by a fresh one, per model, by reason (fault, max-calls)",
+            ),
+            &["model", "reason"],
+        )
+        .expect("valid counter"),
+        default_outputs: IntCounterVec::new(
+            Opts::new(
+                "sluice_app_default_outputs_total",
+                "Rows answered with an application's default output, by reason \
+                 (no-answer, low-confidence)",
+            ),
+            &["app", "reason"],
+        )
+        .expect("valid counter"),
+    };
+    for collector in [
+        Box::new(m.requests.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(m.failures.clone()),
+        Box::new(m.request_seconds.clone()),
+        Box::new(m.queue_seconds.clone()),
+        Box::new(m.compute_seconds.clone()),
+        Box::new(m.batch_rows.clone()),
+        Box::new(m.replicas.clone()),
+        Box::new(m.cache_lookups.clone()),
+        Box::new(m.default_outputs.clone()),
+        Box::new(m.instances_replaced.clone()),
+    ] {
+        m.registry.register(collector).expect("unique metric names");
+    }
+    m
+});
+
+/// The metrics of one model, resolved once: looking a labelled metric up costs a hash and a
+/// lock, which a request should not pay for each of its counters.
+pub struct ModelMetrics {
+    model: Arc<str>,
+    requests: IntCounter,
+    request_seconds: Histogram,
+    queue_seconds: Histogram,
+    compute_seconds: Histogram,
+    batch_rows: Histogram,
+}
+
+impl ModelMetrics {
+    /// The metrics of the model served as `model`.
+    pub fn new(model: Arc<str>) -> ModelMetrics {
+        let label = [model.as_ref()];
+        ModelMetrics {
+            requests: METRICS.requests.with_label_values(&label),
+            request_seconds: METRICS.request_seconds.with_label_values(&label),
+            queue_seconds: METRICS.queue_seconds.with_label_values(&label),
+            compute_seconds: METRICS.compute_seconds.with_label_values(&label),
+            batch_rows: METRICS.batch_rows.with_label_values(&label),
+            model,
+        }
+    }
+
+    /// Records a request and its outcome (`None` when it succeeded, else the kind of its
+    /// failure).
+    pub fn record_request(&self, elapsed: Duration, failure: Option<ErrorKind>) {
+        self.requests.inc();
+        self.request_seconds.observe(elapsed.as_secs_f64());
+        if let Some(kind) = failure {
+            METRICS
+                .failures
+                .with_label_values(&[self.model.as_ref(), kind.label()])
+                .inc();
+        }
+    }
+
+    /// Records one batch: its rows, how long it ran, and how long each request in it waited.
+    pub fn record_batch(
+        &self,
+        rows: usize,
+        compute: Duration,
+        waits: impl Iterator<Item = Duration>,
+    ) {
+        self.batch_rows.observe(rows as f64);
+        self.compute_seconds.observe(compute.as_secs_f64());
+        waits.for_each(|wait| self.queue_seconds.observe(wait.as_secs_f64()));
+    }
+}
+
+/// Records a prediction-cache lookup for `model`; `result` is `hit`, `miss` or `coalesced`.
+pub fn record_cache(model: &str, result: &str) {
+    METRICS
+        .cache_lookups
+        .with_label_values(&[model, result])
+        .inc();
+}
+
+/// Records that an instance of `model` was replaced, and why.
+pub fn record_instance_replaced(model: &str, reason: &str) {
+    METRICS
+        .instances_replaced
+        .with_label_values(&[model, reason])
+        .inc();
+}
+
+/// Records a row answered with `app`'s default output, and why.
+pub fn record_default_output(app: &str, reason: &str) {
+    METRICS
+        .default_outputs
+        .with_label_values(&[app, reason])
+        .inc();
+}
+
+/// The text exposition of every metric, with the replica gauge set from `replicas`
+/// (`(model, version, replicas)` of each loaded version).
+pub fn render(replicas: impl Iterator<Item = (String, String, usize)>) -> String {
+    METRICS.replicas.reset();
+    for (model, version, count) in replicas {
+        METRICS
+            .replicas
+            .with_label_values(&[&model, &version])
+            .set(count as i64);
+    }
+    let mut text = Vec::new();
+    prometheus::TextEncoder::new()
+        .encode(&METRICS.registry.gather(), &mut text)
+        .expect("text encoding cannot fail");
+    String::from_utf8(text).expect("the text format is UTF-8")
+}

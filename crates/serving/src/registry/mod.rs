@@ -1,0 +1,544 @@
+//! The models this server has loaded, by name and version, and the one place a request is
+//! checked, queued and its answer checked on the way to and from a model's replicas.
+//!
+//! A name maps to one or more versions; a request that names no version goes to the default
+//! one: the version pinned with `set_default_version`, else the most recently loaded. Loading
+//! a name and version that exist replaces them once the new one is ready: requests already
+//! queued on the old version still finish (its replicas drain when the last request holding it
+//! is answered).
+
+use crate::batching::{
+    BatchError, BatchStats, Batcher, BatchingConfig, ReplicaRunner, RunnerFactory,
+};
+use crate::metrics::{self, ModelMetrics};
+use crate::settings::ModelLimits;
+use sluice_runtime::{InstanceRecipe, LoadError, Replica, Runtime};
+use sluice_types::{ErrorKind, HasKind, ModelInfo, Tensor, contract};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use thiserror::Error;
+use tokio::time::Instant;
+
+/// Why a registry operation failed.
+#[derive(Debug, Error)]
+pub enum RegistryError {
+    /// No model has this name.
+    #[error("model `{0}` is not loaded")]
+    ModelNotFound(String),
+    /// The model exists but not in this version.
+    #[error("model `{name}` has no version `{version}`; loaded versions: {loaded:?}")]
+    VersionNotFound {
+        /// The model.
+        name: String,
+        /// The version asked for.
+        version: String,
+        /// The versions that exist.
+        loaded: Vec<String>,
+    },
+    /// The request does not fit the model's declared inputs.
+    #[error("invalid request for model `{model}`: {message}")]
+    InvalidInput {
+        /// The model.
+        model: String,
+        /// What is wrong, naming the tensor.
+        message: String,
+    },
+    /// The call into the model failed.
+    #[error("model `{model}`: {error}")]
+    Call {
+        /// The model.
+        model: String,
+        /// The cause.
+        error: BatchError,
+    },
+    /// The component could not be loaded.
+    #[error("cannot load the model: {0}")]
+    Load(#[from] LoadError),
+}
+
+impl HasKind for RegistryError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            RegistryError::ModelNotFound(_) | RegistryError::VersionNotFound { .. } => {
+                ErrorKind::NotFound
+            }
+            RegistryError::InvalidInput { .. } => ErrorKind::InvalidArgument,
+            RegistryError::Call { error, .. } => error.kind(),
+            RegistryError::Load(load) => load.kind(),
+        }
+    }
+}
+
+/// What to load.
+#[derive(Debug, Clone)]
+pub struct LoadRequest {
+    /// The component's bytes.
+    pub component: Vec<u8>,
+    /// Passed to the model's `init`.
+    pub config: Vec<u8>,
+    /// Serve under this name instead of the model's own.
+    pub name: Option<String>,
+    /// Serve as this version instead of the one the model declares.
+    pub version: Option<String>,
+    /// Instances to run (at least 1).
+    pub replicas: usize,
+    /// Limits of the instances and the queues.
+    pub limits: ModelLimits,
+    /// How requests are batched.
+    pub batching: BatchingConfig,
+}
+
+/// A loaded model version: its description and its running replicas.
+pub struct Model {
+    /// The name it is served under.
+    pub name: String,
+    /// Its version label (from `info()`).
+    pub version: String,
+    /// What the model declared.
+    pub info: Arc<ModelInfo>,
+    /// Limits in force.
+    pub limits: ModelLimits,
+    /// Hex SHA-256 of the component.
+    pub sha256: String,
+    metrics: Arc<ModelMetrics>,
+    batcher: Batcher<ReplicaRunner>,
+}
+
+impl Model {
+    /// Number of replicas taking requests.
+    pub fn replicas(&self) -> usize {
+        self.batcher.replicas()
+    }
+
+    /// The batching settings.
+    pub fn batching(&self) -> BatchingConfig {
+        self.batcher.config()
+    }
+
+    /// The live batch size limit of each replica.
+    pub fn batch_sizes(&self) -> Vec<usize> {
+        self.batcher.batch_sizes()
+    }
+
+    /// Batches and rows run so far.
+    pub fn stats(&self) -> BatchStats {
+        self.batcher.stats()
+    }
+
+    /// Checks `inputs`, queues them on the replica expected to answer soonest, and returns
+    /// the outputs (checked against the model's declaration by the replica's worker). The
+    /// request must be answered by `deadline`, by default now + the model's SLO. Every
+    /// request is counted in the metrics, with the kind of its failure if it fails.
+    pub async fn predict(
+        &self,
+        inputs: Vec<Tensor>,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Tensor>, RegistryError> {
+        let started = std::time::Instant::now();
+        let result = self.checked_predict(inputs, deadline).await;
+        let failure = result.as_ref().err().map(HasKind::kind);
+        self.metrics.record_request(started.elapsed(), failure);
+        result
+    }
+
+    async fn checked_predict(
+        &self,
+        inputs: Vec<Tensor>,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Tensor>, RegistryError> {
+        let bytes: usize = inputs.iter().map(|t| t.data.len()).sum();
+        if bytes > self.limits.max_request_bytes {
+            return Err(RegistryError::InvalidInput {
+                model: self.name.clone(),
+                message: format!(
+                    "the request's inputs are {bytes} bytes, over the model's limit of {} bytes",
+                    self.limits.max_request_bytes
+                ),
+            });
+        }
+        let (inputs, rows) = contract::check_inputs(&self.info, inputs).map_err(|message| {
+            RegistryError::InvalidInput {
+                model: self.name.clone(),
+                message,
+            }
+        })?;
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + self.batching().slo);
+        self.batcher
+            .submit(inputs, rows, deadline)
+            .await
+            .map_err(|error| RegistryError::Call {
+                model: self.name.clone(),
+                error,
+            })
+    }
+
+    /// Changes the number of replicas without dropping requests.
+    pub async fn scale(&self, replicas: usize) -> Result<(), RegistryError> {
+        Ok(self.batcher.scale(replicas).await?)
+    }
+}
+
+/// Where a model version is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelState {
+    /// Being compiled and instantiated (repository loads, whose name and version are known
+    /// before the component is read).
+    Loading,
+    /// Serving.
+    Ready,
+    /// The last attempt to load it failed; an older version, if any, keeps serving.
+    Failed(String),
+    /// Unloaded, but requests it accepted are still being answered.
+    Draining,
+    /// Unloaded and drained (the most recent ones are remembered).
+    Unloaded,
+}
+
+/// One row of [`Registry::list`].
+pub struct ModelEntry {
+    /// The model's name.
+    pub name: String,
+    /// The version label.
+    pub version: String,
+    /// Its state.
+    pub state: ModelState,
+    /// The running model (ready or draining).
+    pub model: Option<Arc<Model>>,
+    /// Whether requests without a version go to it.
+    pub is_default: bool,
+}
+
+/// How many retired versions `list` remembers.
+const RETIRED_REMEMBERED: usize = 64;
+
+/// A version taken out of service.
+struct Retired {
+    name: String,
+    version: String,
+    model: Weak<Model>,
+}
+
+#[derive(Default)]
+struct Versions {
+    /// Ready versions, in load order.
+    loaded: Vec<Arc<Model>>,
+    /// The version set with `set_default_version`; otherwise the last loaded is the default.
+    pinned: Option<String>,
+    /// Versions being loaded.
+    loading: Vec<String>,
+    /// Versions whose last load failed, with the reason.
+    failed: BTreeMap<String, String>,
+}
+
+impl Versions {
+    fn labels(&self) -> Vec<String> {
+        self.loaded.iter().map(|m| m.version.clone()).collect()
+    }
+
+    fn default_model(&self) -> Option<&Arc<Model>> {
+        let pinned = self.pinned.as_deref();
+        pinned
+            .and_then(|v| self.loaded.iter().find(|m| m.version == v))
+            .or_else(|| self.loaded.last())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.loaded.is_empty() && self.loading.is_empty() && self.failed.is_empty()
+    }
+}
+
+/// All loaded models.
+pub struct Registry {
+    runtime: Arc<Runtime>,
+    models: RwLock<BTreeMap<String, Versions>>,
+    /// Versions taken out of service, most recent last: draining while a request still holds
+    /// them, then unloaded.
+    retired: Mutex<Vec<Retired>>,
+}
+
+impl Registry {
+    /// An empty registry whose models run on `runtime`.
+    pub fn new(runtime: Arc<Runtime>) -> Self {
+        Registry {
+            runtime,
+            models: RwLock::default(),
+            retired: Mutex::default(),
+        }
+    }
+
+    /// The runtime the models run on.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Versions>> {
+        self.models.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Versions>> {
+        self.models.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Compiles, instantiates and initialises a model (on a blocking thread), then adds it;
+    /// unless another version is pinned it becomes the default of its name. A version that
+    /// exists is replaced once the new one is ready. When the request names both the model
+    /// and the version, the load shows as `Loading` meanwhile and a failure is recorded as
+    /// `Failed` for `list`; versions already serving are not touched by a failure.
+    pub async fn load(&self, request: LoadRequest) -> Result<Arc<Model>, RegistryError> {
+        let known = request.name.clone().zip(request.version.clone());
+        if let Some((name, version)) = &known {
+            self.write()
+                .entry(name.clone())
+                .or_default()
+                .loading
+                .push(version.clone());
+        }
+        let runtime = self.runtime.clone();
+        let built = tokio::task::spawn_blocking(move || build_model(&runtime, request))
+            .await
+            .unwrap_or_else(|e| Err(LoadError::Internal(format!("the load task failed: {e}"))));
+        let mut models = self.write();
+        if let Some((name, version)) = &known {
+            let versions = models.entry(name.clone()).or_default();
+            versions.loading.retain(|v| v != version);
+            match &built {
+                Ok(_) => versions.failed.remove(version),
+                Err(e) => versions.failed.insert(version.clone(), e.to_string()),
+            };
+        }
+        let model = Arc::new(built?);
+        let versions = models.entry(model.name.clone()).or_default();
+        let replaced: Vec<Arc<Model>> = versions
+            .loaded
+            .extract_if(.., |m| m.version == model.version)
+            .collect();
+        versions.loaded.push(model.clone());
+        drop(models);
+        self.drain(replaced);
+        tracing::info!(model = %model.name, version = %model.version, replicas = model.replicas(),
+            sha256 = %model.sha256, "model loaded");
+        Ok(model)
+    }
+
+    /// Remembers versions taken out of service, to list them as draining, then unloaded.
+    fn drain(&self, models: Vec<Arc<Model>>) {
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.extend(models.iter().map(|m| Retired {
+            name: m.name.clone(),
+            version: m.version.clone(),
+            model: Arc::downgrade(m),
+        }));
+        let excess = retired.len().saturating_sub(RETIRED_REMEMBERED);
+        retired.drain(..excess);
+    }
+
+    /// The model `name` in `version`, or its default version.
+    pub fn get(&self, name: &str, version: Option<&str>) -> Result<Arc<Model>, RegistryError> {
+        let models = self.read();
+        let versions = models
+            .get(name)
+            .filter(|v| !v.loaded.is_empty())
+            .ok_or_else(|| RegistryError::ModelNotFound(name.to_string()))?;
+        let found = match version {
+            None => versions.default_model(),
+            Some(v) => versions.loaded.iter().find(|m| m.version == v),
+        };
+        found
+            .cloned()
+            .ok_or_else(|| RegistryError::VersionNotFound {
+                name: name.to_string(),
+                version: version.unwrap_or_default().to_string(),
+                loaded: versions.labels(),
+            })
+    }
+
+    /// The ready versions of `name`, in load order.
+    pub fn ready_versions(&self, name: &str) -> Vec<String> {
+        self.read()
+            .get(name)
+            .map(Versions::labels)
+            .unwrap_or_default()
+    }
+
+    /// Makes `version` the default of `name` (roll back or forward), atomically: a request
+    /// sees either the old default or the new one. `None` returns to "the last loaded".
+    pub fn set_default_version(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<(), RegistryError> {
+        let mut models = self.write();
+        let versions = models
+            .get_mut(name)
+            .filter(|v| !v.loaded.is_empty())
+            .ok_or_else(|| RegistryError::ModelNotFound(name.to_string()))?;
+        if let Some(v) = version
+            && !versions.loaded.iter().any(|m| m.version == v)
+        {
+            return Err(RegistryError::VersionNotFound {
+                name: name.to_string(),
+                version: v.to_string(),
+                loaded: versions.labels(),
+            });
+        }
+        versions.pinned = version.map(str::to_string);
+        tracing::info!(model = name, version = ?version, "default version set");
+        Ok(())
+    }
+
+    /// Unloads one version, or all versions when `version` is `None`; returns the versions
+    /// removed. Requests already queued on them still finish (they show as `Draining`).
+    pub fn unload(&self, name: &str, version: Option<&str>) -> Result<Vec<String>, RegistryError> {
+        let mut models = self.write();
+        let versions = models
+            .get_mut(name)
+            .ok_or_else(|| RegistryError::ModelNotFound(name.to_string()))?;
+        let removed = match version {
+            None => {
+                versions.failed.clear();
+                std::mem::take(&mut versions.loaded)
+            }
+            Some(v) => {
+                let failed = versions.failed.remove(v).is_some();
+                let index = versions.loaded.iter().position(|m| m.version == v);
+                match index {
+                    Some(index) => vec![versions.loaded.remove(index)],
+                    None if failed => Vec::new(),
+                    None => {
+                        return Err(RegistryError::VersionNotFound {
+                            name: name.to_string(),
+                            version: v.to_string(),
+                            loaded: versions.labels(),
+                        });
+                    }
+                }
+            }
+        };
+        if versions
+            .pinned
+            .as_deref()
+            .is_some_and(|p| !versions.loaded.iter().any(|m| m.version == p))
+        {
+            versions.pinned = None;
+        }
+        if versions.is_empty() {
+            models.remove(name);
+        }
+        drop(models);
+        let labels: Vec<String> = removed.iter().map(|m| m.version.clone()).collect();
+        self.drain(removed);
+        tracing::info!(model = name, versions = ?labels, "model unloaded");
+        Ok(labels)
+    }
+
+    /// Every version the registry knows of: ready, loading, failed, then the recently
+    /// retired (draining or unloaded).
+    pub fn list(&self) -> Vec<ModelEntry> {
+        let mut entries = Vec::new();
+        for (name, versions) in self.read().iter() {
+            let default = versions.default_model();
+            for model in &versions.loaded {
+                entries.push(ModelEntry {
+                    name: name.clone(),
+                    version: model.version.clone(),
+                    state: ModelState::Ready,
+                    is_default: default.is_some_and(|d| Arc::ptr_eq(d, model)),
+                    model: Some(model.clone()),
+                });
+            }
+            let others = versions
+                .loading
+                .iter()
+                .map(|v| (v, ModelState::Loading))
+                .chain(
+                    versions
+                        .failed
+                        .iter()
+                        .map(|(v, why)| (v, ModelState::Failed(why.clone()))),
+                );
+            for (version, state) in others {
+                entries.push(ModelEntry {
+                    name: name.clone(),
+                    version: version.clone(),
+                    state,
+                    model: None,
+                    is_default: false,
+                });
+            }
+        }
+        let retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        for r in retired.iter() {
+            let model = r.model.upgrade();
+            let serving = entries.iter().any(|e| {
+                e.name == r.name && e.version == r.version && e.state == ModelState::Ready
+            });
+            if model.is_none() && serving {
+                continue; // replaced by a reload and drained: nothing to report
+            }
+            entries.push(ModelEntry {
+                name: r.name.clone(),
+                version: r.version.clone(),
+                state: if model.is_some() {
+                    ModelState::Draining
+                } else {
+                    ModelState::Unloaded
+                },
+                model,
+                is_default: false,
+            });
+        }
+        entries
+    }
+}
+
+/// Compiles and instantiates a model; runs on a blocking thread inside the tokio runtime (the
+/// replicas' workers are tokio tasks).
+fn build_model(runtime: &Runtime, request: LoadRequest) -> Result<Model, LoadError> {
+    let component = runtime.load_component(&request.component)?;
+    let sha256 = component.sha256.clone();
+    // Until info() names the model, its first instance logs under the operator's name or the
+    // component's digest.
+    let provisional = request
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("sha256:{}", &sha256[..12]));
+    let mut recipe = InstanceRecipe {
+        component,
+        model: provisional.into(),
+        config: request.config.into(),
+        limits: request.limits.instance(),
+        compute: runtime.compute().clone(),
+        on_replace: Arc::new(|model, why| metrics::record_instance_replaced(model, why.label())),
+    };
+    let mut first = Replica::new(recipe.clone())?;
+    let info = first.info()?;
+    contract::check_info(&info).map_err(LoadError::InvalidInfo)?;
+    let name = request.name.unwrap_or_else(|| info.name.clone());
+    recipe.model = name.as_str().into();
+    first.rename(recipe.model.clone());
+    let metrics = Arc::new(ModelMetrics::new(recipe.model.clone()));
+    let factory: RunnerFactory<ReplicaRunner> =
+        Arc::new(move || Replica::new(recipe.clone()).map(ReplicaRunner::new));
+    let mut runners = vec![ReplicaRunner::new(first)];
+    for _ in 1..request.replicas.max(1) {
+        runners.push(factory()?);
+    }
+    let info = Arc::new(info);
+    let batcher = Batcher::start(
+        metrics.clone(),
+        runners,
+        factory,
+        request.batching,
+        info.clone(),
+        &request.limits,
+    );
+    Ok(Model {
+        name,
+        version: request.version.unwrap_or_else(|| info.version.clone()),
+        info,
+        limits: request.limits,
+        sha256,
+        metrics,
+        batcher,
+    })
+}

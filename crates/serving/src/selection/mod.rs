@@ -1,0 +1,244 @@
+//! Model selection (Clipper's top layer): applications that link several models behind one
+//! name, a latency objective and a default output; a policy that picks the model(s) for each
+//! query and learns from feedback; state per application or per user, persisted.
+//!
+//! A query on an application goes: policy chooses models → each chosen model's answer comes
+//! from the prediction cache or from its batching queue (run as a task of its own) → at the
+//! application's deadline whatever has arrived is combined; missing models are named; if
+//! nothing arrived, or the combined confidence is below the threshold, the default output is
+//! returned, marked as such. A straggler's late answer still lands in the cache, so feedback
+//! (which joins the label with what every linked model said) finds it there.
+
+//!
+//! The parts, one job each: [`app`] (what an application is), `catalog` (the registered
+//! applications, durable), `states` (the live per-user selection states, bounded), `recent`
+//! (which models answered a recent query, for feedback), `fanout` (asking models under a
+//! deadline), `combine` (one answer per row, or the default) and `feedback` (learning).
+
+pub mod app;
+mod catalog;
+mod combine;
+mod error;
+mod fanout;
+mod feedback;
+pub mod policy;
+mod recent;
+mod states;
+
+use crate::cache::{PredictionCache, digest_inputs};
+use crate::registry::Registry;
+use crate::store::{Store, StoreError};
+use app::ApplicationSpec;
+use catalog::Catalog;
+pub use error::SelectionError;
+use fanout::{Failure, Query, ask_until};
+pub use policy::{ArmState, Policy, PolicyConfig, Prediction, SelectionState};
+use recent::RecentQueries;
+use sluice_types::{Tensor, contract};
+use states::StateCache;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Recent queries remembered for joining feedback with the model(s) that answered.
+const RECENT_QUERIES: NonZeroUsize = NonZeroUsize::new(100_000).expect("non-zero");
+
+/// Selection states kept in memory by default; beyond it the least recently used ones that no
+/// call is using are dropped (every state is in the store, and comes back from it when needed).
+const STATES_IN_MEMORY: usize = 100_000;
+
+/// One row of an application's answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RowAnswer {
+    /// The prediction (the default output when `default_reason` is set).
+    pub prediction: Prediction,
+    /// The weight share of the answering models that agrees (1 for single-model policies;
+    /// 0 for a default).
+    pub confidence: f64,
+    /// Why the default output was returned, if it was.
+    pub default_reason: Option<String>,
+}
+
+/// A linked model that did not contribute to an answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MissingModel {
+    /// The link (`name` or `name@version`).
+    pub model: String,
+    /// A straggler past the deadline, or the failure.
+    pub reason: String,
+}
+
+/// An application's answer to a query.
+#[derive(Clone, Debug)]
+pub struct AppAnswer {
+    /// One per input row.
+    pub rows: Vec<RowAnswer>,
+    /// The models asked.
+    pub queried: Vec<String>,
+    /// Those that answered in time.
+    pub answered: Vec<String>,
+    /// Those that did not.
+    pub missing: Vec<MissingModel>,
+    /// Answers served from the cache (hits or coalesced).
+    pub cache_hits: usize,
+}
+
+/// What feedback did.
+#[derive(Clone, Debug)]
+pub struct FeedbackOutcome {
+    /// The application as it was when the feedback was applied.
+    pub spec: ApplicationSpec,
+    /// Each linked model's mean loss over the rows (`None` where it failed).
+    pub losses: Vec<(String, Option<f64>)>,
+    /// The models that had answered the judged query (the ones a bandit learns about).
+    pub chosen: Vec<String>,
+    /// The state after the update (already durable).
+    pub state: SelectionState,
+}
+
+/// The applications of a server and their selection state.
+pub struct Applications {
+    registry: Arc<Registry>,
+    cache: Arc<PredictionCache>,
+    catalog: Catalog,
+    states: StateCache,
+    recent: RecentQueries,
+}
+
+/// The batch size of a request: the first dimension of its tensors, which must agree.
+fn rows_of(inputs: &[Tensor]) -> Result<usize, SelectionError> {
+    if inputs.is_empty() {
+        return Err(SelectionError::InvalidArgument(
+            "inputs: at least one tensor".into(),
+        ));
+    }
+    match contract::batch_size(inputs) {
+        Ok(0) => Err(SelectionError::InvalidArgument(
+            "inputs: the batch has 0 rows".into(),
+        )),
+        Ok(rows) => Ok(rows),
+        Err(e) => Err(SelectionError::InvalidArgument(format!("inputs: {e}"))),
+    }
+}
+
+impl Applications {
+    /// Opens the applications kept in `store`, answering with the models of `registry`.
+    pub fn open(
+        registry: Arc<Registry>,
+        cache: Arc<PredictionCache>,
+        store: Store,
+    ) -> Result<Applications, StoreError> {
+        Ok(Applications {
+            registry,
+            cache,
+            catalog: Catalog::open(store.clone())?,
+            states: StateCache::new(store, STATES_IN_MEMORY),
+            recent: RecentQueries::new(RECENT_QUERIES),
+        })
+    }
+
+    /// Keeps at most `states` (application, user) states in memory (default 100 000); the
+    /// others stay in the store only.
+    pub fn with_states_in_memory(mut self, states: usize) -> Applications {
+        self.states = self.states.with_capacity(states);
+        self
+    }
+
+    /// The spec of `name`, if registered.
+    pub fn get(&self, name: &str) -> Option<ApplicationSpec> {
+        self.catalog.app(name).ok().map(|app| app.spec.clone())
+    }
+
+    /// Every application, by name.
+    pub fn list(&self) -> Vec<ApplicationSpec> {
+        self.catalog.list()
+    }
+
+    /// Registers an application. Its linked models must be loaded and have its output.
+    pub async fn register(&self, spec: ApplicationSpec) -> Result<(), SelectionError> {
+        self.catalog.register(&self.registry, spec).await
+    }
+
+    /// Links a model (`name` or `name@version`) to an application; its weight starts at the
+    /// mean of the others'.
+    pub async fn link(&self, app: &str, model: &str) -> Result<ApplicationSpec, SelectionError> {
+        self.catalog.link(&self.registry, app, model).await
+    }
+
+    /// Unlinks a model from an application; its learned weight is dropped.
+    pub async fn unlink(&self, app: &str, model: &str) -> Result<ApplicationSpec, SelectionError> {
+        self.catalog.unlink(app, model).await
+    }
+
+    /// Deletes an application and all its selection state.
+    pub async fn delete(&self, app: &str) -> Result<(), SelectionError> {
+        self.catalog.delete(app).await?;
+        self.states.forget(app, None);
+        Ok(())
+    }
+
+    /// The application and the selection state of `(app, user)` (user empty: the
+    /// application-wide state), with every linked model present.
+    pub async fn selection_state(
+        &self,
+        app: &str,
+        user: &str,
+    ) -> Result<(ApplicationSpec, SelectionState), SelectionError> {
+        let spec = self.catalog.app(app)?.spec.clone();
+        let shared = self.states.get(app, user).await?;
+        let mut state = shared.lock().await.clone();
+        state.sync(&spec.models);
+        Ok((spec, state))
+    }
+
+    /// Forgets what was learned for one user of `app`, or for all of them (`None`).
+    pub async fn reset(&self, app: &str, user: Option<&str>) -> Result<(), SelectionError> {
+        self.catalog.app(app)?;
+        Ok(self.states.reset(app, user).await?)
+    }
+
+    /// Answers a query on `app` for `user` (empty: no user).
+    pub async fn predict(
+        &self,
+        app_name: &str,
+        user: &str,
+        inputs: Vec<Tensor>,
+        bypass_cache: bool,
+    ) -> Result<AppAnswer, SelectionError> {
+        let app = self.catalog.app(app_name)?;
+        let spec = &app.spec;
+        if spec.models.is_empty() {
+            return Err(SelectionError::NoModels(spec.name.clone()));
+        }
+        let rows = rows_of(&inputs)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(spec.slo_ms);
+        let shared = self.states.get(app_name, user).await?;
+        let (state, chosen) = {
+            let mut state = shared.lock().await;
+            state.sync(&spec.models);
+            let mut rng = app.rng.lock().unwrap_or_else(|e| e.into_inner());
+            let chosen = spec.policy.select(&state, &spec.models, &mut *rng);
+            (state.clone(), chosen)
+        };
+        let digest = digest_inputs(&inputs);
+        let chosen: Vec<String> = chosen.iter().map(|&i| spec.models[i].clone()).collect();
+        self.recent.remember(app_name, user, digest, chosen.clone());
+        let query = Query::new(spec, rows, digest, inputs, bypass_cache);
+        let answers = ask_until(&self.registry, &self.cache, &chosen, &query, deadline).await;
+        // Every model refused the inputs: the request is malformed, not the models.
+        let refusals: Vec<&str> = answers
+            .iter()
+            .filter_map(|a| match a {
+                Some((Err(Failure::BadRequest(m)), _)) => Some(m.as_str()),
+                _ => None,
+            })
+            .collect();
+        if refusals.len() == answers.len() {
+            return Err(SelectionError::InvalidArgument(format!(
+                "inputs: {}",
+                refusals.join("; ")
+            )));
+        }
+        Ok(combine::combine(spec, &state, &chosen, answers, rows))
+    }
+}

@@ -1,0 +1,415 @@
+//! The durable state of a server, in one redb file: applications, selection state, and the
+//! models loaded through the API (with their default-version pins), so a restart, even after
+//! `kill -9`, comes back as it was.
+//!
+//! redb commits are ACID and fsync'd before `commit` returns, so once the server acknowledges
+//! a change it survives `kill -9` and power loss, and a crash mid-write leaves the previous
+//! committed state. Applications and states are JSON, so fields can be added without a
+//! migration. The store knows the layout of its tables, not what the records mean: callers
+//! own their schemas (selection its specs and states, the lifecycle its load records).
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sluice_types::{ErrorKind, HasKind};
+use std::path::Path;
+use std::sync::Arc;
+use thiserror::Error;
+
+/// Application name → its spec (JSON).
+const APPLICATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("applications");
+/// `app \0 user` → selection state (JSON); the user is empty for the application-wide state.
+const STATES: TableDefinition<&str, &[u8]> = TableDefinition::new("selection_state");
+/// `model \0 version` → how it was loaded (the lifecycle's record).
+const MODELS: TableDefinition<&str, &[u8]> = TableDefinition::new("loaded_models");
+/// SHA-256 (hex) → bytes: components and init configs of loaded models, stored once each.
+const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
+/// Model name → its pinned default version.
+const DEFAULT_VERSIONS: TableDefinition<&str, &str> = TableDefinition::new("default_versions");
+
+/// Why the store failed.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// Another process has the file open.
+    #[error(
+        "the state store {0} is in use by another sluice server; give each server its own \
+         --state-dir"
+    )]
+    InUse(String),
+    /// redb failed (I/O, corruption it detected).
+    #[error("state store: {0}")]
+    Database(#[from] redb::Error),
+    /// The thread running the operation failed (it panicked, or the runtime is shutting
+    /// down); whether the change was made is unknown.
+    #[error("state store: the operation's thread failed: {0}")]
+    Task(String),
+    /// A record does not parse.
+    #[error("state store: record `{key}` is unreadable: {error}")]
+    Corrupt {
+        /// The record's key.
+        key: String,
+        /// The parse error.
+        error: serde_json::Error,
+    },
+}
+
+impl HasKind for StoreError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::InUse(_) => ErrorKind::Unavailable,
+            StoreError::Database(_) | StoreError::Corrupt { .. } | StoreError::Task(_) => {
+                ErrorKind::Internal
+            }
+        }
+    }
+}
+
+fn db_error(error: impl Into<redb::Error>) -> StoreError {
+    StoreError::Database(error.into())
+}
+
+/// The store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+}
+
+/// A key of two parts; names never contain NUL, so the split is unambiguous.
+fn pair_key(app: &str, user: &str) -> String {
+    format!("{app}\0{user}")
+}
+
+/// Every key whose first part is `first`: between "first\0" and "first\x01".
+fn first_part_range(first: &str) -> (String, String) {
+    (format!("{first}\0"), format!("{first}\u{1}"))
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|error| StoreError::Corrupt {
+        key: key.replace('\0', "/"),
+        error,
+    })
+}
+
+fn encode(value: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).expect("specs and states serialize")
+}
+
+/// Runs a store operation off the async threads (a commit waits for fsync).
+pub async fn blocking<T: Send + 'static>(
+    op: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(op)
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Task(e.to_string())))
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                StoreError::InUse(path.display().to_string())
+            }
+            other => db_error(other),
+        })?;
+        let store = Store { db: Arc::new(db) };
+        store.create_tables()?;
+        Ok(store)
+    }
+
+    /// A store that lives in memory only (tests, `serve --no-state`).
+    pub fn in_memory() -> Store {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .expect("an in-memory database opens");
+        let store = Store { db: Arc::new(db) };
+        store.create_tables().expect("tables in memory");
+        store
+    }
+
+    fn create_tables(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        txn.open_table(APPLICATIONS).map_err(db_error)?;
+        txn.open_table(STATES).map_err(db_error)?;
+        txn.open_table(MODELS).map_err(db_error)?;
+        txn.open_table(DEFAULT_VERSIONS).map_err(db_error)?;
+        txn.open_table(BLOBS).map_err(db_error)?;
+        txn.commit().map_err(db_error)
+    }
+
+    /// Every registered application, by name.
+    pub fn applications<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let table = txn.open_table(APPLICATIONS).map_err(db_error)?;
+        let mut specs = Vec::new();
+        for entry in table.iter().map_err(db_error)? {
+            let (key, value) = entry.map_err(db_error)?;
+            specs.push(decode(key.value(), value.value())?);
+        }
+        Ok(specs)
+    }
+
+    /// Stores (or replaces) the application `name`; durable when this returns.
+    pub fn put_application(&self, name: &str, spec: &impl Serialize) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        txn.open_table(APPLICATIONS)
+            .map_err(db_error)?
+            .insert(name, encode(spec).as_slice())
+            .map_err(db_error)?;
+        txn.commit().map_err(db_error)
+    }
+
+    /// Removes an application and all its selection state, in one transaction.
+    pub fn delete_application(&self, name: &str) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        txn.open_table(APPLICATIONS)
+            .map_err(db_error)?
+            .remove(name)
+            .map_err(db_error)?;
+        Self::remove_states(&txn, name, None)?;
+        txn.commit().map_err(db_error)
+    }
+
+    /// The selection state of `(app, user)`, if any was stored.
+    pub fn state<T: DeserializeOwned>(
+        &self,
+        app: &str,
+        user: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let key = pair_key(app, user);
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let table = txn.open_table(STATES).map_err(db_error)?;
+        match table.get(key.as_str()).map_err(db_error)? {
+            Some(value) => Ok(Some(decode(&key, value.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores the selection state of `(app, user)`; durable when this returns.
+    pub fn put_state(
+        &self,
+        app: &str,
+        user: &str,
+        state: &impl Serialize,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        txn.open_table(STATES)
+            .map_err(db_error)?
+            .insert(pair_key(app, user).as_str(), encode(state).as_slice())
+            .map_err(db_error)?;
+        txn.commit().map_err(db_error)
+    }
+
+    /// Forgets the state of one user of `app`, or (with `None`) of all its users and the
+    /// application-wide state.
+    pub fn delete_states(&self, app: &str, user: Option<&str>) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        Self::remove_states(&txn, app, user)?;
+        txn.commit().map_err(db_error)
+    }
+
+    fn remove_states(
+        txn: &redb::WriteTransaction,
+        app: &str,
+        user: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut table = txn.open_table(STATES).map_err(db_error)?;
+        match user {
+            Some(user) => {
+                table
+                    .remove(pair_key(app, user).as_str())
+                    .map_err(db_error)?;
+            }
+            None => {
+                let (from, to) = first_part_range(app);
+                table
+                    .retain_in(from.as_str()..to.as_str(), |_, _| false)
+                    .map_err(db_error)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Records how `model` `version` was loaded (replacing an earlier record).
+    pub fn put_model(&self, model: &str, version: &str, request: &[u8]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        txn.open_table(MODELS)
+            .map_err(db_error)?
+            .insert(pair_key(model, version).as_str(), request)
+            .map_err(db_error)?;
+        txn.commit().map_err(db_error)
+    }
+
+    /// The record of `model` `version`, if any.
+    pub fn model(&self, model: &str, version: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let table = txn.open_table(MODELS).map_err(db_error)?;
+        let value = table
+            .get(pair_key(model, version).as_str())
+            .map_err(db_error)?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    /// Every load record as (model, version, record), by model, then version.
+    pub fn models(&self) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let table = txn.open_table(MODELS).map_err(db_error)?;
+        let mut requests = Vec::new();
+        for entry in table.iter().map_err(db_error)? {
+            let (key, value) = entry.map_err(db_error)?;
+            let (model, version) = key.value().split_once('\0').unwrap_or((key.value(), ""));
+            requests.push((
+                model.to_string(),
+                version.to_string(),
+                value.value().to_vec(),
+            ));
+        }
+        Ok(requests)
+    }
+
+    /// Forgets one version of `model`, or all of them and its default pin (`None`).
+    pub fn delete_models(&self, model: &str, version: Option<&str>) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        {
+            let mut table = txn.open_table(MODELS).map_err(db_error)?;
+            match version {
+                Some(version) => {
+                    table
+                        .remove(pair_key(model, version).as_str())
+                        .map_err(db_error)?;
+                }
+                None => {
+                    let (from, to) = first_part_range(model);
+                    table
+                        .retain_in(from.as_str()..to.as_str(), |_, _| false)
+                        .map_err(db_error)?;
+                    txn.open_table(DEFAULT_VERSIONS)
+                        .map_err(db_error)?
+                        .remove(model)
+                        .map_err(db_error)?;
+                }
+            }
+        }
+        txn.commit().map_err(db_error)
+    }
+
+    /// Pins (or, with `None`, unpins) the default version of `model`.
+    pub fn put_default_version(
+        &self,
+        model: &str,
+        version: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        {
+            let mut table = txn.open_table(DEFAULT_VERSIONS).map_err(db_error)?;
+            match version {
+                Some(version) => table.insert(model, version).map(drop),
+                None => table.remove(model).map(drop),
+            }
+            .map_err(db_error)?;
+        }
+        txn.commit().map_err(db_error)
+    }
+
+    /// Stores `bytes` under their SHA-256 `key` (a no-op when present).
+    pub fn put_blob(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        {
+            let mut table = txn.open_table(BLOBS).map_err(db_error)?;
+            if table.get(key).map_err(db_error)?.is_none() {
+                table.insert(key, bytes).map_err(db_error)?;
+            }
+        }
+        txn.commit().map_err(db_error)
+    }
+
+    /// The bytes stored under `key`, if any.
+    pub fn blob(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let table = txn.open_table(BLOBS).map_err(db_error)?;
+        let value = table.get(key).map_err(db_error)?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    /// Deletes every blob whose key `keep` refuses.
+    pub fn retain_blobs(&self, keep: impl Fn(&str) -> bool) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        txn.open_table(BLOBS)
+            .map_err(db_error)?
+            .retain(|key, _| keep(key))
+            .map_err(db_error)?;
+        txn.commit().map_err(db_error)
+    }
+
+    /// Every pinned default version: (model, version).
+    pub fn default_versions(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let table = txn.open_table(DEFAULT_VERSIONS).map_err(db_error)?;
+        let mut pins = Vec::new();
+        for entry in table.iter().map_err(db_error)? {
+            let (model, version) = entry.map_err(db_error)?;
+            pins.push((model.value().to_string(), version.value().to_string()));
+        }
+        Ok(pins)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip_and_are_removed_per_user_or_per_app() {
+        let dir = std::env::temp_dir().join(format!("sluice-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.redb");
+        let _ = std::fs::remove_file(&path);
+        let state = serde_json::json!({ "weights": [1.0, 2.0], "feedback_count": 3 });
+        {
+            let store = Store::open(&path).unwrap();
+            store.put_state("app", "", &state).unwrap();
+            store.put_state("app", "alice", &state).unwrap();
+            store.put_state("apple", "", &state).unwrap();
+            store.delete_states("app", Some("alice")).unwrap();
+            assert_eq!(
+                store.state::<serde_json::Value>("app", "alice").unwrap(),
+                None
+            );
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.state("app", "").unwrap(), Some(state.clone()));
+        store.delete_states("app", None).unwrap();
+        assert_eq!(store.state::<serde_json::Value>("app", "").unwrap(), None);
+        assert!(
+            store
+                .state::<serde_json::Value>("apple", "")
+                .unwrap()
+                .is_some(),
+            "a prefix of another app's name is another app"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn loaded_models_and_pins_are_recorded_and_forgotten() {
+        let store = Store::in_memory();
+        store.put_model("m", "1", b"one").unwrap();
+        store.put_model("m", "2", b"two").unwrap();
+        store.put_model("mm", "1", b"other").unwrap();
+        store.put_default_version("m", Some("1")).unwrap();
+        assert_eq!(store.models().unwrap().len(), 3);
+        store.delete_models("m", Some("2")).unwrap();
+        assert_eq!(store.model("m", "2").unwrap(), None);
+        assert_eq!(
+            store.default_versions().unwrap(),
+            vec![("m".into(), "1".into())]
+        );
+        store.delete_models("m", None).unwrap();
+        let left = store.models().unwrap();
+        assert_eq!(left, vec![("mm".into(), "1".into(), b"other".to_vec())]);
+        assert!(store.default_versions().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,257 @@
+//! Batching over real gRPC with real components: a concurrent burst is answered in full with
+//! each caller's own rows; full queues refuse at once; expired requests are not run; replicas
+//! scale while serving without losing a request.
+
+use crate::support::{TestServer, digits_request, f32_values, fp32, output, sample_component};
+use sluice_api::proto::{
+    BatchingConfig, LoadModelRequest, ModelLimits, PredictRequest, ScaleModelRequest,
+    batching_config::Mode, load_model_request::Component,
+};
+use sluice_train::Digits;
+use std::time::Duration;
+use tonic::Code;
+
+fn logreg(name: &str, replicas: u32, batching: BatchingConfig) -> LoadModelRequest {
+    LoadModelRequest {
+        component: Some(Component::Wasm(sample_component("digits_logreg"))),
+        config: std::fs::read(sluice_train::params_path("digits-logreg")).unwrap(),
+        name: name.into(),
+        replicas,
+        batching: Some(batching),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_concurrent_burst_is_batched_and_each_caller_gets_its_own_rows() {
+    let mut server = TestServer::start(|server| server).await;
+    let static_delayed = BatchingConfig {
+        mode: Mode::Static as i32,
+        static_batch_size: 32,
+        max_delay_us: 20_000,
+        ..Default::default()
+    };
+    server
+        .client
+        .load_model(logreg("batched", 1, static_delayed))
+        .await
+        .unwrap();
+    server
+        .client
+        .load_model(logreg(
+            "alone",
+            1,
+            BatchingConfig {
+                mode: Mode::Static as i32,
+                static_batch_size: 1,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+
+    let digits = Digits::load_default().unwrap();
+    // 60 callers with 1 to 3 rows each, all at once.
+    let requests: Vec<_> = (0..60)
+        .map(|i| {
+            let start = (i * 5) % 300;
+            digits.holdout[start..start + 1 + i % 3].to_vec()
+        })
+        .collect();
+    let calls: Vec<_> = requests
+        .iter()
+        .map(|rows| {
+            let mut client = server.client.clone();
+            let request = digits_request("batched", rows);
+            tokio::spawn(async move { client.predict(request).await.unwrap().into_inner() })
+        })
+        .collect();
+    for (call, rows) in calls.into_iter().zip(&requests) {
+        let batched = call.await.unwrap();
+        let alone = server
+            .client
+            .predict(digits_request("alone", rows))
+            .await
+            .unwrap()
+            .into_inner();
+        let (got, want) = (
+            output(&batched, "probabilities"),
+            output(&alone, "probabilities"),
+        );
+        assert_eq!(got.shape, [rows.len() as u64, 10]);
+        assert_eq!(
+            f32_values(got),
+            f32_values(want),
+            "a caller got someone else's rows"
+        );
+        assert_eq!(output(&batched, "label").data, output(&alone, "label").data);
+    }
+    let batched = server.model("batched").await;
+    assert_eq!(
+        batched.rows_run,
+        requests.iter().map(|r| r.len() as u64).sum::<u64>()
+    );
+    assert!(
+        batched.batches_run < 30,
+        "60 concurrent requests ran in {} batches",
+        batched.batches_run
+    );
+    server.shutdown().await;
+}
+
+/// `faulty-loop` with one replica: a request containing 1.0 keeps it busy for `call_ms`.
+async fn busy_model(server: &mut TestServer, queue_capacity: u32, call_ms: u64) {
+    server
+        .client
+        .load_model(LoadModelRequest {
+            component: Some(Component::Wasm(sample_component("faulty"))),
+            config: b"loop".to_vec(),
+            replicas: 1,
+            limits: Some(ModelLimits {
+                call_timeout_ms: call_ms,
+                queue_capacity,
+                ..Default::default()
+            }),
+            batching: Some(BatchingConfig {
+                mode: Mode::Static as i32,
+                static_batch_size: 1,
+                slo_ms: 10_000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut client = server.client.clone();
+    tokio::spawn(async move {
+        let _ = client.predict(request(&[1.0], 0)).await;
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await; // the replica is now looping
+}
+
+fn request(values: &[f32], timeout_ms: u64) -> PredictRequest {
+    PredictRequest {
+        model: "faulty-loop".into(),
+        version: String::new(),
+        inputs: vec![fp32("x", &[values.len() as u64, 1], values)],
+        timeout_ms,
+    }
+}
+
+#[tokio::test]
+async fn full_queues_refuse_at_once_and_expired_requests_are_not_run() {
+    let mut server = TestServer::start(|server| server).await;
+    busy_model(&mut server, 2, 1500).await;
+
+    // Expires while waiting behind the loop: answered without running.
+    let status = server
+        .client
+        .predict(request(&[5.0], 50))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::DeadlineExceeded,
+        "{}",
+        status.message()
+    );
+    assert!(
+        status
+            .message()
+            .contains("deadline passed before a replica could run it")
+    );
+
+    // The expired request left the queue; two fit in it; the third is refused at once.
+    let queued: Vec<_> = (0..2)
+        .map(|i| {
+            let mut client = server.client.clone();
+            tokio::spawn(async move { client.predict(request(&[10.0 + i as f32], 0)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let status = server.client.predict(request(&[3.0], 0)).await.unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::ResourceExhausted,
+        "{}",
+        status.message()
+    );
+    assert!(
+        status.message().contains("queues are full"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "refused without waiting for the loop"
+    );
+    // Once the loop is stopped, the queued requests are served.
+    for (i, call) in queued.into_iter().enumerate() {
+        let answer = call.await.unwrap().unwrap().into_inner();
+        assert_eq!(f32_values(output(&answer, "y")), [10.0 + i as f32]);
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn scaling_replicas_under_load_loses_nothing() {
+    let mut server = TestServer::start(|server| server).await;
+    server
+        .client
+        .load_model(logreg("scaled", 1, BatchingConfig::default()))
+        .await
+        .unwrap();
+    let digits = Digits::load_default().unwrap();
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let mut client = server.client.clone();
+            let rows = digits.holdout[c * 10..c * 10 + 2].to_vec();
+            tokio::spawn(async move {
+                for _ in 0..150 {
+                    client
+                        .predict(digits_request("scaled", &rows))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for replicas in [3, 1, 2] {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let scaled = server
+            .client
+            .scale_model(ScaleModelRequest {
+                name: "scaled".into(),
+                version: String::new(),
+                replicas,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .model
+            .unwrap();
+        assert_eq!(scaled.replicas, replicas);
+        assert_eq!(scaled.batch_sizes.len(), replicas as usize);
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+    let scaled = server.model("scaled").await;
+    assert_eq!(
+        scaled.rows_run,
+        8 * 150 * 2,
+        "every request ran exactly once"
+    );
+    let status = server
+        .client
+        .scale_model(ScaleModelRequest {
+            name: "scaled".into(),
+            version: String::new(),
+            replicas: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    server.shutdown().await;
+}

@@ -1,0 +1,133 @@
+//! ONNX models served with the onnx-runner component (`LoadModel` with `onnx` bytes, what
+//! `sluice load --onnx` sends): a scikit-learn pipeline exported by skl2onnx and a small CNN,
+//! both from `sample-models/onnx/export.py`. Their answers on the held-out digits must equal
+//! what onnxruntime (and scikit-learn) computed, recorded in `expected.json`.
+
+use crate::support::{TestServer, digits_request, f32_values, i64_values, output};
+use serde_json::Value;
+use sluice_api::proto::{self, load_model_request::Component};
+use sluice_train::Digits;
+use std::path::PathBuf;
+use tonic::Code;
+
+/// Largest difference allowed between a probability from tract in the sandbox and from
+/// onnxruntime natively (expected.json keeps 7 decimals).
+const TOLERANCE: f32 = 1e-5;
+
+fn onnx_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sample-models/onnx")
+}
+
+fn load_request(file: &str) -> proto::LoadModelRequest {
+    proto::LoadModelRequest {
+        component: Some(Component::Onnx(
+            std::fs::read(onnx_dir().join(file)).unwrap(),
+        )),
+        name: file.trim_end_matches(".onnx").into(),
+        replicas: 1,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exported_models_answer_as_onnxruntime_does() {
+    let mut server = TestServer::start(|server| server).await;
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(onnx_dir().join("expected.json")).unwrap())
+            .unwrap();
+    let digits = Digits::load_default().unwrap();
+    for name in ["digits-sklearn", "digits-cnn"] {
+        let status = server
+            .client
+            .load_model(load_request(&format!("{name}.onnx")))
+            .await
+            .unwrap_or_else(|e| panic!("loading {name}: {e}"))
+            .into_inner()
+            .model
+            .unwrap();
+        let pixels = &status.inputs[0];
+        assert_eq!(
+            (pixels.name.as_str(), pixels.shape.as_slice()),
+            ("pixels", &[-1, 64][..])
+        );
+        let names: Vec<&str> = status.outputs.iter().map(|o| o.name.as_str()).collect();
+        assert!(
+            names.contains(&"label") && names.contains(&"probabilities"),
+            "{names:?}"
+        );
+        let want = &expected["models"][name];
+        let mut row = 0;
+        // Batches of different sizes: the graph's batch dimension is symbolic.
+        for batch in digits.holdout.chunks(47) {
+            let answer = server
+                .client
+                .predict(digits_request(name, batch))
+                .await
+                .unwrap()
+                .into_inner();
+            let labels = i64_values(output(&answer, "label"));
+            let probabilities = f32_values(output(&answer, "probabilities"));
+            for (i, label) in labels.iter().enumerate() {
+                assert_eq!(
+                    *label,
+                    want["labels"][row + i].as_i64().unwrap(),
+                    "{name} row {}",
+                    row + i
+                );
+                for class in 0..10 {
+                    let theirs = want["probabilities"][row + i][class].as_f64().unwrap() as f32;
+                    let ours = probabilities[i * 10 + class];
+                    assert!(
+                        (ours - theirs).abs() <= TOLERANCE,
+                        "{name} row {} class {class}: {ours} vs onnxruntime's {theirs}",
+                        row + i
+                    );
+                }
+            }
+            row += batch.len();
+        }
+        assert_eq!(row, expected["held_out_rows"].as_u64().unwrap() as usize);
+    }
+    // The pipeline's labels are scikit-learn's own, too.
+    let answer = server
+        .client
+        .predict(digits_request("digits-sklearn", &digits.holdout))
+        .await
+        .unwrap()
+        .into_inner();
+    let sklearn: Vec<i64> = expected["sklearn_labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert_eq!(i64_values(output(&answer, "label")), sklearn);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_is_not_onnx_is_refused_with_the_reason() {
+    let mut server = TestServer::start(|server| server).await;
+    let garbage = proto::LoadModelRequest {
+        component: Some(Component::Onnx(b"not a graph".to_vec())),
+        name: "garbage".into(),
+        ..Default::default()
+    };
+    let status = server.client.load_model(garbage).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("not a readable ONNX graph"),
+        "{}",
+        status.message()
+    );
+    let mut with_config = load_request("digits-cnn.onnx");
+    with_config.config = b"extra".to_vec();
+    let status = server.client.load_model(with_config).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("config:"),
+        "{}",
+        status.message()
+    );
+    server.shutdown().await;
+}
