@@ -26,6 +26,61 @@ fn main() {
     build_sample_models(&manifest_dir, &out_dir);
 }
 
+/// The target the guests build for.
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+/// Makes sure the toolchain that builds the guests (the one rust-toolchain.toml pins, as seen
+/// from `dir`) has the wasm target: rustup adds a toolchain file's targets only when it installs
+/// the toolchain itself, so a machine whose Rust was there already lacks it. Adds it through
+/// rustup, or fails at once with the command to run when there is no rustup.
+fn ensure_wasm_target(dir: &Path) {
+    let rustup = |args: &[&str]| {
+        Command::new("rustup")
+            .args(args)
+            .current_dir(dir)
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .output()
+    };
+    let installed = match rustup(&["target", "list", "--installed"]) {
+        Ok(output) if output.status.success() => output.stdout,
+        _ => {
+            // No rustup: the target may come from elsewhere (a distribution's rust-std), in
+            // the sysroot of the rustc on PATH.
+            let sysroot = Command::new("rustc")
+                .args(["--print", "sysroot"])
+                .output()
+                .ok()
+                .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+            let has_target = sysroot
+                .is_some_and(|root| root.join("lib/rustlib").join(WASM_TARGET).exists());
+            if !has_target {
+                panic!(
+                    "the sample models need the {WASM_TARGET} target, and there is no rustup to \
+                     add it: install Rust with rustup and run `rustup target add {WASM_TARGET}`, \
+                     or install your distribution's rust-std for {WASM_TARGET}"
+                );
+            }
+            return;
+        }
+    };
+    if String::from_utf8_lossy(&installed)
+        .lines()
+        .any(|line| line.trim() == WASM_TARGET)
+    {
+        return;
+    }
+    println!("cargo:warning=adding the {WASM_TARGET} target (rustup target add {WASM_TARGET})");
+    match rustup(&["target", "add", WASM_TARGET]) {
+        Ok(output) if output.status.success() => {}
+        Ok(output) => panic!(
+            "the sample models need the {WASM_TARGET} target, and `rustup target add \
+             {WASM_TARGET}` failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        ),
+        Err(e) => panic!("running `rustup target add {WASM_TARGET}`: {e}"),
+    }
+}
+
 /// Runs `cargo build --release` in `sample-models/` and copies each component to `OUT_DIR`.
 fn build_sample_models(manifest_dir: &Path, out_dir: &Path) {
     let repo = manifest_dir
@@ -41,12 +96,13 @@ fn build_sample_models(manifest_dir: &Path, out_dir: &Path) {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo.join("target"));
     let wasm_target_dir = target_root.join("sample-models");
+    ensure_wasm_target(&repo.join("sample-models"));
     // The guests build with the toolchain pinned in rust-toolchain.toml, which has the
     // wasm32-wasip2 target, whatever toolchain builds the host (nightly, for fuzzing): through
     // the `cargo` on PATH (rustup's proxy), without the outer build's toolchain choice.
     let output = Command::new("cargo")
         .current_dir(repo.join("sample-models"))
-        .args(["build", "--release", "--target", "wasm32-wasip2"])
+        .args(["build", "--release", "--target", WASM_TARGET])
         .env("CARGO_TARGET_DIR", &wasm_target_dir)
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("RUSTC")
@@ -60,12 +116,12 @@ fn build_sample_models(manifest_dir: &Path, out_dir: &Path) {
         .expect("running cargo to build the sample models");
     if !output.status.success() {
         panic!(
-            "building the sample models failed (is the wasm32-wasip2 target installed? \
-             `rustup target add wasm32-wasip2`):\n{}",
+            "building the sample models failed (is the {WASM_TARGET} target installed? \
+             `rustup target add {WASM_TARGET}`):\n{}",
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let built = wasm_target_dir.join("wasm32-wasip2/release");
+    let built = wasm_target_dir.join(WASM_TARGET).join("release");
     for component in SAMPLE_COMPONENTS {
         let file = format!("{component}.wasm");
         std::fs::copy(built.join(&file), out_dir.join(&file))
