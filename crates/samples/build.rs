@@ -51,8 +51,8 @@ fn ensure_wasm_target(dir: &Path) {
                 .output()
                 .ok()
                 .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
-            let has_target = sysroot
-                .is_some_and(|root| root.join("lib/rustlib").join(WASM_TARGET).exists());
+            let has_target =
+                sysroot.is_some_and(|root| root.join("lib/rustlib").join(WASM_TARGET).exists());
             if !has_target {
                 panic!(
                     "the sample models need the {WASM_TARGET} target, and there is no rustup to \

@@ -99,20 +99,7 @@ mod tests {
 
     #[test]
     fn every_kind_has_a_code_and_a_status() {
-        use ErrorKind::*;
-        let kinds = [
-            InvalidArgument,
-            NotFound,
-            AlreadyExists,
-            FailedPrecondition,
-            ResourceExhausted,
-            DeadlineExceeded,
-            Unavailable,
-            PermissionDenied,
-            Unauthenticated,
-            Internal,
-        ];
-        for kind in kinds {
+        for kind in ErrorKind::ALL {
             assert_eq!(format!("{:?}", grpc_code(kind)), kind.label());
             assert!(http_status(kind).is_client_error() || http_status(kind).is_server_error());
         }

@@ -28,6 +28,20 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind.
+    pub const ALL: [ErrorKind; 10] = [
+        ErrorKind::InvalidArgument,
+        ErrorKind::NotFound,
+        ErrorKind::AlreadyExists,
+        ErrorKind::FailedPrecondition,
+        ErrorKind::ResourceExhausted,
+        ErrorKind::DeadlineExceeded,
+        ErrorKind::Unavailable,
+        ErrorKind::PermissionDenied,
+        ErrorKind::Unauthenticated,
+        ErrorKind::Internal,
+    ];
+
     /// The label metrics use (`InvalidArgument`, `NotFound`, ...).
     pub fn label(self) -> &'static str {
         match self {

@@ -6,7 +6,7 @@
 use super::app::check_label;
 use super::fanout::{Query, answer_job};
 use super::policy::{self, Policy, Prediction, SelectionState};
-use super::{Applications, FeedbackOutcome, SelectionError, rows_of};
+use super::{Applications, FeedbackOutcome, SelectionError};
 use crate::cache::digest_inputs;
 use sluice_types::Tensor;
 
@@ -21,12 +21,8 @@ impl Applications {
         inputs: Vec<Tensor>,
         labels: Vec<Prediction>,
     ) -> Result<FeedbackOutcome, SelectionError> {
-        let app = self.catalog.app(app_name)?;
+        let (app, rows) = self.queried(app_name, &inputs)?;
         let spec = &app.spec;
-        if spec.models.is_empty() {
-            return Err(SelectionError::NoModels(spec.name.clone()));
-        }
-        let rows = rows_of(&inputs)?;
         if labels.len() != rows {
             return Err(SelectionError::InvalidArgument(format!(
                 "labels: {} labels for {rows} input rows",

@@ -197,6 +197,21 @@ impl Applications {
         Ok(self.states.reset(app, user).await?)
     }
 
+    /// The application a query or feedback names, which must have linked models, and the
+    /// rows of its inputs.
+    fn queried(
+        &self,
+        app_name: &str,
+        inputs: &[Tensor],
+    ) -> Result<(Arc<catalog::App>, usize), SelectionError> {
+        let app = self.catalog.app(app_name)?;
+        if app.spec.models.is_empty() {
+            return Err(SelectionError::NoModels(app.spec.name.clone()));
+        }
+        let rows = rows_of(inputs)?;
+        Ok((app, rows))
+    }
+
     /// Answers a query on `app` for `user` (empty: no user).
     pub async fn predict(
         &self,
@@ -205,12 +220,8 @@ impl Applications {
         inputs: Vec<Tensor>,
         bypass_cache: bool,
     ) -> Result<AppAnswer, SelectionError> {
-        let app = self.catalog.app(app_name)?;
+        let (app, rows) = self.queried(app_name, &inputs)?;
         let spec = &app.spec;
-        if spec.models.is_empty() {
-            return Err(SelectionError::NoModels(spec.name.clone()));
-        }
-        let rows = rows_of(&inputs)?;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(spec.slo_ms);
         let shared = self.states.get(app_name, user).await?;
         let (state, chosen) = {
