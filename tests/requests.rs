@@ -130,3 +130,105 @@ async fn malformed_requests_are_refused_with_the_cause_named() {
     assert!(ok.is_ok(), "{:?}", ok.err());
     server.shutdown().await;
 }
+
+/// What a client sends is quoted, never echoed whole: a megabyte of name or datatype gets the
+/// status its cause deserves, with a short message (gRPC metadata would refuse a long one).
+#[tokio::test]
+async fn huge_values_are_quoted_not_echoed() {
+    use sluice_api::inference::{self, model_infer_request::InferInputTensor};
+    let mut server = TestServer::with_samples().await;
+    let huge = "m".repeat(1 << 20);
+    let status = server
+        .client
+        .predict(request(&huge, "", vec![pixels(&[1, 64], 64)]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{}", status.message());
+    assert!(
+        status.message().len() < 512,
+        "{} bytes",
+        status.message().len()
+    );
+    assert!(
+        status.message().contains("(1048576 bytes)"),
+        "{}",
+        status.message()
+    );
+
+    let mut kserve = inference::grpc_inference_service_client::GrpcInferenceServiceClient::new(
+        server.channel().await,
+    );
+    let infer = inference::ModelInferRequest {
+        model_name: "digits-logreg".into(),
+        inputs: vec![InferInputTensor {
+            name: "pixels".into(),
+            datatype: "F".repeat(100_000),
+            shape: vec![1, 64],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![vec![0; 256]],
+        ..Default::default()
+    };
+    let status = kserve.model_infer(infer).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    assert!(
+        status.message().len() < 512,
+        "{} bytes",
+        status.message().len()
+    );
+    assert!(
+        status.message().contains("is not supported"),
+        "{}",
+        status.message()
+    );
+    server.shutdown().await;
+}
+
+/// A model serves under a name that fits a URL, a directory and a label: others are refused
+/// at load, naming the field.
+#[tokio::test]
+async fn models_load_only_under_proper_names() {
+    let mut server = TestServer::start(|server| server).await;
+    let load = |name: &str| sluice_api::proto::LoadModelRequest {
+        component: Some(sluice_api::proto::load_model_request::Component::Wasm(
+            crate::support::sample_component("digits_logreg"),
+        )),
+        config: std::fs::read(sluice_train::params_path("digits-logreg")).unwrap(),
+        name: name.into(),
+        ..Default::default()
+    };
+    for (name, expected) in [
+        ("a\0b", "contains '\\0'"),
+        ("a/b", "contains '/'"),
+        ("..", "is not a name"),
+    ] {
+        let status = server.client.load_model(load(name)).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{name:?}");
+        assert!(
+            status
+                .message()
+                .starts_with("cannot load the model: name: ")
+                && status.message().contains(expected),
+            "{name:?}: {}",
+            status.message()
+        );
+    }
+    let status = server
+        .client
+        .load_model(load(&"n".repeat(1 << 20)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("at most 128"),
+        "{}",
+        status.message()
+    );
+    assert!(server.models().await.is_empty(), "nothing was loaded");
+    server
+        .client
+        .load_model(load("digits.v2_b-1"))
+        .await
+        .unwrap();
+    server.shutdown().await;
+}

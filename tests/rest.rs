@@ -188,6 +188,13 @@ async fn errors_are_the_protocol_json_body() {
             "not a valid inference request",
         ),
         (
+            // 2^40 x 2^40 elements: refused for what it is, not counted past 2^64.
+            "/v2/models/digits-mlp/infer",
+            json!({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1099511627776u64, 1099511627776u64], "data": [1, 2]}]}),
+            400,
+            "is invalid (dimensions are 0..2^32)",
+        ),
+        (
             "/v2/repository/models/digits-mlp/unload",
             json!({}),
             401,

@@ -2,6 +2,7 @@
 //! moves (no copy): both sides hold little-endian bytes.
 
 use crate::proto;
+use sluice_types::names::quoted;
 use sluice_types::{Dtype, Tensor, TensorSpec};
 
 /// Converts a request's shape (KServe's int64, the sluice API's uint64) to the contract's
@@ -15,7 +16,11 @@ pub fn shape_to_u32<D: Copy + TryInto<u32> + std::fmt::Debug>(
         .map(|&d| d.try_into().ok())
         .collect::<Option<Vec<u32>>>()
         .ok_or_else(|| {
-            format!("input `{input}`: shape {shape:?} is invalid (dimensions are 0..2^32)")
+            format!(
+                "input `{}`: shape {} is invalid (dimensions are 0..2^32)",
+                quoted(input),
+                quoted(&format!("{shape:?}"))
+            )
         })
 }
 

@@ -38,9 +38,26 @@ pub fn http_status(kind: ErrorKind) -> StatusCode {
     }
 }
 
+/// The longest message sent back, in bytes: a message quotes what a client sent, and a status
+/// must fit gRPC's metadata limits whatever the client sent.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// `message` cut to [`MAX_MESSAGE_BYTES`] (at a character boundary), marked when cut.
+pub fn bounded(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let mut cut = MAX_MESSAGE_BYTES - 16;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str(" … (cut)");
+    }
+    message
+}
+
 impl From<ApiError> for Status {
     fn from(error: ApiError) -> Status {
-        Status::new(grpc_code(error.kind), error.message)
+        Status::new(grpc_code(error.kind), bounded(error.message))
     }
 }
 

@@ -34,6 +34,9 @@ pub enum LoadError {
     /// The model's `info` is unusable.
     #[error("the model's info() is invalid: {0}")]
     InvalidInfo(String),
+    /// The name or version it would serve under is not one (the message names the field).
+    #[error("{0}")]
+    InvalidName(String),
     /// A task of the host's failed while loading (a panic, a runtime shutting down).
     #[error("{0}")]
     Internal(String),

@@ -10,6 +10,7 @@
 
 pub mod contract;
 mod error;
+pub mod names;
 
 pub use error::{ErrorKind, HasKind};
 
@@ -79,7 +80,8 @@ impl Dtype {
     pub fn unsupported(name: &str) -> String {
         let supported: Vec<&str> = Dtype::ALL.iter().map(|d| d.name()).collect();
         format!(
-            "datatype `{name}` is not supported; use one of {}",
+            "datatype `{}` is not supported; use one of {}",
+            names::quoted(name),
             supported.join(", ")
         )
     }

@@ -8,7 +8,7 @@
 //! A ModelInfer whose model name is not a model but an application runs through selection
 //! (policy, cache, deadline); the `user_id` request parameter picks the user's state.
 
-use super::authorize;
+use super::{authorize, invalid_argument};
 use crate::Shared;
 use crate::kserve::{
     self, AppParameters, InferTarget, PLATFORM, SERVER_NAME, is_requested, repository_index,
@@ -96,23 +96,23 @@ fn typed_to_raw(
 /// raw contents.
 fn input_tensor(t: InferInputTensor, raw: Option<Vec<u8>>) -> Result<Tensor, Status> {
     let dtype = Dtype::parse(&t.datatype).ok_or_else(|| {
-        Status::invalid_argument(format!(
+        invalid_argument(format!(
             "input `{}`: {}",
             t.name,
             Dtype::unsupported(&t.datatype)
         ))
     })?;
-    let shape = shape_to_u32(&t.name, &t.shape).map_err(Status::invalid_argument)?;
+    let shape = shape_to_u32(&t.name, &t.shape).map_err(invalid_argument)?;
     let data = match (raw, t.contents) {
         (Some(_), Some(_)) => {
-            return Err(Status::invalid_argument(format!(
+            return Err(invalid_argument(format!(
                 "input `{}`: give either contents or raw_input_contents, not both",
                 t.name
             )));
         }
         (Some(raw), None) => raw,
         (None, Some(contents)) => {
-            typed_to_raw(&t.name, dtype, contents).map_err(Status::invalid_argument)?
+            typed_to_raw(&t.name, dtype, contents).map_err(invalid_argument)?
         }
         (None, None) => Vec::new(),
     };
@@ -213,7 +213,7 @@ impl GrpcInferenceService for KserveApi {
         .map_err(Status::from)?;
         let raw = request.raw_input_contents;
         if !raw.is_empty() && raw.len() != request.inputs.len() {
-            return Err(Status::invalid_argument(format!(
+            return Err(invalid_argument(format!(
                 "raw_input_contents has {} entries for {} inputs",
                 raw.len(),
                 request.inputs.len()

@@ -6,6 +6,7 @@ mod kserve;
 mod sluice;
 
 use crate::admin::check_admin;
+use crate::error::ApiError;
 use crate::tls::TlsIdentity;
 use crate::{MAX_MESSAGE_BYTES, MAX_STREAMS_PER_CONNECTION, Shared};
 use sluice_api::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
@@ -14,6 +15,12 @@ use std::future::Future;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Status};
+
+/// A malformed request's status; the message is bounded like every other
+/// ([`crate::status::bounded`]).
+fn invalid_argument(message: impl Into<String>) -> Status {
+    Status::from(ApiError::invalid_argument(message))
+}
 
 /// Checks an admin call's credentials (see [`check_admin`]).
 fn authorize<T>(shared: &Shared, request: &Request<T>) -> Result<(), Status> {

@@ -1,7 +1,7 @@
 //! The `sluice.v1.Sluice` service: models (predict, list, load, unload, scale, versions) and
 //! applications (register, link, predict through selection, feedback, state).
 
-use super::authorize;
+use super::{authorize, invalid_argument};
 use crate::Shared;
 use crate::error::ApiError;
 use crate::messages::apps::{
@@ -35,12 +35,12 @@ fn tensors_from_proto(tensors: Vec<proto::Tensor>) -> Result<Vec<Tensor>, Status
         .into_iter()
         .map(tensor_from_proto)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(Status::invalid_argument)
+        .map_err(invalid_argument)
 }
 
 fn required<'a>(value: &'a str, field: &str) -> Result<&'a str, Status> {
     if value.is_empty() {
-        Err(Status::invalid_argument(format!("{field}: required")))
+        Err(invalid_argument(format!("{field}: required")))
     } else {
         Ok(value)
     }
@@ -54,7 +54,7 @@ impl Sluice for SluiceApi {
     ) -> Result<Response<proto::PredictResponse>, Status> {
         let request = request.into_inner();
         if request.model.is_empty() {
-            return Err(Status::invalid_argument("model: a model name is required"));
+            return Err(invalid_argument("model: a model name is required"));
         }
         let model = self
             .shared
@@ -125,7 +125,7 @@ impl Sluice for SluiceApi {
         authorize(&self.shared, &request)?;
         let request = request.into_inner();
         if request.replicas == 0 {
-            return Err(Status::invalid_argument(
+            return Err(invalid_argument(
                 "replicas: a model needs at least 1 replica",
             ));
         }
@@ -171,8 +171,8 @@ impl Sluice for SluiceApi {
         request: Request<proto::RegisterApplicationRequest>,
     ) -> Result<Response<proto::RegisterApplicationResponse>, Status> {
         authorize(&self.shared, &request)?;
-        let spec = application_from_proto(request.into_inner().application)
-            .map_err(Status::invalid_argument)?;
+        let spec =
+            application_from_proto(request.into_inner().application).map_err(invalid_argument)?;
         let application = application_to_proto(&spec);
         self.shared
             .applications
@@ -283,7 +283,7 @@ impl Sluice for SluiceApi {
             .enumerate()
             .map(|(i, label)| value_from_proto(Some(label), &format!("labels[{i}]")))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(Status::invalid_argument)?;
+            .map_err(invalid_argument)?;
         let outcome = self
             .shared
             .applications

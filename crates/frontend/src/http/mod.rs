@@ -38,7 +38,8 @@ impl<E: Into<ApiError>> From<E> for HttpError {
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let status = http_status(self.0.kind);
-        (status, Json(json!({ "error": self.0.message }))).into_response()
+        let message = crate::status::bounded(self.0.message);
+        (status, Json(json!({ "error": message }))).into_response()
     }
 }
 

@@ -8,6 +8,7 @@ use crate::error::ApiError;
 use sluice_serving::registry::{Model, Registry, RegistryError};
 use sluice_serving::selection::Applications;
 use sluice_serving::selection::app::{ApplicationSpec, split_link};
+use sluice_types::names::quoted;
 use sluice_types::{Tensor, TensorSpec};
 use std::sync::Arc;
 
@@ -66,7 +67,8 @@ impl InferTarget {
             Err(RegistryError::ModelNotFound(_)) if version.is_none() => {
                 applications.get(name).map(InferTarget::App).ok_or_else(|| {
                     ApiError::not_found(format!(
-                        "model `{name}` is not loaded, and no application has that name"
+                        "model `{}` is not loaded, and no application has that name",
+                        quoted(name)
                     ))
                 })
             }

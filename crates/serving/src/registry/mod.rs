@@ -13,6 +13,7 @@ use crate::batching::{
 use crate::metrics::{self, ModelMetrics};
 use crate::settings::ModelLimits;
 use sluice_runtime::{InstanceRecipe, LoadError, Replica, Runtime};
+use sluice_types::names::{check_name, quoted};
 use sluice_types::{ErrorKind, HasKind, ModelInfo, Tensor, contract};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -23,10 +24,10 @@ use tokio::time::Instant;
 #[derive(Debug, Error)]
 pub enum RegistryError {
     /// No model has this name.
-    #[error("model `{0}` is not loaded")]
+    #[error("model `{}` is not loaded", quoted(.0))]
     ModelNotFound(String),
     /// The model exists but not in this version.
-    #[error("model `{name}` has no version `{version}`; loaded versions: {loaded:?}")]
+    #[error("model `{name}` has no version `{}`; loaded versions: {loaded:?}", quoted(.version))]
     VersionNotFound {
         /// The model.
         name: String,
@@ -514,6 +515,10 @@ fn build_model(runtime: &Runtime, request: LoadRequest) -> Result<Model, LoadErr
     let info = first.info()?;
     contract::check_info(&info).map_err(LoadError::InvalidInfo)?;
     let name = request.name.unwrap_or_else(|| info.name.clone());
+    let version = request.version.unwrap_or_else(|| info.version.clone());
+    check_name("name", &name)
+        .and_then(|()| check_name("version", &version))
+        .map_err(LoadError::InvalidName)?;
     recipe.model = name.as_str().into();
     first.rename(recipe.model.clone());
     let metrics = Arc::new(ModelMetrics::new(recipe.model.clone()));
@@ -534,7 +539,7 @@ fn build_model(runtime: &Runtime, request: LoadRequest) -> Result<Model, LoadErr
     );
     Ok(Model {
         name,
-        version: request.version.unwrap_or_else(|| info.version.clone()),
+        version,
         info,
         limits: request.limits,
         sha256,

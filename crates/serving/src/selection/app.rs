@@ -58,20 +58,9 @@ pub fn split_link(link: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// Checks a name for an application: non-empty, letters, digits, `-`, `_` and `.` only.
+/// Checks a name for an application (see [`sluice_types::names`]).
 pub fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("name: an application name is required".into());
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
-        return Err(format!(
-            "name: `{name}` contains `{c}`; use letters, digits, `-`, `_` and `.`"
-        ));
-    }
-    Ok(())
+    sluice_types::names::check_name("name", name)
 }
 
 impl ApplicationSpec {
@@ -248,7 +237,7 @@ mod tests {
         assert_eq!(split_link("digits-mlp@2"), ("digits-mlp", Some("2")));
         assert_eq!(split_link("digits-mlp"), ("digits-mlp", None));
         assert!(check_name("digits").is_ok());
-        assert!(check_name("a b").unwrap_err().contains("` `"));
+        assert!(check_name("a b").unwrap_err().contains("' '"));
         assert!(check_name("").is_err());
     }
 }

@@ -9,7 +9,7 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum SelectionError {
     /// No application has this name.
-    #[error("application `{0}` is not registered")]
+    #[error("application `{}` is not registered", sluice_types::names::quoted(.0))]
     AppNotFound(String),
     /// Registering a name that exists.
     #[error("application `{0}` is already registered")]
