@@ -218,3 +218,44 @@ async fn models_recorded_by_an_earlier_version_are_restored_and_recorded_anew() 
         assert_eq!(record.replicas, 1);
     }
 }
+
+/// A path on the server must name a regular file of at most 64 MiB: a FIFO would block the
+/// load for ever, and a huge file would be read whole into memory.
+#[tokio::test]
+async fn a_path_must_be_a_regular_file_within_the_limit() {
+    let dir = std::path::Path::new(crate::support::CACHE).join("load-paths");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("component.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo");
+    let huge = dir.join("huge.wasm");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len((64 << 20) + 1)
+        .unwrap();
+    let mut server = TestServer::start(|server| server).await;
+    for (path, expected) in [
+        (&fifo, "is not a regular file"),
+        (&huge, "is 67108865 bytes, over the limit of 67108864"),
+    ] {
+        let request = load(
+            Component::Path(path.display().to_string()),
+            &logreg_config(),
+            "from-path",
+        );
+        let answer = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            server.client.load_model(request),
+        )
+        .await
+        .expect("the load answers at once");
+        let status = answer.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains(expected), "{}", status.message());
+    }
+    server.shutdown().await;
+}

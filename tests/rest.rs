@@ -213,3 +213,37 @@ async fn errors_are_the_protocol_json_body() {
     }
     server.shutdown().await;
 }
+
+/// Bodies up to 64 MiB are read (the 16 MiB of tensors a model takes, as JSON); a larger one is
+/// refused with the protocol's JSON error, not plain text.
+#[tokio::test]
+async fn large_bodies_are_read_and_too_large_ones_refused_in_json() {
+    let server = TestServer::with_samples().await;
+    let client = reqwest::Client::new();
+    let infer = format!("{}/v2/models/digits-logreg/infer", server.http_url());
+    // Over 3 MiB of JSON (axum refuses more than 2 MiB by default): read, then judged.
+    let rows = 16 * 1024;
+    let data = vec![0.0f32; rows * 64];
+    let body = json!({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [rows, 64], "data": data}]});
+    assert!(serde_json::to_vec(&body).unwrap().len() > 3 << 20);
+    let response = client.post(&infer).json(&body).send().await.unwrap();
+    assert_ne!(response.status(), 413);
+    let too_large = vec![b' '; (64 << 20) + 1];
+    let response = client
+        .post(&infer)
+        .header("content-type", "application/json")
+        .body(too_large)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let error: Value = response.json().await.unwrap();
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("over the limit of 67108864 bytes"),
+        "{error}"
+    );
+    server.shutdown().await;
+}

@@ -391,14 +391,47 @@ fn collect_blobs(store: &Store) -> Result<(), StoreError> {
     store.retain_blobs(|sha256| referenced.contains(sha256))
 }
 
-/// Reads a component file named in a load request.
+/// The largest component file a load reads from the server's disk (the bound of a component
+/// sent in a message, too).
+pub const MAX_COMPONENT_FILE_BYTES: u64 = 64 << 20;
+
+/// Reads a component file named in a load request: a regular file (a FIFO or a device would
+/// block the load or never end), of at most [`MAX_COMPONENT_FILE_BYTES`].
 async fn read_component_file(path: &std::path::Path) -> Result<Vec<u8>, LifecycleError> {
-    tokio::fs::read(path).await.map_err(|e| {
+    use tokio::io::AsyncReadExt;
+    let refuse = |why: String| {
+        LifecycleError::InvalidArgument(format!("path: `{}` on the server {why}", path.display()))
+    };
+    let unreadable = |e: std::io::Error| {
         LifecycleError::InvalidArgument(format!(
             "path: cannot read `{}` on the server: {e}",
             path.display()
         ))
-    })
+    };
+    let metadata = tokio::fs::metadata(path).await.map_err(unreadable)?;
+    if !metadata.is_file() {
+        return Err(refuse("is not a regular file".into()));
+    }
+    if metadata.len() > MAX_COMPONENT_FILE_BYTES {
+        return Err(refuse(format!(
+            "is {} bytes, over the limit of {MAX_COMPONENT_FILE_BYTES}",
+            metadata.len()
+        )));
+    }
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    tokio::fs::File::open(path)
+        .await
+        .map_err(unreadable)?
+        .take(MAX_COMPONENT_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > MAX_COMPONENT_FILE_BYTES {
+        return Err(refuse(format!(
+            "grew past the limit of {MAX_COMPONENT_FILE_BYTES} bytes while it was read"
+        )));
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]

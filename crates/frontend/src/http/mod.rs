@@ -13,9 +13,9 @@ use crate::admin::check_admin;
 use crate::error::ApiError;
 use crate::status::http_status;
 use crate::tls::TlsIdentity;
-use axum::extract::State;
 use axum::extract::connect_info::Connected;
-use axum::http::HeaderMap;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::IncomingStream;
@@ -74,12 +74,30 @@ pub(crate) fn authorize(shared: &Shared, headers: &HeaderMap, peer: SocketAddr) 
     )?)
 }
 
+/// The largest request body accepted, the same bound as a gRPC message: room for 16 MiB of
+/// tensors (each model's default `max_request_bytes`) written out as JSON.
+pub const MAX_BODY_BYTES: usize = crate::MAX_MESSAGE_BYTES;
+
 /// Every route of the HTTP port.
 pub(crate) fn router(shared: Shared) -> Router {
     kserve::routes()
         .merge(apps::routes())
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::map_response(json_refusals))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(Arc::new(shared))
+}
+
+/// A body over the limit is refused by axum's extractor in plain text; the protocol's
+/// refusals are JSON, so it becomes one.
+async fn json_refusals(response: Response) -> Response {
+    if response.status() != StatusCode::PAYLOAD_TOO_LARGE {
+        return response;
+    }
+    let error = json!({
+        "error": format!("the request body is over the limit of {MAX_BODY_BYTES} bytes")
+    });
+    (StatusCode::PAYLOAD_TOO_LARGE, Json(error)).into_response()
 }
 
 /// Serves the HTTP port on `listener` until `shutdown` resolves.
