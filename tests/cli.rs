@@ -419,3 +419,18 @@ fn the_cli_talks_tls_to_a_tls_server() {
     assert!(message.contains("needs --ca-cert"), "{message}");
     assert!(server.stop().success());
 }
+
+/// `sluice load --onnx` says what the seconds of its first load are for.
+#[test]
+fn an_onnx_load_says_that_the_runner_compiles() {
+    let mut server = Server::start(&fresh_dir("cli-onnx-state"));
+    let graph = repo_file("sample-models/onnx/digits-sklearn.onnx");
+    let output = server.run(&["load", "--onnx", graph.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(stdout(&output).contains("loaded digits-sklearn"));
+    assert!(
+        said.contains("compiles the runner on its first ONNX load"),
+        "{said}"
+    );
+    assert!(server.stop().success());
+}

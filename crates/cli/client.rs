@@ -160,6 +160,14 @@ pub(super) async fn load(server: &ServerArgs, load: LoadArgs) -> Result<()> {
         limits: Some(limits_request_to_proto(&settings.limits)),
         batching: Some(batching_request_to_proto(&settings.batching)),
     };
+    if let Some(onnx) = &load.onnx {
+        // The server compiles the runner on its first ONNX load, which takes seconds.
+        eprintln!(
+            "loading {} with the ONNX runner (a server compiles the runner on its first ONNX \
+             load, about 12 s on 2 cores, and reuses it after)",
+            onnx.display()
+        );
+    }
     let response = connect(server)
         .await?
         .load_model(admin_request(message, server)?)

@@ -36,6 +36,13 @@ pub enum StoreError {
          --state-dir"
     )]
     InUse(String),
+    /// The file exists but is empty: not a store, and not to be taken for a new one.
+    #[error(
+        "the state store {0} is an empty file, not a store: sluice will not start afresh over \
+         it. Restore it from a backup, or remove it to start with no applications and no \
+         learned state"
+    )]
+    Empty(String),
     /// redb failed (I/O, corruption it detected).
     #[error("state store: {0}")]
     Database(#[from] redb::Error),
@@ -57,6 +64,7 @@ impl HasKind for StoreError {
     fn kind(&self) -> ErrorKind {
         match self {
             StoreError::InUse(_) => ErrorKind::Unavailable,
+            StoreError::Empty(_) => ErrorKind::FailedPrecondition,
             StoreError::Database(_) | StoreError::Corrupt { .. } | StoreError::Task(_) => {
                 ErrorKind::Internal
             }
@@ -107,6 +115,11 @@ pub async fn blocking<T: Send + 'static>(
 impl Store {
     /// Opens (or creates) the store at `path`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        // redb would take an empty file for a new store, and everything that was in it (a file
+        // truncated by a faulty disk or a careless copy) would be gone without a word.
+        if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+            return Err(StoreError::Empty(path.display().to_string()));
+        }
         let db = Database::create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => {
                 StoreError::InUse(path.display().to_string())
@@ -390,6 +403,27 @@ mod tests {
                 .is_some(),
             "a prefix of another app's name is another app"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_empty_file_is_refused_not_taken_for_a_new_store() {
+        let dir = std::env::temp_dir().join(format!("sluice-store-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.redb");
+        std::fs::write(&path, b"").unwrap();
+        match Store::open(&path) {
+            Err(StoreError::Empty(shown)) => assert_eq!(shown, path.display().to_string()),
+            Err(other) => panic!("unexpected {other}"),
+            Ok(_) => panic!("an empty file opened as a store"),
+        }
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            0,
+            "the file is left as it was"
+        );
+        std::fs::remove_file(&path).unwrap();
+        assert!(Store::open(&path).is_ok(), "a missing file is a new store");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
