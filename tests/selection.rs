@@ -429,6 +429,22 @@ async fn bad_requests_get_errors_that_name_the_problem() {
         .await
         .unwrap_err();
     cases.push((unknown, Code::NotFound, "application `nope`"));
+    // Each distinct user may cost a state: a 16 MiB user id is refused, not kept.
+    let huge_user = server
+        .client
+        .predict_app(proto::PredictAppRequest {
+            app: "empty".into(),
+            user_id: "u".repeat(16 << 20),
+            inputs: pixels(sample),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    cases.push((
+        huge_user,
+        Code::InvalidArgument,
+        "a user id has at most 256",
+    ));
     let no_models = server
         .client
         .feedback(proto::FeedbackRequest {

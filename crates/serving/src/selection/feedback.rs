@@ -21,7 +21,7 @@ impl Applications {
         inputs: Vec<Tensor>,
         labels: Vec<Prediction>,
     ) -> Result<FeedbackOutcome, SelectionError> {
-        let (app, rows) = self.queried(app_name, &inputs)?;
+        let (app, rows) = self.queried(app_name, user, &inputs)?;
         let spec = &app.spec;
         if labels.len() != rows {
             return Err(SelectionError::InvalidArgument(format!(

@@ -105,6 +105,27 @@ pub struct Applications {
     recent: RecentQueries,
 }
 
+/// The longest user id accepted, in bytes. Every distinct user may get a selection state (in
+/// memory, bounded in count, and in the store), so the id's length bounds what each costs.
+pub const MAX_USER_ID_BYTES: usize = 256;
+
+/// Checks a user id: at most [`MAX_USER_ID_BYTES`], and no NUL (the store's key separator).
+fn check_user(user: &str) -> Result<(), SelectionError> {
+    if user.len() > MAX_USER_ID_BYTES {
+        return Err(SelectionError::InvalidArgument(format!(
+            "user_id: `{}` is {} bytes long; a user id has at most {MAX_USER_ID_BYTES}",
+            sluice_types::names::quoted(user),
+            user.len()
+        )));
+    }
+    if user.contains('\0') {
+        return Err(SelectionError::InvalidArgument(
+            "user_id: must not contain NUL".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The batch size of a request: the first dimension of its tensors, which must agree.
 fn rows_of(inputs: &[Tensor]) -> Result<usize, SelectionError> {
     if inputs.is_empty() {
@@ -184,6 +205,7 @@ impl Applications {
         app: &str,
         user: &str,
     ) -> Result<(ApplicationSpec, SelectionState), SelectionError> {
+        check_user(user)?;
         let spec = self.catalog.app(app)?.spec.clone();
         let shared = self.states.get(app, user).await?;
         let mut state = shared.lock().await.clone();
@@ -193,17 +215,20 @@ impl Applications {
 
     /// Forgets what was learned for one user of `app`, or for all of them (`None`).
     pub async fn reset(&self, app: &str, user: Option<&str>) -> Result<(), SelectionError> {
+        user.map(check_user).transpose()?;
         self.catalog.app(app)?;
         Ok(self.states.reset(app, user).await?)
     }
 
     /// The application a query or feedback names, which must have linked models, and the
-    /// rows of its inputs.
+    /// rows of its inputs; the user id is checked too.
     fn queried(
         &self,
         app_name: &str,
+        user: &str,
         inputs: &[Tensor],
     ) -> Result<(Arc<catalog::App>, usize), SelectionError> {
+        check_user(user)?;
         let app = self.catalog.app(app_name)?;
         if app.spec.models.is_empty() {
             return Err(SelectionError::NoModels(app.spec.name.clone()));
@@ -220,7 +245,7 @@ impl Applications {
         inputs: Vec<Tensor>,
         bypass_cache: bool,
     ) -> Result<AppAnswer, SelectionError> {
-        let (app, rows) = self.queried(app_name, &inputs)?;
+        let (app, rows) = self.queried(app_name, user, &inputs)?;
         let spec = &app.spec;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(spec.slo_ms);
         let shared = self.states.get(app_name, user).await?;
