@@ -18,6 +18,16 @@ fn onnx_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sample-models/onnx")
 }
 
+/// The runner's `init` parses and optimizes the graph inside the sandbox, which takes about
+/// half a second in a debug build; these tests are about answers, so a machine busy with the
+/// other tests must not push it past the call limit.
+fn patient() -> Option<proto::ModelLimits> {
+    Some(proto::ModelLimits {
+        call_timeout_ms: 20_000,
+        ..Default::default()
+    })
+}
+
 fn load_request(file: &str) -> proto::LoadModelRequest {
     proto::LoadModelRequest {
         component: Some(Component::Onnx(
@@ -25,6 +35,7 @@ fn load_request(file: &str) -> proto::LoadModelRequest {
         )),
         name: file.trim_end_matches(".onnx").into(),
         replicas: 1,
+        limits: patient(),
         ..Default::default()
     }
 }
@@ -111,6 +122,7 @@ async fn a_file_that_is_not_onnx_is_refused_with_the_reason() {
     let garbage = proto::LoadModelRequest {
         component: Some(Component::Onnx(b"not a graph".to_vec())),
         name: "garbage".into(),
+        limits: patient(),
         ..Default::default()
     };
     let status = server.client.load_model(garbage).await.unwrap_err();

@@ -90,7 +90,6 @@ pub struct ServerBuilder {
     registry: Arc<Registry>,
     store: Option<Store>,
     cache_bytes: usize,
-    states_in_memory: Option<usize>,
     repository: Option<Arc<Repository>>,
     default_limits: ModelLimits,
     default_batching: BatchingConfig,
@@ -106,7 +105,6 @@ impl Server {
             registry,
             store: None,
             cache_bytes: DEFAULT_CACHE_BYTES,
-            states_in_memory: None,
             repository: None,
             default_limits: ModelLimits::default(),
             default_batching: BatchingConfig::default(),
@@ -114,11 +112,6 @@ impl Server {
             admin_token: None,
             tls: None,
         }
-    }
-
-    /// The models.
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.shared.registry
     }
 
     /// The applications and their selection state.
@@ -204,12 +197,6 @@ impl ServerBuilder {
         self
     }
 
-    /// Selection states kept in memory (default 100 000); the others stay in the store.
-    pub fn states_in_memory(mut self, states: usize) -> Self {
-        self.states_in_memory = Some(states);
-        self
-    }
-
     /// The model repository, for the repository extension's index, load and unload.
     pub fn repository(mut self, repository: Arc<Repository>) -> Self {
         self.repository = Some(repository);
@@ -246,10 +233,7 @@ impl ServerBuilder {
     pub fn build(self) -> Result<Server, StoreError> {
         let store = self.store.unwrap_or_else(Store::in_memory);
         let cache = Arc::new(PredictionCache::new(self.cache_bytes));
-        let mut applications = Applications::open(self.registry.clone(), cache, store.clone())?;
-        if let Some(states) = self.states_in_memory {
-            applications = applications.with_states_in_memory(states);
-        }
+        let applications = Applications::open(self.registry.clone(), cache, store.clone())?;
         let lifecycle = Lifecycle::new(
             self.registry.clone(),
             store,

@@ -145,21 +145,6 @@ impl Lifecycle {
         }
     }
 
-    /// The registry whose models this manages.
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
-    }
-
-    /// The limits of a model loaded without its own.
-    pub fn default_limits(&self) -> ModelLimits {
-        self.default_limits
-    }
-
-    /// The batching of a model loaded without its own.
-    pub fn default_batching(&self) -> BatchingConfig {
-        self.default_batching
-    }
-
     async fn in_store<T: Send + 'static>(
         &self,
         op: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,

@@ -158,13 +158,6 @@ impl Applications {
         })
     }
 
-    /// Keeps at most `states` (application, user) states in memory (default 100 000); the
-    /// others stay in the store only.
-    pub fn with_states_in_memory(mut self, states: usize) -> Applications {
-        self.states = self.states.with_capacity(states);
-        self
-    }
-
     /// The spec of `name`, if registered.
     pub fn get(&self, name: &str) -> Option<ApplicationSpec> {
         self.catalog.app(name).ok().map(|app| app.spec.clone())

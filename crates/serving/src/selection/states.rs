@@ -30,14 +30,6 @@ impl StateCache {
         }
     }
 
-    /// The same states, with at most `capacity` idle ones kept.
-    pub(super) fn with_capacity(self, capacity: usize) -> StateCache {
-        StateCache {
-            capacity: capacity.max(1),
-            ..self
-        }
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, lru::LruCache<StateKey, SharedState>> {
         self.states.lock().unwrap_or_else(|e| e.into_inner())
     }
