@@ -318,6 +318,18 @@ fn applications_and_acknowledged_feedback_survive_kill_9() {
         "1000",
     ]));
     assert!(created.contains("exp4"), "{created}");
+    // Exp4 runs every model and weighs their votes: the state shows each one's share.
+    let state = stdout(&server.run(&["apps", "state", "digits"]));
+    assert!(
+        state.contains("VOTE SHARE") && !state.contains("P(DRAW)"),
+        "{state}"
+    );
+    let shares: Vec<&str> = state
+        .lines()
+        .filter(|line| line.starts_with("digits-"))
+        .filter_map(|line| line.split('\t').nth(2))
+        .collect();
+    assert_eq!(shares, ["0.5000", "0.5000"], "{state}");
     let input = repo_file("docs/examples/digit-0.json");
     let predicted = stdout(&server.run(&[
         "apps",
@@ -394,7 +406,8 @@ fn applications_and_acknowledged_feedback_survive_kill_9() {
         "the API-loaded model is back, scaled"
     );
     // An unload is recorded too: the next start does not bring the model back.
-    stdout(&restarted.run(&["unload", "kept"]));
+    let unloaded = stdout(&restarted.run(&["unload", "kept"]));
+    assert_eq!(unloaded, "unloaded kept versions 1\n");
     assert!(restarted.stop().success());
     let mut again = Server::start(&state_dir);
     assert_eq!(replicas(&again), None);

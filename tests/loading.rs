@@ -259,3 +259,72 @@ async fn a_path_must_be_a_regular_file_within_the_limit() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_load_whose_client_gave_up_still_ends_failed_not_loading() {
+    use sluice_api::proto::{ModelLimits, model_status::State};
+    let mut server = TestServer::start(|server| server).await;
+    let mut request = tonic::Request::new(LoadModelRequest {
+        version: "1".into(),
+        limits: Some(ModelLimits {
+            call_timeout_ms: 1000,
+            ..ModelLimits::default()
+        }),
+        ..load(
+            Component::Wasm(sample_component("faulty")),
+            b"init-loop",
+            "stuck",
+        )
+    });
+    request.set_timeout(std::time::Duration::from_millis(200));
+    let status = server.client.load_model(request).await.unwrap_err();
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    // The load goes on without its client until init's time limit ends it.
+    let mut polls = 0;
+    let stuck = loop {
+        let models = server.models().await;
+        let stuck = models.into_iter().find(|m| m.name == "stuck").unwrap();
+        if stuck.state() != State::Loading {
+            break stuck;
+        }
+        polls += 1;
+        assert!(polls < 300, "still LOADING 30 s after init's 1 s limit");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(stuck.state(), State::Failed);
+    assert!(stuck.reason.contains("time limit"), "{}", stuck.reason);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_scale_beyond_the_hosts_instances_is_refused_and_changes_nothing() {
+    use sluice_api::proto::ScaleModelRequest;
+    let mut server = TestServer::with_samples().await;
+    let before = server.model("digits-logreg").await.replicas;
+    let status = server
+        .client
+        .scale_model(ScaleModelRequest {
+            name: "digits-logreg".into(),
+            version: String::new(),
+            replicas: 20_000,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("over its limit of 4096"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(server.model("digits-logreg").await.replicas, before);
+    let digits = Digits::load_default().unwrap();
+    server
+        .client
+        .predict(digits_request("digits-logreg", &digits.holdout[..1]))
+        .await
+        .unwrap();
+    server.shutdown().await;
+}

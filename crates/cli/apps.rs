@@ -231,11 +231,27 @@ fn print_state(state: &proto::SelectionState) {
         "{} ({}), user `{}`: {} feedback events",
         state.app, state.policy, state.user_id, state.feedback_count
     );
-    println!("MODEL\tWEIGHT\tP(DRAW)\tOBSERVED\tMEAN LOSS");
+    // The column each policy acts on: Exp3 draws one model with a probability, Exp4 gives each
+    // model its share of the vote; the others choose by mean loss alone.
+    let total_weight: f64 = state.arms.iter().map(|arm| arm.weight).sum();
+    let policy_value = |arm: &proto::ArmState| match state.policy.as_str() {
+        "exp3" => Some(arm.probability),
+        "exp4" => Some(arm.weight / total_weight),
+        _ => None,
+    };
+    let heading = match state.policy.as_str() {
+        "exp3" => "P(DRAW)\t",
+        "exp4" => "VOTE SHARE\t",
+        _ => "",
+    };
+    println!("MODEL\tWEIGHT\t{heading}OBSERVED\tMEAN LOSS");
     for arm in &state.arms {
+        let policy_column = policy_value(arm)
+            .map(|value| format!("{value:.4}\t"))
+            .unwrap_or_default();
         println!(
-            "{}\t{:.4}\t{:.4}\t{}\t{:.4}",
-            arm.model, arm.weight, arm.probability, arm.observations, arm.mean_loss
+            "{}\t{:.4}\t{policy_column}{}\t{:.4}",
+            arm.model, arm.weight, arm.observations, arm.mean_loss
         );
     }
 }

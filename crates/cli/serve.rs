@@ -73,6 +73,10 @@ pub(super) struct ServeArgs {
     /// Where models' compute imports (matmul, conv2d, ...) run.
     #[arg(long, value_enum, default_value_t = Compute::Auto, env = "SLUICE_COMPUTE")]
     compute: Compute,
+    /// Model instances this host runs at most, over all models and replicas; loads and
+    /// scales beyond it are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = sluice_serving::registry::DEFAULT_MAX_INSTANCES)]
+    max_instances: usize,
     /// Allow admin calls from any peer that presents this token (default: loopback only).
     #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -113,7 +117,8 @@ pub(super) async fn run(args: ServeArgs) -> Result<()> {
     })
     .context("starting the wasm runtime")?;
     tracing::info!(compute = runtime.compute().name(), "compute backend");
-    let registry = Arc::new(Registry::new(Arc::new(runtime)));
+    let registry =
+        Arc::new(Registry::new(Arc::new(runtime)).with_max_instances(args.max_instances));
     let default_limits = ModelLimits {
         call_timeout: Duration::from_millis(args.call_timeout_ms),
         memory_bytes: args.memory_mib << 20,

@@ -25,3 +25,16 @@ pub mod settings;
 pub mod store;
 
 pub use settings::ModelLimits;
+
+/// Runs a control-plane operation (a load, a scale, a sync) to completion on its own task, so
+/// that a caller that goes away, such as a client whose deadline passed, cannot leave it half
+/// done: a version shown as loading forever, or a change made but not recorded.
+pub(crate) async fn to_completion<T: Send + 'static>(
+    operation: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    match tokio::spawn(operation).await {
+        Ok(value) => value,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => panic!("the runtime shut down during a control-plane operation"),
+    }
+}

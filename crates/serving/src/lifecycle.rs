@@ -154,8 +154,14 @@ impl Lifecycle {
     }
 
     /// Loads a model, then records the load under the name and version it serves as (so a
-    /// replay cannot land elsewhere).
-    pub async fn load(&self, spec: LoadSpec) -> Result<Arc<Model>, LifecycleError> {
+    /// replay cannot land elsewhere). The load finishes, and is recorded, even if the caller
+    /// stops waiting for it.
+    pub async fn load(self: &Arc<Self>, spec: LoadSpec) -> Result<Arc<Model>, LifecycleError> {
+        let lifecycle = self.clone();
+        crate::to_completion(async move { lifecycle.load_now(spec).await }).await
+    }
+
+    async fn load_now(&self, spec: LoadSpec) -> Result<Arc<Model>, LifecycleError> {
         let (kind, code) = match spec.source {
             ComponentSource::Wasm(bytes) => (RecordedKind::Wasm, bytes),
             ComponentSource::Path(path) => {
@@ -238,26 +244,42 @@ impl Lifecycle {
             .await?)
     }
 
-    /// Unloads one version of `name`, or all of them (`None`), and forgets their records;
-    /// returns the versions removed.
+    /// Unloads one version of `name`, or all of them (`None`), and forgets their records
+    /// (even if the caller stops waiting); returns the versions removed.
     pub async fn unload(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         version: Option<&str>,
     ) -> Result<Vec<String>, LifecycleError> {
         let removed = self.registry.unload(name, version)?;
         let (name, version) = (name.to_string(), version.map(str::to_string));
-        self.in_store(move |store| {
-            store.delete_models(&name, version.as_deref())?;
-            collect_blobs(store)
+        let lifecycle = self.clone();
+        crate::to_completion(async move {
+            lifecycle
+                .in_store(move |store| {
+                    store.delete_models(&name, version.as_deref())?;
+                    collect_blobs(store)
+                })
+                .await
         })
         .await?;
         Ok(removed)
     }
 
-    /// Changes the replicas of `model`; a recorded model comes back with the new count.
-    pub async fn scale(&self, model: &Model, replicas: usize) -> Result<(), LifecycleError> {
-        model.scale(replicas).await?;
+    /// Changes the replicas of `model` (all or none of the new ones start, and the change
+    /// finishes even if the caller stops waiting); a recorded model comes back with the new
+    /// count.
+    pub async fn scale(
+        self: &Arc<Self>,
+        model: Arc<Model>,
+        replicas: usize,
+    ) -> Result<(), LifecycleError> {
+        let lifecycle = self.clone();
+        crate::to_completion(async move { lifecycle.scale_now(&model, replicas).await }).await
+    }
+
+    async fn scale_now(&self, model: &Model, replicas: usize) -> Result<(), LifecycleError> {
+        self.registry.scale(model, replicas).await?;
         let (name, version) = (model.name.clone(), model.version.clone());
         self.in_store(move |store| {
             let Some(bytes) = store.model(&name, &version)? else {
@@ -309,7 +331,7 @@ impl Lifecycle {
                         version: Some(version.clone()),
                         ..spec
                     };
-                    self.load(spec).await.map_err(|e| e.to_string())
+                    self.load_now(spec).await.map_err(|e| e.to_string())
                 }
                 None => self.restore_one(&name, &version, &bytes).await,
             };

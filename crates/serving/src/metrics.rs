@@ -100,7 +100,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         instances_replaced: IntCounterVec::new(
             Opts::new(
                 "sluice_instances_replaced_total",
-                "Instances replaced by a fresh one, per model, by reason (fault, max-calls)",
+                "Instances replaced by a fresh one, per model, by reason (fault, max-calls, worker-died)",
             ),
             &["model", "reason"],
         )
@@ -168,6 +168,16 @@ impl ModelMetrics {
                 .with_label_values(&[self.model.as_ref(), kind.label()])
                 .inc();
         }
+    }
+
+    /// The model these metrics are of.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// Records that a replica's worker died (it is replaced).
+    pub fn record_replica_died(&self) {
+        record_instance_replaced(&self.model, "worker-died");
     }
 
     /// Records one batch: its rows, how long it ran, and how long each request in it waited.

@@ -1,6 +1,7 @@
 //! A model that misbehaves on purpose, so the tests can prove that a fault fails only its own
 //! request. Its config is the name of the fault (UTF-8): `loop`, `oom`, `panic`, `recursion`,
-//! `wrong-shape`, `wrong-dtype`, `huge-output`, `straggler` or `huge-matmul`. It serves as `faulty-<fault>`,
+//! `wrong-shape`, `wrong-dtype`, `huge-output`, `straggler` or `huge-matmul`, or `init-loop`
+//! (whose `init` never returns, so the load's time limit must end it). It serves as `faulty-<fault>`,
 //! with input `x` FP32 `[-1, 1]` and output `y` FP32 `[-1, -1]`: it echoes `x`, except that a
 //! batch containing the value `1.0` triggers the fault. So a test can send a bad request and
 //! then a good one to the same model.
@@ -49,6 +50,10 @@ impl Model for Faulty {
     fn init(config: &[u8]) -> Result<Self, ModelError> {
         let name = std::str::from_utf8(config).unwrap_or("").trim();
         let fault = match name {
+            "init-loop" => loop {
+                // Never returns: the load's time limit ends it.
+                black_box(0);
+            },
             "loop" => Fault::Loop,
             "oom" => Fault::Oom,
             "panic" => Fault::Panic,
@@ -60,8 +65,8 @@ impl Model for Faulty {
             "huge-matmul" => Fault::HugeMatmul,
             other => {
                 return Err(ModelError::Internal(format!(
-                    "unknown fault `{other}`; expected loop, oom, panic, recursion, wrong-shape, \
-                     wrong-dtype, huge-output, straggler or huge-matmul"
+                    "unknown fault `{other}`; expected init-loop, loop, oom, panic, recursion, \
+                     wrong-shape, wrong-dtype, huge-output, straggler or huge-matmul"
                 )));
             }
         };

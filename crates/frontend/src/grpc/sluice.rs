@@ -137,7 +137,7 @@ impl Sluice for SluiceApi {
             .map_err(status)?;
         self.shared
             .lifecycle
-            .scale(&model, request.replicas as usize)
+            .scale(model.clone(), request.replicas as usize)
             .await
             .map_err(status)?;
         let is_default = version.is_none()

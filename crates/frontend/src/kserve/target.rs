@@ -80,7 +80,7 @@ impl InferTarget {
     /// least one linked model loaded.
     pub(crate) fn ready(&self, registry: &Registry) -> bool {
         match self {
-            InferTarget::Model(_) => true,
+            InferTarget::Model(model) => model.unavailable().is_none(),
             InferTarget::App(spec) => spec.models.iter().any(|link| {
                 let (name, version) = split_link(link);
                 registry.get(name, version).is_ok()

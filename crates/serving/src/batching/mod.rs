@@ -182,38 +182,31 @@ impl ReplicaRunner {
 
 impl BatchRunner for ReplicaRunner {
     async fn run(&mut self, inputs: Vec<Tensor>) -> (Vec<Tensor>, Result<Vec<Tensor>, CallError>) {
-        let Some(mut replica) = self.replica.take() else {
-            return (
-                inputs,
-                Err(CallError::Unavailable("the replica was lost".into())),
-            );
-        };
+        let mut replica = self
+            .replica
+            .take()
+            .expect("a replica whose call panicked is not used again: its worker ends");
         let call = move || {
             let started = std::time::Instant::now();
             let (inputs, result) = replica.predict(inputs);
             (replica, inputs, result, started.elapsed())
         };
-        let joined = if self.calls.inline() {
-            Ok(call())
+        // A panic here is the host's, not the guest's (a guest's trap is an error): it ends
+        // this worker, and the batcher replaces the replica.
+        let (replica, inputs, result, took) = if self.calls.inline() {
+            call()
         } else {
             match tokio::runtime::Handle::current().runtime_flavor() {
-                tokio::runtime::RuntimeFlavor::MultiThread => Ok(tokio::task::block_in_place(call)),
-                _ => tokio::task::spawn_blocking(call).await,
+                tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(call),
+                _ => match tokio::task::spawn_blocking(call).await {
+                    Ok(done) => done,
+                    Err(e) => std::panic::resume_unwind(e.into_panic()),
+                },
             }
         };
-        match joined {
-            Ok((replica, inputs, result, took)) => {
-                self.replica = Some(replica);
-                self.calls.record(took);
-                (inputs, result)
-            }
-            Err(e) => (
-                Vec::new(),
-                Err(CallError::Unavailable(format!(
-                    "the replica's thread failed: {e}"
-                ))),
-            ),
-        }
+        self.replica = Some(replica);
+        self.calls.record(took);
+        (inputs, result)
     }
 }
 
@@ -335,12 +328,33 @@ pub struct BatchStats {
 }
 
 /// The replicas of one model, each with its queue and worker.
+///
+/// A worker that dies (a panic in the host while it ran a batch; a guest's traps are answered
+/// as errors and never end a worker) is noticed: its replica leaves the set, the requests
+/// queued on it go to the others, and a new replica is started in its place, retried with a
+/// growing pause while it fails. Meanwhile a model left with no replica answers
+/// `Unavailable` with the reason.
 pub struct Batcher<R: BatchRunner> {
+    pool: Arc<Pool<R>>,
+}
+
+/// The replica set of one model, shared with the tasks that watch its workers.
+struct Pool<R: BatchRunner> {
     slots: RwLock<Vec<Arc<Slot>>>,
     factory: RunnerFactory<R>,
     shared: Arc<Shared>,
-    scaling: tokio::sync::Mutex<()>,
+    /// One change of the set at a time: scaling, or replacing a dead replica.
+    changing: tokio::sync::Mutex<()>,
+    /// The replicas asked for; dead ones are replaced until this many run again.
+    target: AtomicUsize,
+    /// Why the last attempt to replace a dead replica failed (cleared when one succeeds).
+    lost: Mutex<Option<String>>,
+    /// Set when the model is dropped: nothing is replaced any more.
+    retired: AtomicBool,
 }
+
+/// The longest pause between two attempts to replace a dead replica.
+const MAX_RESTART_PAUSE: Duration = Duration::from_secs(30);
 
 impl<R: BatchRunner> Batcher<R> {
     /// Starts one worker per runner for the model whose metrics are `metrics`. Must be called
@@ -353,7 +367,7 @@ impl<R: BatchRunner> Batcher<R> {
         info: Arc<ModelInfo>,
         limits: &ModelLimits,
     ) -> Self {
-        let batcher = Batcher {
+        let pool = Arc::new(Pool {
             slots: RwLock::default(),
             factory,
             shared: Arc::new(Shared {
@@ -365,42 +379,43 @@ impl<R: BatchRunner> Batcher<R> {
                 batches: AtomicU64::new(0),
                 rows: AtomicU64::new(0),
             }),
-            scaling: tokio::sync::Mutex::new(()),
-        };
+            changing: tokio::sync::Mutex::new(()),
+            target: AtomicUsize::new(runners.len()),
+            lost: Mutex::new(None),
+            retired: AtomicBool::new(false),
+        });
         for runner in runners {
-            batcher.add(runner);
+            pool.add(runner);
         }
-        batcher
-    }
-
-    fn add(&self, runner: R) {
-        let sizer = BatchSizer::new(
-            self.shared.config.mode,
-            self.shared.info.max_batch as usize,
-            self.shared.config.slo,
-        );
-        let slot = Arc::new(Slot::new(self.shared.queue_capacity, sizer.size()));
-        tokio::spawn(run_worker(slot.clone(), runner, sizer, self.shared.clone()));
-        self.slots
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(slot);
+        Batcher { pool }
     }
 
     /// The batching settings.
     pub fn config(&self) -> BatchingConfig {
-        self.shared.config
+        self.pool.shared.config
     }
 
     /// The number of replicas taking new requests.
     pub fn replicas(&self) -> usize {
-        self.slots.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.pool.slots().len()
+    }
+
+    /// Why the model cannot answer now: every replica died and none could be started again.
+    pub fn unavailable(&self) -> Option<String> {
+        if self.replicas() > 0 {
+            return None;
+        }
+        let lost = self.pool.lost.lock().unwrap_or_else(|p| p.into_inner());
+        Some(match lost.as_deref() {
+            Some(why) => format!("no replica is running: {why}"),
+            None => "no replica is running; one is being started".to_string(),
+        })
     }
 
     /// The current batch size limit of each replica.
     pub fn batch_sizes(&self) -> Vec<usize> {
-        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
-        slots
+        self.pool
+            .slots()
             .iter()
             .map(|s| s.batch_size.load(Ordering::Relaxed))
             .collect()
@@ -409,8 +424,8 @@ impl<R: BatchRunner> Batcher<R> {
     /// Batches and rows run so far.
     pub fn stats(&self) -> BatchStats {
         BatchStats {
-            batches: self.shared.batches.load(Ordering::Relaxed),
-            rows: self.shared.rows.load(Ordering::Relaxed),
+            batches: self.pool.shared.batches.load(Ordering::Relaxed),
+            rows: self.pool.shared.rows.load(Ordering::Relaxed),
         }
     }
 
@@ -426,42 +441,19 @@ impl<R: BatchRunner> Batcher<R> {
     ) -> Result<Vec<Tensor>, BatchError> {
         let (reply, mut answer) = oneshot::channel();
         let started = Arc::new(AtomicBool::new(false));
-        let mut pending = Pending {
+        let pending = Pending {
             inputs,
             rows,
             started: started.clone(),
             enqueued: Instant::now(),
             reply,
         };
-        let queued = {
-            let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
-            match slots.as_slice() {
-                // One replica: no choice to make (the common case, and the cheapest path).
-                [only] => only.push(deadline, pending).is_ok(),
-                _ => {
-                    let mut order: Vec<(u64, usize)> = slots
-                        .iter()
-                        .enumerate()
-                        .map(|(i, slot)| (slot.estimated_wait(rows), i))
-                        .collect();
-                    order.sort_unstable();
-                    let mut queued = false;
-                    for (_, i) in order {
-                        match slots[i].push(deadline, pending) {
-                            Ok(()) => {
-                                queued = true;
-                                break;
-                            }
-                            Err(back) => pending = back,
-                        }
-                    }
-                    queued
-                }
+        if self.pool.dispatch(deadline, pending).is_err() {
+            if let Some(why) = self.unavailable() {
+                return Err(unavailable(&why));
             }
-        };
-        if !queued {
             return Err(BatchError::QueueFull {
-                capacity: self.shared.queue_capacity,
+                capacity: self.pool.shared.queue_capacity,
             });
         }
         let stopped = |_| Err(unavailable("the replica stopped before answering"));
@@ -477,21 +469,23 @@ impl<R: BatchRunner> Batcher<R> {
         }
     }
 
-    /// Changes the number of replicas to `replicas` (at least 1). New replicas are
-    /// instantiated before they take requests; removed ones stop taking requests at once and
-    /// finish what they have queued. No request is lost.
+    /// Changes the number of replicas to `replicas` (at least 1). New replicas are all
+    /// instantiated before any takes requests; if one cannot be, none is added and the
+    /// error says why. Removed ones stop taking requests at once and finish what they have
+    /// queued. No request is lost.
     pub async fn scale(&self, replicas: usize) -> Result<(), LoadError> {
-        let _one_at_a_time = self.scaling.lock().await;
+        let pool = &self.pool;
+        let _one_change_at_a_time = pool.changing.lock().await;
         let replicas = replicas.max(1);
-        while self.replicas() < replicas {
-            let factory = self.factory.clone();
-            let runner = tokio::task::spawn_blocking(move || factory())
-                .await
-                .map_err(|e| LoadError::Internal(format!("starting a replica failed: {e}")))??;
-            self.add(runner);
+        let missing = replicas.saturating_sub(self.replicas());
+        let mut started = Vec::with_capacity(missing);
+        for _ in 0..missing {
+            started.push(pool.start_runner().await?);
         }
+        pool.target.store(replicas, Ordering::Relaxed);
+        started.into_iter().for_each(|runner| pool.add(runner));
         let removed = {
-            let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+            let mut slots = pool.slots.write().unwrap_or_else(|p| p.into_inner());
             let keep = replicas.min(slots.len());
             slots.split_off(keep)
         };
@@ -500,10 +494,134 @@ impl<R: BatchRunner> Batcher<R> {
     }
 }
 
+impl<R: BatchRunner> Pool<R> {
+    fn slots(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Slot>>> {
+        self.slots.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a worker for `runner`, and a task that replaces it if it dies.
+    fn add(self: &Arc<Self>, runner: R) {
+        let shared = &self.shared;
+        let sizer = BatchSizer::new(
+            shared.config.mode,
+            shared.info.max_batch as usize,
+            shared.config.slo,
+        );
+        let slot = Arc::new(Slot::new(shared.queue_capacity, sizer.size()));
+        let worker = tokio::spawn(run_worker(slot.clone(), runner, sizer, shared.clone()));
+        self.slots
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(slot.clone());
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let Err(death) = worker.await else {
+                return; // closed and drained
+            };
+            if let Some(pool) = pool.upgrade() {
+                pool.replace_dead(&slot, &panic_message(death)).await;
+            }
+        });
+    }
+
+    /// Puts `pending` on the replica expected to answer soonest; gives it back if every
+    /// queue is full or no replica runs.
+    fn dispatch(&self, deadline: Instant, mut pending: Pending) -> Result<(), Pending> {
+        let slots = self.slots();
+        if let [only] = slots.as_slice() {
+            // One replica: no choice to make (the common case, and the cheapest path).
+            return only.push(deadline, pending);
+        }
+        let mut order: Vec<(u64, usize)> = slots
+            .iter()
+            .enumerate()
+            .map(|(i, slot)| (slot.estimated_wait(pending.rows), i))
+            .collect();
+        order.sort_unstable();
+        for (_, i) in order {
+            match slots[i].push(deadline, pending) {
+                Ok(()) => return Ok(()),
+                Err(back) => pending = back,
+            }
+        }
+        Err(pending)
+    }
+
+    /// Makes a runner on a blocking thread (instantiation runs the model's `init`).
+    async fn start_runner(&self) -> Result<R, LoadError> {
+        let factory = self.factory.clone();
+        tokio::task::spawn_blocking(move || factory())
+            .await
+            .map_err(|e| LoadError::Internal(format!("starting a replica failed: {e}")))?
+    }
+
+    /// Takes a replica whose worker died out of the set, sends what was queued on it to the
+    /// others, and starts replicas until the set is back to its target.
+    async fn replace_dead(self: &Arc<Self>, slot: &Arc<Slot>, why: &str) {
+        let model = self.shared.metrics.model().to_string();
+        tracing::error!(%model, why, "a replica's worker died; replacing the replica");
+        self.shared.metrics.record_replica_died();
+        self.slots
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|s| !Arc::ptr_eq(s, slot));
+        let orphans = {
+            let mut state = slot.lock();
+            state.closed = true;
+            state.queued_rows = 0;
+            std::iter::from_fn(|| state.queue.pop()).collect::<Vec<_>>()
+        };
+        for (deadline, pending) in orphans {
+            if let Err(pending) = self.dispatch(deadline, pending) {
+                let _ = pending.reply.send(Err(unavailable(&format!(
+                    "the model's replica died ({why}) and no other could take the request"
+                ))));
+            }
+        }
+        let mut pause = Duration::from_secs(1);
+        while !self.retired.load(Ordering::Relaxed) {
+            {
+                let _one_change_at_a_time = self.changing.lock().await;
+                if self.slots().len() >= self.target.load(Ordering::Relaxed) {
+                    return;
+                }
+                match self.start_runner().await {
+                    Ok(runner) => {
+                        self.add(runner);
+                        *self.lost.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                        tracing::info!(%model, "a replica was started in place of a dead one");
+                        continue;
+                    }
+                    Err(e) => {
+                        let reason = format!("replacing a dead replica failed: {e}");
+                        tracing::error!(%model, %reason, retry_in = ?pause);
+                        *self.lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+                    }
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_RESTART_PAUSE);
+        }
+    }
+}
+
+/// What a dead task's panic said.
+fn panic_message(death: tokio::task::JoinError) -> String {
+    if !death.is_panic() {
+        return death.to_string();
+    }
+    let payload = death.into_panic();
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_string())
+}
+
 impl<R: BatchRunner> Drop for Batcher<R> {
     fn drop(&mut self) {
-        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
-        slots.iter().for_each(|slot| slot.close());
+        self.pool.retired.store(true, Ordering::Relaxed);
+        self.pool.slots().iter().for_each(|slot| slot.close());
     }
 }
 

@@ -8,7 +8,12 @@ use std::sync::Mutex as StdMutex;
 /// What the fake model saw: for each batch, the runner id and the input values.
 type Log = Arc<StdMutex<Vec<(usize, Vec<f32>)>>>;
 
-/// Doubles `x` after sleeping `fixed + per_row * rows`; refuses negative values.
+/// The input that makes the fake model's host code panic (what a fault outside the sandbox
+/// does to a worker).
+const PANICS: f32 = 666.0;
+
+/// Doubles `x` after sleeping `fixed + per_row * rows`; refuses negative values; panics on
+/// [`PANICS`].
 struct FakeRunner {
     id: usize,
     fixed: Duration,
@@ -37,6 +42,7 @@ impl BatchRunner for FakeRunner {
         let seen = values(&inputs[0]);
         self.log.lock().unwrap().push((self.id, seen.clone()));
         tokio::time::sleep(self.fixed + self.per_row * seen.len() as u32).await;
+        assert!(!seen.contains(&PANICS), "the host failed");
         if seen.iter().any(|v| *v < 0.0) {
             return (
                 inputs,
@@ -92,12 +98,23 @@ impl Default for Setup {
 }
 
 fn start(setup: Setup) -> (Arc<Batcher<FakeRunner>>, Log) {
+    let (batcher, log, _) = start_gated(setup);
+    (batcher, log)
+}
+
+/// Like [`start`], with a switch that makes new replicas fail to start while it is on.
+fn start_gated(setup: Setup) -> (Arc<Batcher<FakeRunner>>, Log, Arc<AtomicBool>) {
     let log: Log = Arc::default();
     let next_id = Arc::new(AtomicUsize::new(0));
+    let starts_fail = Arc::new(AtomicBool::new(false));
     let make = {
         let log = log.clone();
+        let starts_fail = starts_fail.clone();
         let (fixed, per_row) = (setup.fixed, setup.per_row);
         move || {
+            if starts_fail.load(Ordering::SeqCst) {
+                return Err(LoadError::Internal("out of memory maps".into()));
+            }
             Ok(FakeRunner {
                 id: next_id.fetch_add(1, Ordering::Relaxed),
                 fixed,
@@ -119,7 +136,7 @@ fn start(setup: Setup) -> (Arc<Batcher<FakeRunner>>, Log) {
             ..ModelLimits::default()
         },
     );
-    (Arc::new(batcher), log)
+    (Arc::new(batcher), log, starts_fail)
 }
 
 /// Lets every ready task run (the paused clock moves 1 µs).
@@ -392,6 +409,72 @@ async fn scaling_up_and_down_under_load_loses_nothing() {
     assert_eq!(log.iter().map(|(_, v)| v.len()).sum::<usize>(), 800);
     let used: std::collections::BTreeSet<usize> = log.iter().map(|(id, _)| *id).collect();
     assert_eq!(used.len(), 3, "the added replicas served requests");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_scale_that_cannot_start_every_replica_adds_none() {
+    let (batcher, _, starts_fail) = start_gated(Setup::default());
+    starts_fail.store(true, Ordering::SeqCst);
+    let error = batcher.scale(4).await.unwrap_err();
+    assert!(error.to_string().contains("out of memory maps"), "{error}");
+    assert_eq!(batcher.replicas(), 1, "all or nothing");
+    assert_eq!(call(&batcher, &[1.0]).await.unwrap(), [2.0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_worker_is_replaced_and_its_queue_is_served() {
+    let (batcher, _) = start(Setup {
+        replicas: 2,
+        ..Setup::default()
+    });
+    // One replica runs the request that kills its worker; the requests that arrive meanwhile
+    // queue on both replicas.
+    let dying = {
+        let batcher = batcher.clone();
+        tokio::spawn(async move { call(&batcher, &[PANICS]).await })
+    };
+    settle().await;
+    let queued: Vec<_> = (0..6)
+        .map(|i| {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { call(&batcher, &[i as f32]).await })
+        })
+        .collect();
+    // The batch that was running when the worker died fails; nothing else does.
+    let error = dying.await.unwrap().unwrap_err();
+    assert!(
+        matches!(error, BatchError::Call(CallError::Unavailable(_))),
+        "{error}"
+    );
+    for (i, request) in queued.into_iter().enumerate() {
+        assert_eq!(
+            request.await.unwrap().unwrap(),
+            [i as f32 * 2.0],
+            "none is lost"
+        );
+    }
+    settle().await;
+    assert_eq!(batcher.replicas(), 2, "the dead replica was replaced");
+    assert_eq!(call(&batcher, &[5.0]).await.unwrap(), [10.0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_model_whose_replicas_died_says_why_and_recovers() {
+    let (batcher, _, starts_fail) = start_gated(Setup::default());
+    starts_fail.store(true, Ordering::SeqCst);
+    call(&batcher, &[PANICS]).await.unwrap_err();
+    settle().await;
+    assert_eq!(batcher.replicas(), 0);
+    let why = batcher.unavailable().expect("no replica runs");
+    assert!(why.contains("out of memory maps"), "{why}");
+    let error = call(&batcher, &[1.0]).await.unwrap_err();
+    assert!(error.to_string().contains("out of memory maps"), "{error}");
+    // Replacement is retried with a growing pause; once a replica can start, it serves.
+    starts_fail.store(false, Ordering::SeqCst);
+    tokio::time::sleep(MAX_RESTART_PAUSE).await;
+    assert_eq!(batcher.replicas(), 1);
+    assert_eq!(batcher.unavailable(), None);
+    assert_eq!(call(&batcher, &[1.0]).await.unwrap(), [2.0]);
 }
 
 #[test]

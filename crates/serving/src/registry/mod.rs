@@ -55,6 +55,19 @@ pub enum RegistryError {
     /// The component could not be loaded.
     #[error("cannot load the model: {0}")]
     Load(#[from] LoadError),
+    /// The change would run more model instances than this host allows.
+    #[error(
+        "{change} would run {total} model instances on this host, over its limit of {limit} \
+         (the server's `--max-instances`)"
+    )]
+    TooManyInstances {
+        /// What was asked, e.g. "scaling `m` to 20000 replicas".
+        change: String,
+        /// The instances there would be.
+        total: usize,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 impl HasKind for RegistryError {
@@ -66,6 +79,7 @@ impl HasKind for RegistryError {
             RegistryError::InvalidInput { .. } => ErrorKind::InvalidArgument,
             RegistryError::Call { error, .. } => error.kind(),
             RegistryError::Load(load) => load.kind(),
+            RegistryError::TooManyInstances { .. } => ErrorKind::ResourceExhausted,
         }
     }
 }
@@ -126,6 +140,12 @@ impl Model {
         self.batcher.stats()
     }
 
+    /// Why the model cannot answer now (every replica died and none could be started again);
+    /// `None` while it serves.
+    pub fn unavailable(&self) -> Option<String> {
+        self.batcher.unavailable()
+    }
+
     /// Checks `inputs`, queues them on the replica expected to answer soonest, and returns
     /// the outputs (checked against the model's declaration by the replica's worker). The
     /// request must be answered by `deadline`, by default now + the model's SLO. Every
@@ -172,11 +192,6 @@ impl Model {
                 error,
             })
     }
-
-    /// Changes the number of replicas without dropping requests.
-    pub async fn scale(&self, replicas: usize) -> Result<(), RegistryError> {
-        Ok(self.batcher.scale(replicas).await?)
-    }
 }
 
 /// Where a model version is in its life.
@@ -187,7 +202,8 @@ pub enum ModelState {
     Loading,
     /// Serving.
     Ready,
-    /// The last attempt to load it failed; an older version, if any, keeps serving.
+    /// It cannot serve: the last attempt to load it failed (an older version, if any, keeps
+    /// serving), or every replica died and none could be started again (it is retried).
     Failed(String),
     /// Unloaded, but requests it accepted are still being answered.
     Draining,
@@ -248,9 +264,16 @@ impl Versions {
     }
 }
 
+/// The model instances a host runs by default, over all models and replicas. Each reserves
+/// its address space and a few memory maps: a `ScaleModel` to 20 000 replicas ran into the
+/// kernel's per-process map limit at 16 345 instances (and wasmtime's threads then failed),
+/// so the bound stays well below it.
+pub const DEFAULT_MAX_INSTANCES: usize = 4096;
+
 /// All loaded models.
 pub struct Registry {
     runtime: Arc<Runtime>,
+    max_instances: usize,
     models: RwLock<BTreeMap<String, Versions>>,
     /// Versions taken out of service, most recent last: draining while a request still holds
     /// them, then unloaded.
@@ -262,14 +285,59 @@ impl Registry {
     pub fn new(runtime: Arc<Runtime>) -> Self {
         Registry {
             runtime,
+            max_instances: DEFAULT_MAX_INSTANCES,
             models: RwLock::default(),
             retired: Mutex::default(),
         }
     }
 
+    /// Runs at most `limit` model instances (all models, all replicas); loads and scales
+    /// beyond it are refused. Default [`DEFAULT_MAX_INSTANCES`].
+    pub fn with_max_instances(mut self, limit: usize) -> Self {
+        self.max_instances = limit.max(1);
+        self
+    }
+
     /// The runtime the models run on.
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.runtime
+    }
+
+    /// Refuses a change that would take the host's instances from `running` (those of the
+    /// models it leaves alone) plus `adding` over the limit.
+    fn check_instances(
+        &self,
+        change: impl FnOnce() -> String,
+        adding: usize,
+    ) -> Result<(), RegistryError> {
+        let running: usize = self
+            .read()
+            .values()
+            .flat_map(|versions| &versions.loaded)
+            .map(|model| model.replicas())
+            .sum();
+        let total = running.saturating_add(adding);
+        if total > self.max_instances {
+            return Err(RegistryError::TooManyInstances {
+                change: change(),
+                total,
+                limit: self.max_instances,
+            });
+        }
+        Ok(())
+    }
+
+    /// Changes the number of replicas of `model` without dropping requests. New replicas all
+    /// start before any takes requests; if one cannot, none is added and the reason is
+    /// returned.
+    pub async fn scale(&self, model: &Model, replicas: usize) -> Result<(), RegistryError> {
+        let replicas = replicas.max(1);
+        let adding = replicas.saturating_sub(model.replicas());
+        self.check_instances(
+            || format!("scaling `{}` to {replicas} replicas", model.name),
+            adding,
+        )?;
+        Ok(model.batcher.scale(replicas).await?)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Versions>> {
@@ -286,26 +354,19 @@ impl Registry {
     /// and the version, the load shows as `Loading` meanwhile and a failure is recorded as
     /// `Failed` for `list`; versions already serving are not touched by a failure.
     pub async fn load(&self, request: LoadRequest) -> Result<Arc<Model>, RegistryError> {
+        let replicas = request.replicas.max(1);
+        self.check_instances(|| format!("loading {replicas} replicas"), replicas)?;
         let known = request.name.clone().zip(request.version.clone());
-        if let Some((name, version)) = &known {
-            self.write()
-                .entry(name.clone())
-                .or_default()
-                .loading
-                .push(version.clone());
-        }
+        let loading = known
+            .as_ref()
+            .map(|(name, version)| Loading::start(self, name, version));
         let runtime = self.runtime.clone();
         let built = tokio::task::spawn_blocking(move || build_model(&runtime, request))
             .await
             .unwrap_or_else(|e| Err(LoadError::Internal(format!("the load task failed: {e}"))));
         let mut models = self.write();
-        if let Some((name, version)) = &known {
-            let versions = models.entry(name.clone()).or_default();
-            versions.loading.retain(|v| v != version);
-            match &built {
-                Ok(_) => versions.failed.remove(version),
-                Err(e) => versions.failed.insert(version.clone(), e.to_string()),
-            };
+        if let Some(loading) = loading {
+            loading.finish(&mut models, built.as_ref().err());
         }
         let model = Arc::new(built?);
         let versions = models.entry(model.name.clone()).or_default();
@@ -442,7 +503,9 @@ impl Registry {
                 entries.push(ModelEntry {
                     name: name.clone(),
                     version: model.version.clone(),
-                    state: ModelState::Ready,
+                    state: model
+                        .unavailable()
+                        .map_or(ModelState::Ready, ModelState::Failed),
                     is_default: default.is_some_and(|d| Arc::ptr_eq(d, model)),
                     model: Some(model.clone()),
                 });
@@ -489,6 +552,58 @@ impl Registry {
             });
         }
         entries
+    }
+}
+
+/// A version shown as `Loading` while a load names it; if the load is dropped before it
+/// finishes, the version stops showing as loading.
+struct Loading<'a> {
+    registry: &'a Registry,
+    name: String,
+    version: String,
+    finished: bool,
+}
+
+impl<'a> Loading<'a> {
+    fn start(registry: &'a Registry, name: &str, version: &str) -> Self {
+        registry
+            .write()
+            .entry(name.to_string())
+            .or_default()
+            .loading
+            .push(version.to_string());
+        Loading {
+            registry,
+            name: name.to_string(),
+            version: version.to_string(),
+            finished: false,
+        }
+    }
+
+    /// Ends the loading state, recording the failure (or clearing an older one).
+    fn finish(mut self, models: &mut BTreeMap<String, Versions>, failure: Option<&LoadError>) {
+        let versions = models.entry(self.name.clone()).or_default();
+        versions.loading.retain(|v| *v != self.version);
+        match failure {
+            None => versions.failed.remove(&self.version),
+            Some(e) => versions.failed.insert(self.version.clone(), e.to_string()),
+        };
+        self.finished = true;
+    }
+}
+
+impl Drop for Loading<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let mut models = self.registry.write();
+        if let Some(versions) = models.get_mut(&self.name) {
+            versions.loading.retain(|v| *v != self.version);
+            if versions.is_empty() {
+                models.remove(&self.name);
+            }
+        }
     }
 }
 

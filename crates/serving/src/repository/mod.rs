@@ -238,8 +238,14 @@ impl Repository {
         })
     }
 
-    /// Makes the registry match the directory. Only one sync runs at a time.
-    pub async fn sync(&self) -> Result<SyncReport, RepositoryError> {
+    /// Makes the registry match the directory. Only one sync runs at a time, and it finishes
+    /// even if the caller stops waiting.
+    pub async fn sync(self: &Arc<Self>) -> Result<SyncReport, RepositoryError> {
+        let repository = self.clone();
+        crate::to_completion(async move { repository.sync_now().await }).await
+    }
+
+    async fn sync_now(&self) -> Result<SyncReport, RepositoryError> {
         let mut seen = self.seen.lock().await;
         let present = self.scan()?;
         let mut report = SyncReport::default();
@@ -290,9 +296,13 @@ impl Repository {
 
     /// Loads `model` again from its directory even if its files did not change (e.g. after an
     /// unload through the API), then syncs the rest.
-    pub async fn reload(&self, model: &str) -> Result<SyncReport, RepositoryError> {
-        self.seen.lock().await.retain(|(m, _), _| m != model);
-        self.sync().await
+    pub async fn reload(self: &Arc<Self>, model: &str) -> Result<SyncReport, RepositoryError> {
+        let (repository, model) = (self.clone(), model.to_string());
+        crate::to_completion(async move {
+            repository.seen.lock().await.retain(|(m, _), _| *m != model);
+            repository.sync_now().await
+        })
+        .await
     }
 
     /// Syncs whenever files under the directory change, until the returned watcher is dropped.
