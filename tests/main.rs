@@ -18,6 +18,9 @@ mod gpu;
 mod kserve;
 /// The crate graph: dependencies point down, wasmtime and the wire stay in their crates.
 mod layers;
+/// The bounds on what a client can make the server hold: connections, idle time, unfinished
+/// messages, the drain at shutdown.
+mod limits;
 /// Loading, unloading, versions and admin authorization through the API.
 mod loading;
 /// ONNX graphs served by the ONNX runner.

@@ -4,8 +4,8 @@
 
 use crate::samples::write_sample_repository;
 use anyhow::{Context, Result};
-use sluice_frontend::Server;
 use sluice_frontend::tls::TlsIdentity;
+use sluice_frontend::{ConnectionLimits, Server};
 use sluice_runtime::{Runtime, RuntimeConfig};
 use sluice_serving::ModelLimits;
 use sluice_serving::batching::BatchingConfig;
@@ -77,6 +77,27 @@ pub(super) struct ServeArgs {
     /// scales beyond it are refused with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = sluice_serving::registry::DEFAULT_MAX_INSTANCES)]
     max_instances: usize,
+    /// Open connections, both ports together (lowered to fit `ulimit -n`). At the limit a
+    /// new connection closes the one idle the longest, or is refused if none is idle.
+    #[arg(long, default_value_t = ConnectionLimits::default().max_connections)]
+    max_connections: usize,
+    /// Seconds a new connection has to send its first request (TLS handshake included).
+    #[arg(long, default_value_t = ConnectionLimits::default().header_timeout.as_secs())]
+    header_timeout_s: u64,
+    /// Seconds a connection may stay open with no request in flight.
+    #[arg(long, default_value_t = ConnectionLimits::default().idle_timeout.as_secs())]
+    idle_timeout_s: u64,
+    /// Seconds in-flight requests get to finish at shutdown, before the connections still
+    /// open are closed.
+    #[arg(long, default_value_t = ConnectionLimits::default().drain_timeout.as_secs())]
+    drain_timeout_s: u64,
+    /// MiB of requests still being received, all connections together; past it a request
+    /// gets RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = ConnectionLimits::default().request_memory >> 20)]
+    request_memory_mib: usize,
+    /// Seconds a request may send nothing in the middle of a message before it fails.
+    #[arg(long, default_value_t = ConnectionLimits::default().body_timeout.as_secs())]
+    body_timeout_s: u64,
     /// Allow admin calls from any peer that presents this token (default: loopback only).
     #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -181,7 +202,22 @@ pub(super) async fn run(args: ServeArgs) -> Result<()> {
             .with_context(|| format!("creating the state directory {}", dir.display()))?;
         Store::open(&dir.join(STATE_FILE))?
     };
-    let server = server.store(store).build()?;
+    // The connection limit is kept under the open-file limit: raise that to what the system
+    // allows first (as Go's runtime does), so the default limit holds on a default `ulimit -n`.
+    if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(%error, "could not raise the open-file limit");
+    }
+    let server = server
+        .store(store)
+        .connection_limits(ConnectionLimits {
+            max_connections: args.max_connections,
+            header_timeout: Duration::from_secs(args.header_timeout_s),
+            idle_timeout: Duration::from_secs(args.idle_timeout_s),
+            drain_timeout: Duration::from_secs(args.drain_timeout_s),
+            request_memory: args.request_memory_mib << 20,
+            body_timeout: Duration::from_secs(args.body_timeout_s),
+        })
+        .build()?;
     tracing::info!(
         applications = server.applications().list().len(),
         "applications restored"
@@ -249,5 +285,5 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-    tracing::info!("shutting down: finishing in-flight requests");
+    tracing::info!("shutting down: finishing in-flight requests (up to --drain-timeout-s)");
 }

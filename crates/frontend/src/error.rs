@@ -52,6 +52,16 @@ impl ApiError {
         ApiError::new(ErrorKind::Unavailable, message)
     }
 
+    /// A bound on what the server holds was reached.
+    pub fn resource_exhausted(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorKind::ResourceExhausted, message)
+    }
+
+    /// The request took too long.
+    pub fn deadline_exceeded(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorKind::DeadlineExceeded, message)
+    }
+
     /// The server failed.
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(ErrorKind::Internal, message)

@@ -14,6 +14,7 @@
 //! and become a gRPC status or an HTTP status only in [`status`].
 
 mod admin;
+pub mod connections;
 mod error;
 pub mod grpc;
 pub mod http;
@@ -22,6 +23,7 @@ pub mod messages;
 pub mod status;
 pub mod tls;
 
+pub use connections::ConnectionLimits;
 pub use error::ApiError;
 
 use sluice_api::proto;
@@ -83,6 +85,7 @@ pub enum ServeError {
 pub struct Server {
     shared: Shared,
     tls: Option<TlsIdentity>,
+    limits: ConnectionLimits,
 }
 
 /// Builds a [`Server`]; every setting has a default.
@@ -96,6 +99,7 @@ pub struct ServerBuilder {
     onnx_runner: Option<Arc<[u8]>>,
     admin_token: Option<String>,
     tls: Option<TlsIdentity>,
+    limits: ConnectionLimits,
 }
 
 impl Server {
@@ -111,6 +115,7 @@ impl Server {
             onnx_runner: None,
             admin_token: None,
             tls: None,
+            limits: ConnectionLimits::default(),
         }
     }
 
@@ -130,29 +135,48 @@ impl Server {
         self.shared.lifecycle.restore(legacy).await
     }
 
-    /// Serves gRPC on `grpc` and HTTP on `http` until `shutdown` resolves, then finishes the
-    /// requests in flight on both and returns.
+    /// Serves gRPC on `grpc` and HTTP on `http` until `shutdown` resolves, then lets the
+    /// requests in flight on both finish for up to the drain timeout, closes what is still
+    /// open, and returns.
     pub async fn serve(
         self,
         grpc: TcpListener,
         http: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = stopped.wait_for(|&s| s).await;
-        };
-        tokio::spawn(async move {
-            shutdown.await;
-            let _ = stop.send(true);
+        let connections = connections::Connections::new(self.limits);
+        let stopping = tokio_util::sync::CancellationToken::new();
+        let served = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(connections.clone().sweep_until(served.clone()));
+        let drain = self.limits.drain_timeout;
+        tokio::spawn({
+            let (stopping, served, connections) =
+                (stopping.clone(), served.clone(), connections.clone());
+            async move {
+                shutdown.await;
+                stopping.cancel();
+                tokio::select! {
+                    _ = tokio::time::sleep(drain) => connections.close_all(),
+                    _ = served.cancelled() => {}
+                }
+            }
         });
+        let _served_on_return = served.drop_guard();
         let rest = tokio::spawn(http::serve(
-            http,
+            connections::listener::Admitting::new(http, connections.clone()),
             self.shared.clone(),
             self.tls.clone(),
-            until_stopped(stopped.clone()),
+            connections.clone(),
+            stopping.clone().cancelled_owned(),
         ));
-        grpc::serve(grpc, self.shared, self.tls, until_stopped(stopped)).await?;
+        grpc::serve(
+            connections::listener::Admitting::new(grpc, connections.clone()),
+            self.shared,
+            self.tls,
+            connections,
+            stopping.cancelled_owned(),
+        )
+        .await?;
         rest.await
             .map_err(|e| std::io::Error::other(format!("the HTTP server task failed: {e}")))??;
         Ok(())
@@ -229,6 +253,14 @@ impl ServerBuilder {
         self
     }
 
+    /// Bounds on connections, their idle time, the drain at shutdown and the memory of
+    /// requests still arriving (see [`ConnectionLimits`]). The connection limit is lowered at
+    /// [`build`](Self::build) to fit the process's open-file limit.
+    pub fn connection_limits(mut self, limits: ConnectionLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// Opens the applications kept in the store and assembles the server.
     pub fn build(self) -> Result<Server, StoreError> {
         let store = self.store.unwrap_or_else(Store::in_memory);
@@ -249,8 +281,25 @@ impl ServerBuilder {
                 admin_token: self.admin_token,
             },
             tls: self.tls,
+            limits: fitted_to_open_files(self.limits),
         })
     }
+}
+
+/// `limits` with the connection limit lowered, if needed, under the open-file limit.
+fn fitted_to_open_files(limits: ConnectionLimits) -> ConnectionLimits {
+    let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) else {
+        return limits;
+    };
+    let fitted = limits.fitted_to(soft);
+    if fitted.max_connections < limits.max_connections {
+        tracing::warn!(
+            open_files = soft,
+            max_connections = fitted.max_connections,
+            "the connection limit is lowered to fit the open-file limit (ulimit -n)"
+        );
+    }
+    fitted
 }
 
 /// A server running on a background task, for tests and embedding.

@@ -6,14 +6,17 @@ mod kserve;
 mod sluice;
 
 use crate::admin::check_admin;
+use crate::connections::Connections;
+use crate::connections::listener::{Admitting, Peer};
+use crate::connections::requests::{Limited, Protocol};
 use crate::error::ApiError;
 use crate::tls::TlsIdentity;
 use crate::{MAX_MESSAGE_BYTES, MAX_STREAMS_PER_CONNECTION, Shared};
 use sluice_api::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use sluice_api::proto::sluice_server::SluiceServer;
 use std::future::Future;
-use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
+use std::sync::Arc;
+use tonic::transport::server::TlsConnectInfo;
 use tonic::{Request, Status};
 
 /// A malformed request's status; the message is bounded like every other
@@ -28,19 +31,68 @@ fn authorize<T>(shared: &Shared, request: &Request<T>) -> Result<(), Status> {
         .metadata()
         .get("authorization")
         .and_then(|v| v.to_str().ok());
-    check_admin(
-        shared.admin_token.as_deref(),
-        authorization,
-        request.remote_addr(),
-    )
-    .map_err(Status::from)
+    let peer = peer(request.extensions()).map(Peer::addr);
+    check_admin(shared.admin_token.as_deref(), authorization, peer).map_err(Status::from)
 }
 
-/// Serves on `listener` until `shutdown` resolves, then finishes in-flight calls and returns.
+/// The connection a request came on (tonic files it under the TLS info when there is TLS).
+fn peer(extensions: &http::Extensions) -> Option<&Peer> {
+    extensions.get::<Peer>().or_else(|| {
+        extensions
+            .get::<TlsConnectInfo<Peer>>()
+            .map(TlsConnectInfo::get_ref)
+    })
+}
+
+/// The gRPC port as the connection limits see it: length-prefixed messages, refusals as
+/// trailers-only statuses.
+#[derive(Clone)]
+pub(crate) struct Grpc;
+
+impl Protocol for Grpc {
+    type Body = tonic::body::Body;
+    const GRPC_FRAMING: bool = true;
+
+    fn wrap(
+        body: impl http_body::Body<Data = bytes::Bytes, Error = BoxError> + Send + 'static,
+    ) -> tonic::body::Body {
+        tonic::body::Body::new(body)
+    }
+
+    fn refusal(error: ApiError) -> http::Response<tonic::body::Body> {
+        Status::from(error).into_http()
+    }
+
+    /// tonic answers a message over the size limit with `OUT_OF_RANGE`; gRPC's own servers
+    /// (and so KServe's and Triton's clients) say `RESOURCE_EXHAUSTED`.
+    fn finish(
+        mut response: http::Response<tonic::body::Body>,
+    ) -> http::Response<tonic::body::Body> {
+        let headers = response.headers_mut();
+        let out_of_range = headers.get("grpc-status").is_some_and(|s| s == "11");
+        let too_large = headers
+            .get("grpc-message")
+            .is_some_and(|m| m.as_bytes().windows(16).any(|w| w == b"length%20too%20l"));
+        if out_of_range && too_large {
+            headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+        }
+        response
+    }
+
+    fn peer<B>(request: &http::Request<B>) -> Option<&Peer> {
+        peer(request.extensions())
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Serves on `listener` until `shutdown` resolves, then finishes in-flight calls and returns;
+/// under `connections`' limits.
 pub(crate) async fn serve(
-    listener: TcpListener,
+    listener: Admitting,
     shared: Shared,
     tls: Option<TlsIdentity>,
+    connections: Arc<Connections>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let mut builder = tonic::transport::Server::builder()
@@ -48,6 +100,7 @@ pub(crate) async fn serve(
     if let Some(identity) = &tls {
         builder = builder.tls_config(identity.grpc_config())?;
     }
+    let mut builder = builder.layer(Limited::<Grpc>::new(connections));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<SluiceServer<sluice::SluiceApi>>()
@@ -75,10 +128,6 @@ pub(crate) async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(sluice)
         .add_service(kserve)
-        // TCP_NODELAY: without it small replies wait on delayed ACKs (~40 ms tail spikes).
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(listener, shutdown)
         .await
 }

@@ -3,8 +3,9 @@
 //! JSON tensors become [`Tensor`]s and back directly (no protobuf in between); binary tensor
 //! data is the bytes a model receives.
 
-use super::{PeerAddr, Result, authorize};
+use super::{Result, authorize};
 use crate::Shared;
+use crate::connections::listener::Peer;
 use crate::error::ApiError;
 use crate::kserve::{
     self, AppParameters, InferTarget, PLATFORM, SERVER_NAME, is_requested, repository_index,
@@ -360,22 +361,22 @@ async fn index(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Json<Va
 
 async fn load(
     State(shared): State<Arc<Shared>>,
-    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    authorize(&shared, &headers, peer)?;
+    authorize(&shared, &headers, peer.addr())?;
     kserve::repository_load(&shared, &name).await?;
     Ok(Json(json!({})))
 }
 
 async fn unload(
     State(shared): State<Arc<Shared>>,
-    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    authorize(&shared, &headers, peer)?;
+    authorize(&shared, &headers, peer.addr())?;
     kserve::repository_unload(&shared, &name).await?;
     Ok(Json(json!({})))
 }

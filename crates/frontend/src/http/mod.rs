@@ -10,15 +10,16 @@ mod kserve;
 
 use crate::Shared;
 use crate::admin::check_admin;
+use crate::connections::Connections;
+use crate::connections::listener::{Admitting, Peer, TlsAdmitting};
+use crate::connections::requests::{Limited, Protocol};
 use crate::error::ApiError;
 use crate::status::http_status;
 use crate::tls::TlsIdentity;
-use axum::extract::connect_info::Connected;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use serde_json::json;
 use sluice_serving::registry::ModelState;
@@ -44,25 +45,6 @@ impl IntoResponse for HttpError {
 }
 
 pub(crate) type Result<T> = std::result::Result<T, HttpError>;
-
-/// The client's address, for the admin check; taken from plain and TLS connections alike.
-#[derive(Clone, Copy)]
-pub(crate) struct PeerAddr(pub(crate) SocketAddr);
-
-/// The HTTP port's listener when it serves TLS.
-type TlsTcpListener = tls_listener::TlsListener<tokio::net::TcpListener, tokio_rustls::TlsAcceptor>;
-
-impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
-
-impl Connected<IncomingStream<'_, TlsTcpListener>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, TlsTcpListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
 
 /// Checks an admin call's credentials (see [`check_admin`]).
 pub(crate) fn authorize(shared: &Shared, headers: &HeaderMap, peer: SocketAddr) -> Result<()> {
@@ -100,18 +82,49 @@ async fn json_refusals(response: Response) -> Response {
     (StatusCode::PAYLOAD_TOO_LARGE, Json(error)).into_response()
 }
 
-/// Serves the HTTP port on `listener` until `shutdown` resolves.
+/// The HTTP port as the connection limits see it: one message per body, refusals in JSON.
+#[derive(Clone)]
+pub(crate) struct Http;
+
+impl Protocol for Http {
+    type Body = axum::body::Body;
+    const GRPC_FRAMING: bool = false;
+
+    fn wrap(
+        body: impl http_body::Body<Data = bytes::Bytes, Error = BoxError> + Send + 'static,
+    ) -> axum::body::Body {
+        axum::body::Body::new(body)
+    }
+
+    fn refusal(error: ApiError) -> Response {
+        HttpError(error).into_response()
+    }
+
+    fn peer<B>(request: &axum::http::Request<B>) -> Option<&Peer> {
+        request
+            .extensions()
+            .get::<ConnectInfo<Peer>>()
+            .map(|ConnectInfo(peer)| peer)
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Serves the HTTP port on `listener` until `shutdown` resolves, under `connections`' limits.
 pub(crate) async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: Admitting,
     shared: Shared,
     tls: Option<TlsIdentity>,
+    connections: Arc<Connections>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let tls = match &tls {
         Some(identity) => Some(identity.rustls_config().map_err(std::io::Error::other)?),
         None => None,
     };
-    let app = router(shared).into_make_service_with_connect_info::<PeerAddr>();
+    let app = router(shared)
+        .layer(Limited::<Http>::new(connections.clone()))
+        .into_make_service_with_connect_info::<Peer>();
     match tls {
         None => {
             axum::serve(listener, app)
@@ -120,7 +133,10 @@ pub(crate) async fn serve(
         }
         Some(config) => {
             // Handshakes run concurrently, so a slow client does not hold up the others.
-            let listener = TlsTcpListener::new(tokio_rustls::TlsAcceptor::from(config), listener);
+            let listener: TlsAdmitting =
+                tls_listener::builder(tokio_rustls::TlsAcceptor::from(config))
+                    .handshake_timeout(connections.limits().header_timeout)
+                    .listen(listener);
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
                 .await
