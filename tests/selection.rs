@@ -694,3 +694,34 @@ async fn kserve_and_rest_clients_reach_applications_by_name() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_keeps_a_bounded_number_of_user_states() {
+    let mut server = TestServer::start(|server| server.max_user_states(3))
+        .await
+        .load_samples()
+        .await;
+    let digits = Digits::load_default().unwrap();
+    register(
+        &mut server,
+        application("bounded", &["digits-logreg", "digits-mlp"], 1000, exp4()),
+    )
+    .await;
+    let users: Vec<String> = (0..6).map(|i| format!("user-{i}")).collect();
+    for user in &users {
+        feedback(&mut server, "bounded", user, &digits.holdout[0]).await;
+    }
+    let mut counts = Vec::new();
+    for user in &users {
+        counts.push(
+            selection_state(&mut server, "bounded", user)
+                .await
+                .feedback_count,
+        );
+    }
+    // The three updated least recently gave way to the three newest.
+    assert_eq!(counts, [0, 0, 0, 1, 1, 1]);
+    let shared = selection_state(&mut server, "bounded", "").await;
+    assert_eq!(shared.feedback_count, 0, "per-user feedback stays per user");
+    server.shutdown().await;
+}

@@ -77,6 +77,10 @@ pub(super) struct ServeArgs {
     /// scales beyond it are refused with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = sluice_serving::registry::DEFAULT_MAX_INSTANCES)]
     max_instances: usize,
+    /// Per-user selection states each application keeps; past it the least recently
+    /// updated are dropped (those users start again from the application's own state).
+    #[arg(long, default_value_t = sluice_serving::selection::DEFAULT_MAX_USER_STATES)]
+    max_user_states: usize,
     /// Open connections, both ports together (lowered to fit `ulimit -n`). At the limit a
     /// new connection closes the one idle the longest, or is refused if none is idle.
     #[arg(long, default_value_t = ConnectionLimits::default().max_connections)]
@@ -209,6 +213,7 @@ pub(super) async fn run(args: ServeArgs) -> Result<()> {
     }
     let server = server
         .store(store)
+        .max_user_states(args.max_user_states)
         .connection_limits(ConnectionLimits {
             max_connections: args.max_connections,
             header_timeout: Duration::from_secs(args.header_timeout_s),

@@ -100,6 +100,7 @@ pub struct ServerBuilder {
     admin_token: Option<String>,
     tls: Option<TlsIdentity>,
     limits: ConnectionLimits,
+    max_user_states: usize,
 }
 
 impl Server {
@@ -116,6 +117,7 @@ impl Server {
             admin_token: None,
             tls: None,
             limits: ConnectionLimits::default(),
+            max_user_states: sluice_serving::selection::DEFAULT_MAX_USER_STATES,
         }
     }
 
@@ -253,6 +255,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Per-user selection states each application keeps (default 100 000); past it the
+    /// least recently updated are dropped.
+    pub fn max_user_states(mut self, limit: usize) -> Self {
+        self.max_user_states = limit;
+        self
+    }
+
     /// Bounds on connections, their idle time, the drain at shutdown and the memory of
     /// requests still arriving (see [`ConnectionLimits`]). The connection limit is lowered at
     /// [`build`](Self::build) to fit the process's open-file limit.
@@ -265,7 +274,12 @@ impl ServerBuilder {
     pub fn build(self) -> Result<Server, StoreError> {
         let store = self.store.unwrap_or_else(Store::in_memory);
         let cache = Arc::new(PredictionCache::new(self.cache_bytes));
-        let applications = Applications::open(self.registry.clone(), cache, store.clone())?;
+        let applications = Applications::open(
+            self.registry.clone(),
+            cache,
+            store.clone(),
+            self.max_user_states,
+        )?;
         let lifecycle = Lifecycle::new(
             self.registry.clone(),
             store,

@@ -20,6 +20,13 @@ use thiserror::Error;
 const APPLICATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("applications");
 /// `app \0 user` → selection state (JSON); the user is empty for the application-wide state.
 const STATES: TableDefinition<&str, &[u8]> = TableDefinition::new("selection_state");
+/// `app \0 sequence` (20 digits) → user: the per-user states of each application in the
+/// order they were last updated, oldest first, so the oldest can give way at the bound.
+const STATE_ORDER: TableDefinition<&str, &str> = TableDefinition::new("selection_state_order");
+/// `app \0 user` → that user's key in [`STATE_ORDER`].
+const STATE_SEQUENCE: TableDefinition<&str, u64> = TableDefinition::new("selection_state_sequence");
+/// Application → how many per-user states it has.
+const USER_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("selection_user_counts");
 /// `model \0 version` → how it was loaded (the lifecycle's record).
 const MODELS: TableDefinition<&str, &[u8]> = TableDefinition::new("loaded_models");
 /// SHA-256 (hex) → bytes: components and init configs of loaded models, stored once each.
@@ -87,6 +94,11 @@ fn pair_key(app: &str, user: &str) -> String {
     format!("{app}\0{user}")
 }
 
+/// `app`'s key in [`STATE_ORDER`] for `sequence` (zero-padded, so keys sort by number).
+fn order_key(app: &str, sequence: u64) -> String {
+    format!("{app}\0{sequence:020}")
+}
+
 /// Every key whose first part is `first`: between "first\0" and "first\x01".
 fn first_part_range(first: &str) -> (String, String) {
     (format!("{first}\0"), format!("{first}\u{1}"))
@@ -145,6 +157,9 @@ impl Store {
         let txn = self.db.begin_write().map_err(db_error)?;
         txn.open_table(APPLICATIONS).map_err(db_error)?;
         txn.open_table(STATES).map_err(db_error)?;
+        txn.open_table(STATE_ORDER).map_err(db_error)?;
+        txn.open_table(STATE_SEQUENCE).map_err(db_error)?;
+        txn.open_table(USER_COUNTS).map_err(db_error)?;
         txn.open_table(MODELS).map_err(db_error)?;
         txn.open_table(DEFAULT_VERSIONS).map_err(db_error)?;
         txn.open_table(BLOBS).map_err(db_error)?;
@@ -199,19 +214,92 @@ impl Store {
         }
     }
 
-    /// Stores the selection state of `(app, user)`; durable when this returns.
+    /// Stores the selection state of `(app, user)`; durable when this returns. An
+    /// application keeps at most `max_users` per-user states: storing one more drops the
+    /// states updated least recently, in the same transaction, and returns whose they were.
+    /// The application-wide state (user `""`) is not counted.
     pub fn put_state(
         &self,
         app: &str,
         user: &str,
         state: &impl Serialize,
-    ) -> Result<(), StoreError> {
+        max_users: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let key = pair_key(app, user);
         let txn = self.db.begin_write().map_err(db_error)?;
         txn.open_table(STATES)
             .map_err(db_error)?
-            .insert(pair_key(app, user).as_str(), encode(state).as_slice())
+            .insert(key.as_str(), encode(state).as_slice())
             .map_err(db_error)?;
-        txn.commit().map_err(db_error)
+        let dropped = if user.is_empty() {
+            Vec::new()
+        } else {
+            Self::mark_updated(&txn, app, user, max_users.max(1))?
+        };
+        txn.commit().map_err(db_error)?;
+        Ok(dropped)
+    }
+
+    /// Moves `user` to the newest end of `app`'s order, and drops the oldest states beyond
+    /// `max_users`; returns the users dropped.
+    fn mark_updated(
+        txn: &redb::WriteTransaction,
+        app: &str,
+        user: &str,
+        max_users: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut order = txn.open_table(STATE_ORDER).map_err(db_error)?;
+        let mut sequences = txn.open_table(STATE_SEQUENCE).map_err(db_error)?;
+        let mut counts = txn.open_table(USER_COUNTS).map_err(db_error)?;
+        let key = pair_key(app, user);
+        let earlier = sequences
+            .get(key.as_str())
+            .map_err(db_error)?
+            .map(|s| s.value());
+        let mut count = counts.get(app).map_err(db_error)?.map_or(0, |c| c.value());
+        match earlier {
+            Some(sequence) => {
+                order
+                    .remove(order_key(app, sequence).as_str())
+                    .map_err(db_error)?;
+            }
+            None => count += 1,
+        }
+        let (from, to) = first_part_range(app);
+        let newest = order
+            .range(from.as_str()..to.as_str())
+            .map_err(db_error)?
+            .next_back()
+            .transpose()
+            .map_err(db_error)?
+            .and_then(|(k, _)| k.value().rsplit('\0').next()?.parse::<u64>().ok());
+        let sequence = newest.map_or(0, |n| n + 1);
+        order
+            .insert(order_key(app, sequence).as_str(), user)
+            .map_err(db_error)?;
+        sequences.insert(key.as_str(), sequence).map_err(db_error)?;
+        let mut dropped = Vec::new();
+        let mut states = txn.open_table(STATES).map_err(db_error)?;
+        while count > max_users as u64 {
+            let Some((oldest_key, oldest_user)) = order
+                .range(from.as_str()..to.as_str())
+                .map_err(db_error)?
+                .next()
+                .transpose()
+                .map_err(db_error)?
+                .map(|(k, u)| (k.value().to_string(), u.value().to_string()))
+            else {
+                break;
+            };
+            order.remove(oldest_key.as_str()).map_err(db_error)?;
+            let pair = pair_key(app, &oldest_user);
+            sequences.remove(pair.as_str()).map_err(db_error)?;
+            states.remove(pair.as_str()).map_err(db_error)?;
+            dropped.push(oldest_user);
+            count -= 1;
+        }
+        counts.insert(app, count).map_err(db_error)?;
+        Ok(dropped)
     }
 
     /// Forgets the state of one user of `app`, or (with `None`) of all its users and the
@@ -228,17 +316,35 @@ impl Store {
         user: Option<&str>,
     ) -> Result<(), StoreError> {
         let mut table = txn.open_table(STATES).map_err(db_error)?;
+        let mut order = txn.open_table(STATE_ORDER).map_err(db_error)?;
+        let mut sequences = txn.open_table(STATE_SEQUENCE).map_err(db_error)?;
+        let mut counts = txn.open_table(USER_COUNTS).map_err(db_error)?;
         match user {
             Some(user) => {
-                table
-                    .remove(pair_key(app, user).as_str())
-                    .map_err(db_error)?;
+                let key = pair_key(app, user);
+                table.remove(key.as_str()).map_err(db_error)?;
+                let sequence = sequences.remove(key.as_str()).map_err(db_error)?;
+                if let Some(sequence) = sequence.map(|s| s.value()) {
+                    order
+                        .remove(order_key(app, sequence).as_str())
+                        .map_err(db_error)?;
+                    let count = counts.get(app).map_err(db_error)?.map_or(0, |c| c.value());
+                    counts
+                        .insert(app, count.saturating_sub(1))
+                        .map_err(db_error)?;
+                }
             }
             None => {
                 let (from, to) = first_part_range(app);
+                let range = from.as_str()..to.as_str();
                 table
-                    .retain_in(from.as_str()..to.as_str(), |_, _| false)
+                    .retain_in(range.clone(), |_, _| false)
                     .map_err(db_error)?;
+                order
+                    .retain_in(range.clone(), |_, _| false)
+                    .map_err(db_error)?;
+                sequences.retain_in(range, |_, _| false).map_err(db_error)?;
+                counts.remove(app).map_err(db_error)?;
             }
         }
         Ok(())
@@ -383,9 +489,9 @@ mod tests {
         let state = serde_json::json!({ "weights": [1.0, 2.0], "feedback_count": 3 });
         {
             let store = Store::open(&path).unwrap();
-            store.put_state("app", "", &state).unwrap();
-            store.put_state("app", "alice", &state).unwrap();
-            store.put_state("apple", "", &state).unwrap();
+            store.put_state("app", "", &state, 10).unwrap();
+            store.put_state("app", "alice", &state, 10).unwrap();
+            store.put_state("apple", "", &state, 10).unwrap();
             store.delete_states("app", Some("alice")).unwrap();
             assert_eq!(
                 store.state::<serde_json::Value>("app", "alice").unwrap(),

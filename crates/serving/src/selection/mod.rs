@@ -47,6 +47,12 @@ const RECENT_QUERIES: NonZeroUsize = NonZeroUsize::new(100_000).expect("non-zero
 /// call is using are dropped (every state is in the store, and comes back from it when needed).
 const STATES_IN_MEMORY: usize = 100_000;
 
+/// Per-user states each application keeps in the store by default; past it the least
+/// recently updated are dropped (those users start again from the application's own state).
+/// A state is its user id (at most 256 bytes) and about 60 bytes per linked model, so 100 000
+/// users of a five-model application take about 40 MB.
+pub const DEFAULT_MAX_USER_STATES: usize = 100_000;
+
 /// One row of an application's answer.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RowAnswer {
@@ -143,17 +149,19 @@ fn rows_of(inputs: &[Tensor]) -> Result<usize, SelectionError> {
 }
 
 impl Applications {
-    /// Opens the applications kept in `store`, answering with the models of `registry`.
+    /// Opens the applications kept in `store`, answering with the models of `registry`; each
+    /// keeps at most `max_user_states` per-user states.
     pub fn open(
         registry: Arc<Registry>,
         cache: Arc<PredictionCache>,
         store: Store,
+        max_user_states: usize,
     ) -> Result<Applications, StoreError> {
         Ok(Applications {
             registry,
             cache,
             catalog: Catalog::open(store.clone())?,
-            states: StateCache::new(store, STATES_IN_MEMORY),
+            states: StateCache::new(store, STATES_IN_MEMORY, max_user_states),
             recent: RecentQueries::new(RECENT_QUERIES),
         })
     }

@@ -18,15 +18,18 @@ pub(super) struct StateCache {
     store: Store,
     states: Mutex<lru::LruCache<StateKey, SharedState>>,
     capacity: usize,
+    max_stored_users: usize,
 }
 
 impl StateCache {
-    /// A cache of at most `capacity` idle states, backed by `store`.
-    pub(super) fn new(store: Store, capacity: usize) -> StateCache {
+    /// A cache of at most `capacity` idle states, backed by `store`, which keeps at most
+    /// `max_stored_users` per-user states of each application.
+    pub(super) fn new(store: Store, capacity: usize, max_stored_users: usize) -> StateCache {
         StateCache {
             store,
             states: Mutex::new(lru::LruCache::unbounded()),
             capacity: capacity.max(1),
+            max_stored_users,
         }
     }
 
@@ -66,7 +69,9 @@ impl StateCache {
         Ok(state)
     }
 
-    /// Stores the state of `(app, user)` durably.
+    /// Stores the state of `(app, user)` durably. Past the bound of per-user states, those
+    /// updated least recently are dropped, from the store and from memory: those users start
+    /// again from the application-wide state.
     pub(super) async fn persist(
         &self,
         app: &str,
@@ -75,7 +80,20 @@ impl StateCache {
     ) -> Result<(), StoreError> {
         let store = self.store.clone();
         let (a, u) = (app.to_string(), user.to_string());
-        blocking(move || store.put_state(&a, &u, &state)).await
+        let max_users = self.max_stored_users;
+        let dropped = blocking(move || store.put_state(&a, &u, &state, max_users)).await?;
+        for user in &dropped {
+            self.forget(app, Some(user));
+        }
+        if !dropped.is_empty() {
+            tracing::info!(
+                app,
+                users = dropped.len(),
+                limit = max_users,
+                "per-user states dropped at the bound, least recently updated first"
+            );
+        }
+        Ok(())
     }
 
     /// Forgets what was learned for one user of `app`, or for all of them (`None`): in the
@@ -108,8 +126,43 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn past_the_bound_the_least_recently_updated_users_are_dropped() {
+        let cache = StateCache::new(Store::in_memory(), 100, 2);
+        let learned = |n| SelectionState {
+            feedback_count: n,
+            ..SelectionState::default()
+        };
+        cache.persist("app", "alice", learned(1)).await.unwrap();
+        cache.persist("app", "bob", learned(2)).await.unwrap();
+        cache.persist("app", "", learned(9)).await.unwrap();
+        cache.persist("app", "alice", learned(3)).await.unwrap();
+        cache.persist("app", "carol", learned(4)).await.unwrap();
+        let stored = |user: &'static str| {
+            let store = cache.store.clone();
+            move || store.state::<SelectionState>("app", user).unwrap()
+        };
+        assert_eq!(stored("bob")(), None, "bob was updated least recently");
+        assert_eq!(stored("alice")().unwrap().feedback_count, 3);
+        assert_eq!(stored("carol")().unwrap().feedback_count, 4);
+        assert_eq!(
+            stored("")().unwrap().feedback_count,
+            9,
+            "the app's own state stays"
+        );
+        // Bob comes back as a new user, and the oldest (alice) gives way.
+        let bob = cache.get("app", "bob").await.unwrap();
+        assert_eq!(bob.lock().await.feedback_count, 0);
+        cache.persist("app", "bob", learned(5)).await.unwrap();
+        assert_eq!(stored("alice")(), None);
+        // Forgetting a user frees its place.
+        cache.reset("app", Some("carol")).await.unwrap();
+        cache.persist("app", "dave", learned(6)).await.unwrap();
+        assert_eq!(stored("bob")().unwrap().feedback_count, 5);
+    }
+
+    #[tokio::test]
     async fn idle_states_leave_memory_and_come_back_from_the_store() {
-        let cache = StateCache::new(Store::in_memory(), 1);
+        let cache = StateCache::new(Store::in_memory(), 1, 10);
         let alice = cache.get("app", "alice").await.unwrap();
         {
             let mut state = alice.lock().await;
