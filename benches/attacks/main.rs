@@ -27,13 +27,20 @@ struct Server {
 }
 
 impl Server {
-    /// Starts `sluice` with `extra` flags; `shell_prefix` runs before it in `sh` (a ulimit).
-    fn start(sluice: &Path, work: &Path, name: &str, shell_prefix: &str) -> anyhow::Result<Server> {
+    /// Starts `sluice serve` with `flags` added; `shell_prefix` runs before it in `sh` (a
+    /// ulimit).
+    fn start(
+        sluice: &Path,
+        work: &Path,
+        name: &str,
+        shell_prefix: &str,
+        flags: &str,
+    ) -> anyhow::Result<Server> {
         let state_dir = work.join(name);
         std::fs::create_dir_all(&state_dir)?;
         let command = format!(
             "{shell_prefix} exec \"$0\" serve --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
-             --sample-replicas 1 --state-dir \"$1\" --cache-dir \"$2\""
+             --sample-replicas 1 --state-dir \"$1\" --cache-dir \"$2\" {flags}"
         );
         let mut child = Command::new("sh")
             .args(["-c", &command])
@@ -168,7 +175,7 @@ fn ms(duration: Option<Duration>) -> String {
 
 /// 1100 idle TCP connections to a server limited to 1024 open files.
 async fn idle_flood(sluice: &Path, work: &Path) -> anyhow::Result<()> {
-    let server = Server::start(sluice, work, "flood", "ulimit -n 1024;")?;
+    let server = Server::start(sluice, work, "flood", "ulimit -n 1024;", "")?;
     let before = server.resident_mib();
     let mut flood = Vec::new();
     for _ in 0..1100 {
@@ -188,7 +195,7 @@ async fn idle_flood(sluice: &Path, work: &Path) -> anyhow::Result<()> {
 
 /// 2 connections x 8 streams, each announcing a 60 MiB message and sending all but 1 MiB.
 async fn unfinished_messages(sluice: &Path, work: &Path) -> anyhow::Result<()> {
-    let server = Server::start(sluice, work, "unfinished", "")?;
+    let server = Server::start(sluice, work, "unfinished", "", "")?;
     let before = server.resident_mib();
     let mut held = Vec::new();
     for _ in 0..2 {
@@ -225,7 +232,7 @@ async fn unfinished_messages(sluice: &Path, work: &Path) -> anyhow::Result<()> {
 
 /// Huge user ids: 30 Feedback with 4 MiB ids, 40 PredictApp with 16 MiB ids.
 async fn huge_user_ids(sluice: &Path, work: &Path) -> anyhow::Result<()> {
-    let server = Server::start(sluice, work, "users", "")?;
+    let server = Server::start(sluice, work, "users", "", "")?;
     let mut client = server.client().await?;
     let status = Command::new(sluice)
         .args([
@@ -280,7 +287,7 @@ async fn huge_user_ids(sluice: &Path, work: &Path) -> anyhow::Result<()> {
 
 /// `ScaleModel(digits-logreg, 20000)`.
 async fn scale_beyond_the_host(sluice: &Path, work: &Path) -> anyhow::Result<()> {
-    let server = Server::start(sluice, work, "scale", "")?;
+    let server = Server::start(sluice, work, "scale", "", "")?;
     let mut client = server.client().await?;
     let before = server.resident_mib();
     let started = Instant::now();
@@ -304,10 +311,75 @@ async fn scale_beyond_the_host(sluice: &Path, work: &Path) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Reads until the server closes the connection; how long that took (`None`: not within
+/// `wait`).
+async fn closed_after(stream: &mut TcpStream, wait: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buffer = [0u8; 4096];
+    let read_to_end = async {
+        while let Ok(n) = tokio::io::AsyncReadExt::read(stream, &mut buffer).await {
+            if n == 0 {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(wait, read_to_end).await.ok()?;
+    Some(started.elapsed())
+}
+
+/// A connection that sends half a request line and stops, and a keep-alive connection left
+/// idle after one request (idle timeout 5 s here, to keep the run short).
+async fn silent_and_idle(sluice: &Path, work: &Path) -> anyhow::Result<()> {
+    let server = Server::start(sluice, work, "silent", "", "--idle-timeout-s 5")?;
+    let mut silent = TcpStream::connect(server.http).await?;
+    silent
+        .write_all(b"GET /v2/health/live HTTP/1.1\r\n")
+        .await?;
+    let mut idle = TcpStream::connect(server.http).await?;
+    idle.write_all(b"GET /v2/health/live HTTP/1.1\r\nhost: sluice\r\n\r\n")
+        .await?;
+    let answer = server.healthy_answer().await;
+    let (silent, idle) = tokio::join!(
+        closed_after(&mut silent, Duration::from_secs(30)),
+        closed_after(&mut idle, Duration::from_secs(30))
+    );
+    let seconds = |d: Option<Duration>| {
+        d.map_or("not within 30 s".into(), |d| {
+            format!("{:.1} s", d.as_secs_f64())
+        })
+    };
+    println!(
+        "half a request line: closed after {} (header timeout 10 s); idle keep-alive: closed \
+         after {} (idle timeout 5 s); healthy client answered in {}",
+        seconds(silent),
+        seconds(idle),
+        ms(answer)
+    );
+    Ok(())
+}
+
+/// A gRPC message announcing 64 MiB + 1 byte.
+async fn oversized_message(sluice: &Path, work: &Path) -> anyhow::Result<()> {
+    let server = Server::start(sluice, work, "oversized", "", "")?;
+    let before = server.resident_mib();
+    let connection = h2_connection(server.grpc).await?;
+    let started = Instant::now();
+    let (response, _body) = unfinished_predict(&connection, (64 << 20) + 1, 1 << 20).await?;
+    let status = refused_status(response, Duration::from_secs(10)).await;
+    let took = started.elapsed();
+    println!(
+        "a gRPC message announcing 64 MiB + 1: grpc-status {} in {}; RSS {before:.0} -> {:.0} MiB",
+        status.as_deref().unwrap_or("none"),
+        ms(Some(took)),
+        server.resident_mib()
+    );
+    Ok(())
+}
+
 /// SIGTERM while three clients stall: a REST body, a gRPC message, an HTTP/2 client that
 /// never reads.
 async fn terminate_with_stalled_clients(sluice: &Path, work: &Path) -> anyhow::Result<()> {
-    let server = Server::start(sluice, work, "drain", "")?;
+    let server = Server::start(sluice, work, "drain", "", "")?;
     let mut rest = TcpStream::connect(server.http).await?;
     rest.write_all(
         b"POST /v2/models/digits-logreg/infer HTTP/1.1\r\nhost: sluice\r\ncontent-length: 100\r\n\r\n{",
@@ -340,6 +412,8 @@ async fn main() -> anyhow::Result<()> {
     let work = std::env::temp_dir().join(format!("sluice-attacks-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     idle_flood(&sluice, &work).await?;
+    silent_and_idle(&sluice, &work).await?;
+    oversized_message(&sluice, &work).await?;
     unfinished_messages(&sluice, &work).await?;
     huge_user_ids(&sluice, &work).await?;
     scale_beyond_the_host(&sluice, &work).await?;

@@ -3,7 +3,7 @@
 # loopback: what the server holds while attacked, and how long a healthy client waits. The
 # figures go in docs/reliability.md.
 #
-#   benches/attacks/run.sh             # ~1 min after the build
+#   benches/attacks/run.sh             # ~2 min after the build (it waits out the timeouts)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TARGET=${CARGO_TARGET_DIR:-target}
