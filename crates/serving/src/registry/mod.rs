@@ -303,8 +303,8 @@ impl Registry {
         &self.runtime
     }
 
-    /// Refuses a change that would take the host's instances from `running` (those of the
-    /// models it leaves alone) plus `adding` over the limit.
+    /// Refuses a change that adds `adding` instances to those running, if the total would
+    /// pass the limit.
     fn check_instances(
         &self,
         change: impl FnOnce() -> String,
