@@ -112,10 +112,6 @@ async fn faulty_and_healthy_models_under_load() {
             .await
             .unwrap();
     }
-    server
-        .client
-        .predict(digits_request("digits-logreg", &digits.holdout[..1]))
-        .await
-        .unwrap();
+    server.predicts_a_digit("digits-logreg").await;
     server.shutdown().await;
 }

@@ -180,12 +180,7 @@ async fn unfinished_messages_share_one_budget_and_stalled_ones_give_it_back() {
     let exhausted = if a.0 == "8" { &a.1 } else { &b.1 };
     assert!(exhausted.contains("8388608"), "{exhausted}");
     // A healthy request is served, and a whole 6 MiB message fits again.
-    let digits = Digits::load_default().unwrap();
-    server
-        .client
-        .predict(digits_request("digits-logreg", &digits.holdout[..1]))
-        .await
-        .unwrap();
+    server.predicts_a_digit("digits-logreg").await;
     let (whole, _body) = unfinished_predict(&first, 6 << 20, 6 << 20).await;
     let (code, message) = timeout(PATIENCE, grpc_status(whole)).await.unwrap();
     assert_ne!(

@@ -174,12 +174,7 @@ async fn admin_calls_need_the_token_when_one_is_set() {
         .insert("authorization", "Bearer s3cret".parse().unwrap());
     server.client.load_model(right).await.unwrap();
     // Predicting needs no token.
-    let digits = Digits::load_default().unwrap();
-    server
-        .client
-        .predict(digits_request("digits-logreg", &digits.holdout[..1]))
-        .await
-        .unwrap();
+    server.predicts_a_digit("digits-logreg").await;
     server.shutdown().await;
 }
 
@@ -320,11 +315,6 @@ async fn a_scale_beyond_the_hosts_instances_is_refused_and_changes_nothing() {
         status.message()
     );
     assert_eq!(server.model("digits-logreg").await.replicas, before);
-    let digits = Digits::load_default().unwrap();
-    server
-        .client
-        .predict(digits_request("digits-logreg", &digits.holdout[..1]))
-        .await
-        .unwrap();
+    server.predicts_a_digit("digits-logreg").await;
     server.shutdown().await;
 }

@@ -10,7 +10,7 @@ use sluice_samples::{SAMPLE_MODELS, SAMPLE_WASM_DIR};
 use sluice_serving::ModelLimits;
 use sluice_serving::batching::BatchingConfig;
 use sluice_serving::registry::{LoadRequest, Registry};
-use sluice_train::Sample;
+use sluice_train::{Digits, Sample};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tonic::transport::Channel;
@@ -117,6 +117,15 @@ impl TestServer {
                 .expect("load a bundled model");
         }
         server
+    }
+
+    /// Asks `model` for one held-out digit, and panics unless it answers.
+    pub async fn predicts_a_digit(&mut self, model: &str) {
+        let digits = Digits::load_default().expect("the digits data");
+        self.client
+            .predict(digits_request(model, &digits.holdout[..1]))
+            .await
+            .unwrap_or_else(|status| panic!("`{model}` did not answer: {status:?}"));
     }
 
     /// What `ListModels` says.
