@@ -37,8 +37,26 @@ impl Server {
 
     /// [`Server::start`] with more flags for `serve`.
     fn start_with(state_dir: &Path, extra: &[&str]) -> Server {
+        Self::spawn(Command::new(SLUICE), state_dir, extra)
+    }
+
+    /// [`Server::start`] in a process that may open at most `open_files` files (`ulimit -n`,
+    /// soft and hard).
+    fn start_with_open_files(state_dir: &Path, open_files: u32) -> Server {
+        let mut command = Command::new("sh");
+        command
+            .args([
+                "-c",
+                &format!("ulimit -n {open_files} && exec \"$0\" \"$@\""),
+            ])
+            .arg(SLUICE);
+        Self::spawn(command, state_dir, &[])
+    }
+
+    /// Runs `command` with `serve` and its flags, and waits until it listens.
+    fn spawn(mut command: Command, state_dir: &Path, extra: &[&str]) -> Server {
         let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
-        let mut child = Command::new(SLUICE)
+        let mut child = command
             .args([
                 "serve",
                 "--listen",
@@ -280,6 +298,37 @@ fn init_repo_writes_the_samples_as_a_repository() {
         let config = std::fs::read_to_string(version.join("config.toml")).unwrap();
         assert!(config.contains("replicas = 3"), "{config}");
     }
+}
+
+#[test]
+fn idle_connections_cannot_take_every_open_file_of_the_server() {
+    // The flood below needs more than a default `ulimit -n` on this side too.
+    rlimit::increase_nofile_limit(4096).unwrap();
+    let server = Server::start_with_open_files(&fresh_dir("cli-open-files"), 1024);
+    let addr = server.url.strip_prefix("http://").unwrap().to_string();
+    let flood: Vec<std::net::TcpStream> = (0..1100)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    // A healthy client, on a new connection, still gets its answer (without the connection
+    // limit, accept failed with "Too many open files" and it waited for ever).
+    let mut healthy = Command::new(SLUICE)
+        .arg("models")
+        .env("SLUICE_SERVER", &server.url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while healthy.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            healthy.kill().unwrap();
+            panic!("no answer within 30 s while 1100 idle connections were open");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let listed = stdout(&healthy.wait_with_output().unwrap());
+    assert!(listed.contains("digits-logreg"), "{listed}");
+    drop(flood);
 }
 
 #[test]
