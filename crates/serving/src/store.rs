@@ -20,9 +20,10 @@ use thiserror::Error;
 const APPLICATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("applications");
 /// `app \0 user` → selection state (JSON); the user is empty for the application-wide state.
 const STATES: TableDefinition<&str, &[u8]> = TableDefinition::new("selection_state");
-/// `app \0 sequence` (20 digits) → user: the per-user states of each application in the
-/// order they were last updated, oldest first, so the oldest can give way at the bound.
-const STATE_ORDER: TableDefinition<&str, &str> = TableDefinition::new("selection_state_order");
+/// `(app, sequence)` → user: the per-user states of each application in the order they were
+/// last updated, oldest first, so the oldest can give way at the bound.
+const STATE_ORDER: TableDefinition<(&str, u64), &str> =
+    TableDefinition::new("selection_state_order");
 /// `app \0 user` → that user's key in [`STATE_ORDER`].
 const STATE_SEQUENCE: TableDefinition<&str, u64> = TableDefinition::new("selection_state_sequence");
 /// Application → how many per-user states it has.
@@ -92,11 +93,6 @@ pub struct Store {
 /// A key of two parts; names never contain NUL, so the split is unambiguous.
 fn pair_key(app: &str, user: &str) -> String {
     format!("{app}\0{user}")
-}
-
-/// `app`'s key in [`STATE_ORDER`] for `sequence` (zero-padded, so keys sort by number).
-fn order_key(app: &str, sequence: u64) -> String {
-    format!("{app}\0{sequence:020}")
 }
 
 /// Every key whose first part is `first`: between "first\0" and "first\x01".
@@ -259,39 +255,30 @@ impl Store {
         let mut count = counts.get(app).map_err(db_error)?.map_or(0, |c| c.value());
         match earlier {
             Some(sequence) => {
-                order
-                    .remove(order_key(app, sequence).as_str())
-                    .map_err(db_error)?;
+                order.remove((app, sequence)).map_err(db_error)?;
             }
             None => count += 1,
         }
-        let (from, to) = first_part_range(app);
-        let newest = order
-            .range(from.as_str()..to.as_str())
-            .map_err(db_error)?
-            .next_back()
-            .transpose()
-            .map_err(db_error)?
-            .and_then(|(k, _)| k.value().rsplit('\0').next()?.parse::<u64>().ok());
-        let sequence = newest.map_or(0, |n| n + 1);
-        order
-            .insert(order_key(app, sequence).as_str(), user)
-            .map_err(db_error)?;
+        let of_app = (app, 0)..=(app, u64::MAX);
+        let newest = order.range(of_app.clone()).map_err(db_error)?.next_back();
+        let sequence = match newest.transpose().map_err(db_error)? {
+            Some((key, _)) => key.value().1 + 1,
+            None => 0,
+        };
+        order.insert((app, sequence), user).map_err(db_error)?;
         sequences.insert(key.as_str(), sequence).map_err(db_error)?;
         let mut dropped = Vec::new();
         let mut states = txn.open_table(STATES).map_err(db_error)?;
         while count > max_users as u64 {
-            let Some((oldest_key, oldest_user)) = order
-                .range(from.as_str()..to.as_str())
-                .map_err(db_error)?
-                .next()
+            let oldest = order.range(of_app.clone()).map_err(db_error)?.next();
+            let Some((sequence, oldest_user)) = oldest
                 .transpose()
                 .map_err(db_error)?
-                .map(|(k, u)| (k.value().to_string(), u.value().to_string()))
+                .map(|(key, user)| (key.value().1, user.value().to_string()))
             else {
                 break;
             };
-            order.remove(oldest_key.as_str()).map_err(db_error)?;
+            order.remove((app, sequence)).map_err(db_error)?;
             let pair = pair_key(app, &oldest_user);
             sequences.remove(pair.as_str()).map_err(db_error)?;
             states.remove(pair.as_str()).map_err(db_error)?;
@@ -325,9 +312,7 @@ impl Store {
                 table.remove(key.as_str()).map_err(db_error)?;
                 let sequence = sequences.remove(key.as_str()).map_err(db_error)?;
                 if let Some(sequence) = sequence.map(|s| s.value()) {
-                    order
-                        .remove(order_key(app, sequence).as_str())
-                        .map_err(db_error)?;
+                    order.remove((app, sequence)).map_err(db_error)?;
                     let count = counts.get(app).map_err(db_error)?.map_or(0, |c| c.value());
                     counts
                         .insert(app, count.saturating_sub(1))
@@ -340,10 +325,10 @@ impl Store {
                 table
                     .retain_in(range.clone(), |_, _| false)
                     .map_err(db_error)?;
-                order
-                    .retain_in(range.clone(), |_, _| false)
-                    .map_err(db_error)?;
                 sequences.retain_in(range, |_, _| false).map_err(db_error)?;
+                order
+                    .retain_in((app, 0)..=(app, u64::MAX), |_, _| false)
+                    .map_err(db_error)?;
                 counts.remove(app).map_err(db_error)?;
             }
         }
