@@ -9,10 +9,11 @@
 
 use bytes::Bytes;
 use sluice_api::proto::{self, sluice_client::SluiceClient};
+use sluice_benches::ServeProcess;
 use sluice_train::Digits;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -20,7 +21,7 @@ use tonic::transport::Channel;
 
 /// A `sluice serve` process with the bundled samples.
 struct Server {
-    child: Child,
+    process: ServeProcess,
     grpc: SocketAddr,
     http: SocketAddr,
     state_dir: PathBuf,
@@ -38,47 +39,27 @@ impl Server {
     ) -> anyhow::Result<Server> {
         let state_dir = work.join(name);
         std::fs::create_dir_all(&state_dir)?;
-        let command = format!(
+        let script = format!(
             "{shell_prefix} exec \"$0\" serve --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
              --sample-replicas 1 --state-dir \"$1\" --cache-dir \"$2\" {flags}"
         );
-        let mut child = Command::new("sh")
-            .args(["-c", &command])
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", &script])
             .arg(sluice)
             .arg(&state_dir)
-            .arg(work.join("cache"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
-        let mut line = |prefix: &str| -> anyhow::Result<SocketAddr> {
-            let mut text = String::new();
-            std::io::BufRead::read_line(&mut stdout, &mut text)?;
-            let addr = text
-                .trim()
-                .strip_prefix(prefix)
-                .ok_or_else(|| anyhow::anyhow!("unexpected line from sluice serve: {text:?}"))?;
-            Ok(addr.parse()?)
-        };
-        let grpc = line("listening on ")?;
-        let http = line("http on ")?;
+            .arg(work.join("cache"));
+        let process = ServeProcess::start(command)?;
         Ok(Server {
-            child,
-            grpc,
-            http,
+            grpc: process.grpc,
+            http: process.http,
+            process,
             state_dir,
         })
     }
 
-    /// Resident memory, MiB.
     fn resident_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
+        self.process.resident_mib()
     }
 
     async fn client(&self) -> anyhow::Result<SluiceClient<Channel>> {
@@ -103,34 +84,18 @@ impl Server {
     /// SIGTERM; how long until the process exited.
     fn terminate(mut self) -> anyhow::Result<Duration> {
         let started = Instant::now();
+        let child = &mut self.process.child;
         Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", &child.id().to_string()])
             .status()?;
-        self.child.wait()?;
+        child.wait()?;
         Ok(started.elapsed())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
 fn digit_request() -> proto::PredictRequest {
     let digits = Digits::load_default().expect("the digits data");
-    let pixels = &digits.holdout[0].pixels;
-    proto::PredictRequest {
-        model: "digits-logreg".into(),
-        inputs: vec![proto::Tensor {
-            name: "pixels".into(),
-            datatype: proto::DataType::Fp32 as i32,
-            shape: vec![1, 64],
-            data: pixels.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        }],
-        ..Default::default()
-    }
+    sluice_benches::digit_request("digits-logreg", &digits.holdout[0].pixels)
 }
 
 /// A raw HTTP/2 connection to the gRPC port.

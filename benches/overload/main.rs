@@ -9,6 +9,7 @@
 
 use sluice_api::proto::load_model_request::Component;
 use sluice_api::proto::{self, batching_config::Mode, sluice_client::SluiceClient};
+use sluice_benches::{ServeProcess, digit_request};
 use sluice_train::Digits;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,17 +25,7 @@ const WINDOW: Duration = Duration::from_millis(50);
 const BURST_CONNECTIONS: usize = 8;
 
 fn request(digits: &Digits, i: usize) -> proto::PredictRequest {
-    let sample = &digits.holdout[i % digits.holdout.len()];
-    proto::PredictRequest {
-        model: "small".into(),
-        inputs: vec![proto::Tensor {
-            name: "pixels".into(),
-            datatype: proto::DataType::Fp32 as i32,
-            shape: vec![1, 64],
-            data: sample.pixels.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        }],
-        ..Default::default()
-    }
+    digit_request("small", &digits.holdout[i % digits.holdout.len()].pixels)
 }
 
 /// Runs `CLIENTS` closed-loop clients for `duration`, counting completions into `done`.
@@ -64,44 +55,23 @@ async fn closed_loop(
     }
 }
 
-/// Resident memory of process `pid`, in MiB.
-fn resident_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let sluice = std::env::args()
         .nth(1)
         .ok_or_else(|| anyhow::anyhow!("usage: overload-recovery PATH/TO/sluice"))?;
-    let mut child = std::process::Command::new(&sluice)
-        .args([
-            "serve",
-            "--no-samples",
-            "--no-state",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--http-listen", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let mut first = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().expect("piped")),
-        &mut first,
-    )?;
-    let addr = first
-        .trim()
-        .strip_prefix("listening on ")
-        .ok_or_else(|| anyhow::anyhow!("unexpected first line from sluice serve: {first:?}"))?;
-    let url = format!("http://{addr}");
-    let pid = child.id();
+    let mut command = std::process::Command::new(&sluice);
+    command.args([
+        "serve",
+        "--no-samples",
+        "--no-state",
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ]);
+    let server = ServeProcess::start(command)?;
+    let url = format!("http://{}", server.grpc);
     let mut client = SluiceClient::connect(url.clone()).await?;
     let wasm = std::fs::read(
         std::path::Path::new(sluice_samples::SAMPLE_WASM_DIR).join("digits_logreg.wasm"),
@@ -134,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
     let baseline_time = Duration::from_secs(2);
     closed_loop(&client, &digits, baseline_time, &done).await;
     let baseline = done.load(Ordering::Relaxed) as f64 / baseline_time.as_secs_f64();
-    let rss_before = resident_mib(pid);
+    let rss_before = server.resident_mib();
     println!(
         "baseline: {baseline:.0} req/s with {CLIENTS} closed-loop clients; RSS {rss_before:.0} MiB"
     );
@@ -210,7 +180,7 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .position(|&w| w >= 0.9 * baseline)
         .map(|i| (i + 1) as u128 * WINDOW.as_millis());
-    let rss_after = resident_mib(pid);
+    let rss_after = server.resident_mib();
     println!(
         "burst: {sent} requests at {rate:.0} req/s for {:.1} s; answered {answered}: {outcomes:?}",
         (burst_end - started).as_secs_f64()
@@ -233,7 +203,5 @@ async fn main() -> anyhow::Result<()> {
         None => println!("not back to 90% of the baseline within 1.5 s"),
     }
     println!("RSS {rss_before:.0} MiB before the burst, {rss_after:.0} MiB after");
-    child.kill()?;
-    child.wait()?;
     Ok(())
 }
