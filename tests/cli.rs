@@ -482,20 +482,27 @@ fn the_cli_talks_tls_to_a_tls_server() {
     assert!(server.stop().success());
 }
 
-/// `sluice load --onnx` says what the seconds of its first load are for, before it sends
-/// the graph (here to an address where nothing listens, so that no runner is compiled).
+/// `sluice load --onnx --onnx-runner sandbox` says what the seconds of its first load are
+/// for, before it sends the graph (here to an address where nothing listens, so that no
+/// runner is compiled).
 #[test]
 fn an_onnx_load_says_that_the_runner_compiles() {
     let graph = repo_file("sample-models/onnx/digits-sklearn.onnx");
     let output = Command::new(SLUICE)
-        .args(["load", "--onnx", graph.to_str().unwrap()])
+        .args([
+            "load",
+            "--onnx",
+            graph.to_str().unwrap(),
+            "--onnx-runner",
+            "sandbox",
+        ])
         .env("SLUICE_SERVER", "http://127.0.0.1:1")
         .output()
         .expect("run sluice");
     let said = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(!output.status.success());
     assert!(
-        said.contains("compiles the runner on its first ONNX load"),
+        said.contains("compiles it on its first such load"),
         "{said}"
     );
     assert!(said.contains("is `sluice serve` running there?"), "{said}");

@@ -1,6 +1,7 @@
 //! The crate graph of docs/architecture.md, held against `cargo metadata`: each crate depends
 //! only on the crates below it that it is allowed to, only the runtime links wasmtime, and
-//! only the wire and protocol crates link tonic, prost or axum.
+//! only the wire and protocol crates link tonic, prost or axum, and only the graphs crate
+//! ONNX Runtime's bindings.
 
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -9,8 +10,15 @@ use std::collections::BTreeMap;
 const ALLOWED: &[(&str, &[&str])] = &[
     ("sluice-types", &[]),
     ("sluice-compute", &[]),
-    ("sluice-runtime", &["sluice-types", "sluice-compute"]),
-    ("sluice-serving", &["sluice-types", "sluice-runtime"]),
+    ("sluice-graphs", &["sluice-types"]),
+    (
+        "sluice-runtime",
+        &["sluice-types", "sluice-compute", "sluice-graphs"],
+    ),
+    (
+        "sluice-serving",
+        &["sluice-types", "sluice-runtime", "sluice-graphs"],
+    ),
     ("sluice-api", &["sluice-types"]),
     (
         "sluice-frontend",
@@ -22,6 +30,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &[
             "sluice-types",
             "sluice-compute",
+            "sluice-graphs",
             "sluice-runtime",
             "sluice-serving",
             "sluice-api",
@@ -37,6 +46,7 @@ const CONFINED: &[(&str, &[&str])] = &[
     ("tonic", &["sluice-api", "sluice-frontend"]),
     ("prost", &["sluice-api", "sluice-frontend"]),
     ("axum", &["sluice-frontend"]),
+    ("ort", &["sluice-graphs"]),
 ];
 
 /// Every workspace package's normal dependencies, by package name.

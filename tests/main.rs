@@ -14,6 +14,8 @@ mod cli;
 mod faults;
 /// The GPU compute backend (lavapipe in CI) against the CPU backend.
 mod gpu;
+/// Guests that run graphs natively through wasi:nn: MiniLM sentence embeddings.
+mod graphs;
 /// KServe v2 over gRPC, with Triton's repository extension.
 mod kserve;
 /// The crate graph: dependencies point down, wasmtime and the wire stay in their crates.

@@ -1,10 +1,14 @@
-//! ONNX models served with the onnx-runner component (`LoadModel` with `onnx` bytes, what
-//! `sluice load --onnx` sends): a scikit-learn pipeline exported by skl2onnx and a small CNN,
-//! both from `sample-models/onnx/export.py`. Their answers on the held-out digits must equal
-//! what onnxruntime (and scikit-learn) computed, recorded in `expected.json`.
+//! ONNX models served by both ONNX runners (`LoadModel` with `onnx` bytes, what `sluice load
+//! --onnx` sends): natively by ONNX Runtime through wasi:nn, and by tract inside the sandbox.
+//! A scikit-learn pipeline exported by skl2onnx and a small CNN, both from
+//! `sample-models/onnx/export.py`: their answers on the held-out digits must equal what
+//! onnxruntime (and scikit-learn) computed in Python, recorded in `expected.json`.
 
-use crate::support::{TestServer, digits_request, f32_values, i64_values, output};
+use crate::support::{
+    TestServer, digits_request, f32_values, i64_values, output, registry_with_graphs,
+};
 use serde_json::Value;
+use sluice_api::proto::load_model_request::OnnxRunner;
 use sluice_api::proto::{self, load_model_request::Component};
 use sluice_train::Digits;
 use std::path::PathBuf;
@@ -41,21 +45,59 @@ fn load_request(file: &str) -> proto::LoadModelRequest {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exported_models_answer_as_onnxruntime_does() {
+async fn exported_models_answer_as_onnxruntime_does_in_the_sandbox() {
+    // No graph engine: `auto` runs the graphs in the sandbox.
+    let server = TestServer::start(|server| server).await;
+    answers_as_onnxruntime(server, OnnxRunner::Auto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exported_models_answer_as_onnxruntime_does_natively() {
+    let server = TestServer::start_with(registry_with_graphs(), |server| server, None).await;
+    answers_as_onnxruntime(server, OnnxRunner::Native).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_runner_needs_onnx_runtime_on_the_server() {
     let mut server = TestServer::start(|server| server).await;
+    let mut request = load_request("digits-cnn.onnx");
+    request.set_onnx_runner(OnnxRunner::Native);
+    let status = server.client.load_model(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("ONNX Runtime is not available")
+            && status.message().contains("--onnxruntime"),
+        "{}",
+        status.message()
+    );
+    server.shutdown().await;
+}
+
+async fn answers_as_onnxruntime(mut server: TestServer, runner: OnnxRunner) {
     let expected: Value =
         serde_json::from_str(&std::fs::read_to_string(onnx_dir().join("expected.json")).unwrap())
             .unwrap();
     let digits = Digits::load_default().unwrap();
     for name in ["digits-sklearn", "digits-cnn"] {
+        let mut request = load_request(&format!("{name}.onnx"));
+        request.set_onnx_runner(runner);
         let status = server
             .client
-            .load_model(load_request(&format!("{name}.onnx")))
+            .load_model(request)
             .await
             .unwrap_or_else(|e| panic!("loading {name}: {e}"))
             .into_inner()
             .model
             .unwrap();
+        let native = runner == OnnxRunner::Native;
+        assert_eq!(
+            status.graphs,
+            if native {
+                vec!["model".to_string()]
+            } else {
+                vec![]
+            }
+        );
         let pixels = &status.inputs[0];
         assert_eq!(
             (pixels.name.as_str(), pixels.shape.as_slice()),

@@ -32,6 +32,7 @@ async fn load_variant(
         .load(LoadRequest {
             component: sample.component.to_vec(),
             config,
+            graphs: Vec::new(),
             name: Some(name.to_string()),
             version: None,
             replicas: 1,

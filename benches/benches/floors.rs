@@ -35,6 +35,7 @@ fn logreg_request() -> LoadRequest {
     LoadRequest {
         component: component_bytes("digits_logreg"),
         config: std::fs::read(params_path("digits-logreg")).unwrap(),
+        graphs: Vec::new(),
         name: None,
         version: None,
         replicas: 1,

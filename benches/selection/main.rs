@@ -85,6 +85,7 @@ async fn load(
         .load(LoadRequest {
             component: sample.component.to_vec(),
             config,
+            graphs: Vec::new(),
             name: Some(name.into()),
             version: None,
             replicas: 1,

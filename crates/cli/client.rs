@@ -45,6 +45,14 @@ pub(super) fn refused(status: Status) -> anyhow::Error {
     )
 }
 
+/// Where `sluice load --onnx` runs the graph.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum OnnxRunnerArg {
+    Auto,
+    Native,
+    Sandbox,
+}
+
 /// Arguments of `sluice load`. Settings not given here come from `--model-config`, then from
 /// the server's defaults.
 #[derive(Debug, clap::Args)]
@@ -52,10 +60,15 @@ pub(super) struct LoadArgs {
     /// The component file (.wasm).
     #[arg(required_unless_present = "onnx")]
     component: Option<PathBuf>,
-    /// Serve an ONNX graph with the bundled onnx-runner component instead (named after the
+    /// Serve an ONNX graph (weights inside) with a bundled runner instead (named after the
     /// file unless --name is given).
     #[arg(long, conflicts_with_all = ["component", "config", "server_path"])]
     onnx: Option<PathBuf>,
+    /// Where an --onnx graph runs: `native` (ONNX Runtime on the server's host, through
+    /// wasi:nn), `sandbox` (tract inside the sandbox: slower, and the host never parses the
+    /// graph), or `auto` (native when the server has ONNX Runtime).
+    #[arg(long, value_enum, default_value = "auto", requires = "onnx")]
+    onnx_runner: OnnxRunnerArg,
     /// A model config file (TOML: replicas, init config, [batching], [limits]).
     #[arg(long)]
     model_config: Option<PathBuf>,
@@ -151,7 +164,7 @@ pub(super) async fn load(server: &ServerArgs, load: LoadArgs) -> Result<()> {
         Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
         None => Vec::new(),
     };
-    let message = proto::LoadModelRequest {
+    let mut message = proto::LoadModelRequest {
         component: Some(component),
         config,
         name: load.name.or(default_name).unwrap_or_default(),
@@ -159,12 +172,18 @@ pub(super) async fn load(server: &ServerArgs, load: LoadArgs) -> Result<()> {
         replicas: settings.replicas,
         limits: Some(limits_request_to_proto(&settings.limits)),
         batching: Some(batching_request_to_proto(&settings.batching)),
+        ..Default::default()
     };
-    if let Some(onnx) = &load.onnx {
-        // The server compiles the runner on its first ONNX load, which takes seconds.
+    message.set_onnx_runner(match load.onnx_runner {
+        OnnxRunnerArg::Auto => proto::load_model_request::OnnxRunner::Auto,
+        OnnxRunnerArg::Native => proto::load_model_request::OnnxRunner::Native,
+        OnnxRunnerArg::Sandbox => proto::load_model_request::OnnxRunner::Sandbox,
+    });
+    if let (Some(onnx), OnnxRunnerArg::Sandbox) = (&load.onnx, load.onnx_runner) {
+        // The server compiles the sandboxed runner on its first such load: seconds.
         eprintln!(
-            "loading {} with the ONNX runner (a server compiles the runner on its first ONNX \
-             load, about 12 s on 2 cores, and reuses it after)",
+            "loading {} with the sandboxed ONNX runner (a server compiles it on its first \
+             such load, about 12 s on 2 cores, and reuses it after)",
             onnx.display()
         );
     }

@@ -2,7 +2,7 @@
 //! world, the model's own description, all without a server.
 
 use anyhow::{Context, Result};
-use sluice_runtime::{InstanceLimits, InstanceRecipe, Replica, Runtime, RuntimeConfig};
+use sluice_runtime::{GraphSet, InstanceLimits, InstanceRecipe, Replica, Runtime, RuntimeConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -41,6 +41,8 @@ fn inspect(bytes: &[u8], config: Vec<u8>) -> Result<()> {
         config: config.into(),
         limits: InstanceLimits::default(),
         compute: runtime.compute().clone(),
+        // Without its graphs: a model that loads one in init cannot be inspected here.
+        graphs: GraphSet::default(),
         on_replace: Arc::new(|_, _| {}),
     };
     let info = Replica::new(recipe)

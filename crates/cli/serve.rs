@@ -6,10 +6,12 @@ use crate::samples::write_sample_repository;
 use anyhow::{Context, Result};
 use sluice_frontend::tls::TlsIdentity;
 use sluice_frontend::{ConnectionLimits, Server};
+use sluice_graphs::OnnxRuntime;
 use sluice_runtime::{Runtime, RuntimeConfig};
 use sluice_serving::ModelLimits;
 use sluice_serving::batching::BatchingConfig;
-use sluice_serving::registry::Registry;
+use sluice_serving::lifecycle::OnnxRunners;
+use sluice_serving::registry::{GraphEngine, Registry};
 use sluice_serving::repository::Repository;
 use sluice_serving::store::Store;
 use std::net::SocketAddr;
@@ -73,6 +75,19 @@ pub(super) struct ServeArgs {
     /// Where models' compute imports (matmul, conv2d, ...) run.
     #[arg(long, value_enum, default_value_t = Compute::Auto, env = "SLUICE_COMPUTE")]
     compute: Compute,
+    /// ONNX Runtime's shared library (libonnxruntime.so of release 1.22, e.g. from the
+    /// `onnxruntime` wheel on PyPI), which runs models' graphs natively. Without it (and
+    /// without ORT_DYLIB_PATH) the loader's search path is tried; if that fails too, models
+    /// with graphs cannot load and `--onnx` graphs run in the sandbox.
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    onnxruntime: Option<PathBuf>,
+    /// Threads each native graph run uses (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    graph_threads: usize,
+    /// MiB of graphs (files and weights) resident at once, over all models; a load past it
+    /// is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = sluice_serving::registry::DEFAULT_GRAPH_MEMORY_BYTES >> 20)]
+    graph_memory_mib: u64,
     /// Model instances this host runs at most, over all models and replicas; loads and
     /// scales beyond it are refused with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = sluice_serving::registry::DEFAULT_MAX_INSTANCES)]
@@ -105,6 +120,27 @@ pub(super) struct ServeArgs {
     /// Allow admin calls from any peer that presents this token (default: loopback only).
     #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+}
+
+/// Opens ONNX Runtime for models' graphs: a library named with --onnxruntime (or
+/// ORT_DYLIB_PATH) must open; without one, its absence only disables native graphs.
+fn graph_engine(
+    library: Option<&std::path::Path>,
+    threads: usize,
+    memory_mib: u64,
+) -> anyhow::Result<GraphEngine> {
+    let budget = memory_mib << 20;
+    match OnnxRuntime::open(library, threads) {
+        Ok(onnx) => {
+            tracing::info!(library = %onnx.library().display(), "graphs run natively on ONNX Runtime");
+            Ok(GraphEngine::new(Ok(onnx), budget))
+        }
+        Err(e) if library.is_some() => Err(e).context("opening --onnxruntime"),
+        Err(e) => {
+            tracing::info!("no native graphs: {e}");
+            Ok(GraphEngine::new(Err(e.to_string()), budget))
+        }
+    }
 }
 
 /// `--compute`: where host compute runs.
@@ -142,8 +178,16 @@ pub(super) async fn run(args: ServeArgs) -> Result<()> {
     })
     .context("starting the wasm runtime")?;
     tracing::info!(compute = runtime.compute().name(), "compute backend");
-    let registry =
-        Arc::new(Registry::new(Arc::new(runtime)).with_max_instances(args.max_instances));
+    let graphs = graph_engine(
+        args.onnxruntime.as_deref(),
+        args.graph_threads,
+        args.graph_memory_mib,
+    )?;
+    let registry = Arc::new(
+        Registry::new(Arc::new(runtime))
+            .with_max_instances(args.max_instances)
+            .with_graph_engine(graphs),
+    );
     let default_limits = ModelLimits {
         call_timeout: Duration::from_millis(args.call_timeout_ms),
         memory_bytes: args.memory_mib << 20,
@@ -174,7 +218,10 @@ pub(super) async fn run(args: ServeArgs) -> Result<()> {
     let mut server = Server::builder(registry.clone())
         .defaults(default_limits, default_batching)
         .cache_bytes(args.cache_mib << 20)
-        .onnx_runner(sluice_samples::ONNX_RUNNER)
+        .onnx_runners(OnnxRunners {
+            sandboxed: Some(sluice_samples::ONNX_RUNNER.into()),
+            native: Some(sluice_samples::GRAPH_RUNNER.into()),
+        })
         .admin_token(args.admin_token);
     if let Some(dir) = repository_dir {
         let repo = Arc::new(Repository::new(

@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The components `sample-models/` produces (file stems): the models, the ONNX runner, and for
+/// The components `sample-models/` produces (file stems): the models, the ONNX runners (in the
+/// sandbox, and through wasi:nn), the MiniLM embedder, and for
 /// the load-refusal tests `wasi_hello` (not a model) and `unknown_import` (imports what the
 /// host does not provide).
 const SAMPLE_COMPONENTS: &[&str] = &[
@@ -15,6 +16,8 @@ const SAMPLE_COMPONENTS: &[&str] = &[
     "digits_mlp",
     "faulty",
     "fixed_cost",
+    "graph_runner",
+    "minilm",
     "onnx_runner",
     "unknown_import",
     "wasi_hello",

@@ -39,9 +39,11 @@
 //! `.wasm` file in `target/wasm32-wasip2/release/` is the component to load.
 //!
 //! Heavy math can run on the host through [`compute::DeviceTensor`]: upload weights once in
-//! [`Model::init`], then each batch costs one upload and a few host calls.
+//! [`Model::init`], then each batch costs one upload and a few host calls. A whole graph (an
+//! ONNX file) runs on the host through the standard `wasi:nn` interfaces: see [`nn`].
 
 pub mod compute;
+pub mod nn;
 pub mod params;
 mod tensor;
 
@@ -61,6 +63,7 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "export_bindings",
         default_bindings_module: "sluice_sdk::bindings",
+        generate_all,
     });
 }
 

@@ -62,6 +62,25 @@ impl Tensor {
             .collect())
     }
 
+    /// The elements of a `BYTES` tensor (each a 4-byte little-endian length and the bytes),
+    /// row-major: for text inputs, one string per element.
+    pub fn to_bytes_elements(&self) -> Result<Vec<&[u8]>, ModelError> {
+        self.expect_dtype(Dtype::Bytes)?;
+        let mut elements = Vec::new();
+        let mut rest = self.data.as_slice();
+        while !rest.is_empty() {
+            let cut = || {
+                ModelError::InvalidInput(format!("tensor `{}`: an element is cut short", self.name))
+            };
+            let (len, tail) = rest.split_first_chunk::<4>().ok_or_else(cut)?;
+            let len = u32::from_le_bytes(*len) as usize;
+            let (element, tail) = tail.split_at_checked(len).ok_or_else(cut)?;
+            elements.push(element);
+            rest = tail;
+        }
+        Ok(elements)
+    }
+
     fn expect_dtype(&self, dtype: Dtype) -> Result<(), ModelError> {
         if self.dtype == dtype {
             Ok(())

@@ -38,6 +38,7 @@ pub fn recipe(runtime: &Runtime, component: &[u8], model: &str, config: Vec<u8>)
         config: config.into(),
         limits: InstanceLimits::default(),
         compute: runtime.compute().clone(),
+        graphs: Default::default(),
         on_replace: Arc::new(|_, _| {}),
     }
 }

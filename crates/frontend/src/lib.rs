@@ -30,7 +30,7 @@ use sluice_api::proto;
 use sluice_serving::ModelLimits;
 use sluice_serving::batching::BatchingConfig;
 use sluice_serving::cache::PredictionCache;
-use sluice_serving::lifecycle::{Lifecycle, Restored};
+use sluice_serving::lifecycle::{Lifecycle, OnnxRunners, Restored};
 use sluice_serving::registry::Registry;
 use sluice_serving::repository::Repository;
 use sluice_serving::selection::Applications;
@@ -96,7 +96,7 @@ pub struct ServerBuilder {
     repository: Option<Arc<Repository>>,
     default_limits: ModelLimits,
     default_batching: BatchingConfig,
-    onnx_runner: Option<Arc<[u8]>>,
+    onnx_runners: OnnxRunners,
     admin_token: Option<String>,
     tls: Option<TlsIdentity>,
     limits: ConnectionLimits,
@@ -113,7 +113,7 @@ impl Server {
             repository: None,
             default_limits: ModelLimits::default(),
             default_batching: BatchingConfig::default(),
-            onnx_runner: None,
+            onnx_runners: OnnxRunners::default(),
             admin_token: None,
             tls: None,
             limits: ConnectionLimits::default(),
@@ -236,10 +236,10 @@ impl ServerBuilder {
         self
     }
 
-    /// The component that serves ONNX graphs (`LoadModel` with `onnx`); without one such
-    /// loads are refused.
-    pub fn onnx_runner(mut self, component: impl Into<Arc<[u8]>>) -> Self {
-        self.onnx_runner = Some(component.into());
+    /// The components that serve ONNX graphs (`LoadModel` with `onnx`): in the sandbox, and
+    /// natively through `wasi:nn`; without them such loads are refused.
+    pub fn onnx_runners(mut self, runners: OnnxRunners) -> Self {
+        self.onnx_runners = runners;
         self
     }
 
@@ -284,7 +284,7 @@ impl ServerBuilder {
             self.registry.clone(),
             store,
             (self.default_limits, self.default_batching),
-            self.onnx_runner,
+            self.onnx_runners,
         );
         Ok(Server {
             shared: Shared {

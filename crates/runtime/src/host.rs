@@ -1,7 +1,8 @@
 //! The state of one instance's `Store`, and the host side of the imports a model sees: the
 //! `compute` interface (mapped onto a [`Backend`]), WASI (with nothing granted), and the
-//! resource limiter that enforces the instance's memory cap.
+//! resource limiter that enforces the instance's memory cap (`wasi:nn` is in `nn.rs`).
 
+use super::GraphSet;
 use super::bindings::sluice::model::compute::{Host, HostDeviceTensor};
 use super::bindings::sluice::model::types;
 use super::guest_log::GuestLog;
@@ -17,13 +18,21 @@ pub(crate) struct StoreState {
     table: ResourceTable,
     pub(crate) limiter: InstanceLimiter,
     compute: Arc<dyn Backend>,
-    /// Bytes of device tensors this instance holds; capped by `limiter.memory_bytes`.
-    device_bytes: usize,
+    /// The graphs `wasi:nn` may load by name.
+    pub(crate) graphs: GraphSet,
+    /// Bytes of tensors this instance holds on the host (compute's device tensors and
+    /// `wasi:nn` tensors); capped by `limiter.memory_bytes`, beside its linear memory.
+    held_bytes: usize,
     pub(crate) log: GuestLog,
 }
 
 impl StoreState {
-    pub(crate) fn new(model: Arc<str>, memory_bytes: usize, compute: Arc<dyn Backend>) -> Self {
+    pub(crate) fn new(
+        model: Arc<str>,
+        memory_bytes: usize,
+        compute: Arc<dyn Backend>,
+        graphs: GraphSet,
+    ) -> Self {
         let log = GuestLog::new(model);
         // No filesystem, network, environment, arguments or stdin: std's needs only (clocks,
         // random), with stdout and stderr going to the log.
@@ -39,14 +48,15 @@ impl StoreState {
             table: ResourceTable::new(),
             limiter: InstanceLimiter::new(memory_bytes),
             compute,
-            device_bytes: 0,
+            graphs,
+            held_bytes: 0,
             log,
         }
     }
 
-    /// Whether `bytes` more of device tensors fit the instance's budget.
-    fn fits(&self, bytes: usize) -> Result<(), ComputeError> {
-        let requested = self.device_bytes.saturating_add(bytes);
+    /// Whether `bytes` more of host-side tensors fit the instance's budget.
+    pub(crate) fn fits(&self, bytes: usize) -> Result<(), ComputeError> {
+        let requested = self.held_bytes.saturating_add(bytes);
         if requested > self.limiter.memory_bytes {
             return Err(ComputeError::Budget {
                 requested,
@@ -72,8 +82,22 @@ impl StoreState {
             Ok(tensor) => tensor,
             Err(e) => return Ok(Err(e.to_string())),
         };
-        self.device_bytes += tensor.byte_size();
+        self.held_bytes += tensor.byte_size();
         Ok(Ok(self.table.push(tensor)?))
+    }
+
+    /// Counts `bytes` more as held (after [`StoreState::fits`] said they fit).
+    pub(crate) fn hold(&mut self, bytes: usize) {
+        self.held_bytes += bytes;
+    }
+
+    /// Counts `bytes` as no longer held.
+    pub(crate) fn release(&mut self, bytes: usize) {
+        self.held_bytes -= bytes;
+    }
+
+    pub(crate) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 
     fn tensor(&self, handle: &Resource<DeviceTensor>) -> wasmtime::Result<&DeviceTensor> {
@@ -151,7 +175,7 @@ impl HostDeviceTensor for StoreState {
 
     fn drop(&mut self, handle: Resource<DeviceTensor>) -> wasmtime::Result<()> {
         let tensor = self.table.delete(handle)?;
-        self.device_bytes -= tensor.byte_size();
+        self.held_bytes -= tensor.byte_size();
         Ok(())
     }
 }
@@ -375,7 +399,12 @@ mod tests {
 
     #[test]
     fn an_operation_whose_result_is_over_the_budget_is_refused_before_it_runs() {
-        let mut state = StoreState::new("m".into(), 1 << 20, Arc::new(ComputesNothing));
+        let mut state = StoreState::new(
+            "m".into(),
+            1 << 20,
+            Arc::new(ComputesNothing),
+            GraphSet::default(),
+        );
         let column = upload(&mut state, &[65536, 1]);
         let row = upload(&mut state, &[1, 65536]);
         // 512 KiB of operands, 16 GiB of product.

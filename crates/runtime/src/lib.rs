@@ -9,6 +9,8 @@
 //!   [`Linker`] with the host's imports (WASI with nothing granted, and `compute`), and the
 //!   precompiled-code cache. [`Runtime::load_component`] turns bytes into a [`ModelComponent`]
 //!   or a [`LoadError`] that says what is wrong.
+//! - `wasi:nn` (the standard interface, `wit/deps/wasi-nn`) gives instances the graphs of
+//!   their model version ([`GraphSet`]), which run natively (`sluice-graphs`).
 //! - [`Replica`] runs one instance: `init` with the model's config, then `predict` calls under
 //!   a deadline and a memory cap; after a trap it throws the `Store` away and starts afresh.
 //!   The serving layer's batcher decides what each replica runs and when.
@@ -18,6 +20,7 @@ mod convert;
 mod error;
 mod guest_log;
 mod host;
+mod nn;
 mod replica;
 
 pub(crate) use error::error_chain;
@@ -27,6 +30,8 @@ pub use replica::{InstanceRecipe, Replacement, ReplacementObserver, Replica};
 use host::StoreState;
 use sha2::{Digest, Sha256};
 use sluice_compute::Backend;
+use sluice_graphs::Graph;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,11 +46,21 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../../wit",
         world: "model",
-        with: { "sluice:model/compute.device-tensor": sluice_compute::DeviceTensor },
+        with: {
+            "sluice:model/compute.device-tensor": sluice_compute::DeviceTensor,
+            "wasi:nn/tensor.tensor": crate::nn::NnTensor,
+            "wasi:nn/graph.graph": crate::nn::NnGraph,
+            "wasi:nn/inference.graph-execution-context": crate::nn::NnContext,
+            "wasi:nn/errors.error": crate::nn::NnError,
+        },
         imports: { default: trappable },
         additional_derives: [PartialEq],
     });
 }
+
+/// The graphs a model's instances may load through `wasi:nn` (`load-by-name`), by name:
+/// loaded once per model version and shared by its replicas.
+pub type GraphSet = Arc<BTreeMap<String, Arc<Graph>>>;
 
 /// The interface every model must export, with the version this host speaks.
 pub const PREDICTOR_INTERFACE: &str = "sluice:model/predictor@0.1.0";

@@ -9,7 +9,9 @@ use crate::bindings::Model as ModelBindings;
 use crate::bindings::sluice::model::types::{ModelError, Tensor as WitTensor};
 use crate::convert::{info_from_wit, tensors_from_wit, tensors_to_wit};
 use crate::host::StoreState;
-use crate::{CallError, InstanceLimits, LoadError, ModelComponent, deadline_ticks, error_chain};
+use crate::{
+    CallError, GraphSet, InstanceLimits, LoadError, ModelComponent, deadline_ticks, error_chain,
+};
 use sluice_compute::Backend;
 use sluice_types::{ModelInfo, Tensor};
 use std::sync::Arc;
@@ -31,6 +33,8 @@ pub struct InstanceRecipe {
     pub limits: InstanceLimits,
     /// Where `compute` imports run.
     pub compute: Arc<dyn Backend>,
+    /// The graphs `wasi:nn` gives the instances.
+    pub graphs: GraphSet,
     /// Told each time an instance is replaced (for metrics).
     pub on_replace: ReplacementObserver,
 }
@@ -174,6 +178,7 @@ fn instantiate(recipe: &InstanceRecipe) -> Result<Instance, LoadError> {
         recipe.model.clone(),
         recipe.limits.memory_bytes,
         recipe.compute.clone(),
+        recipe.graphs.clone(),
     );
     let mut store = Store::new(recipe.component.pre.engine(), state);
     store.limiter(|state| &mut state.limiter);

@@ -3,7 +3,7 @@
 //! The sample models compiled into the `sluice` binary, so that `sluice serve` with no flags
 //! serves something real: the digits classifiers (logistic regression, MLP, CNN) built from
 //! `sample-models/` by the build script, with the parameters the trainer wrote; the ONNX
-//! runner; and, for the tests, the misbehaving and refused components.
+//! runners; and, for the tests, the misbehaving and refused components.
 
 /// A component and its init config, embedded at build time.
 pub struct BundledModel {
@@ -37,6 +37,11 @@ pub const SAMPLE_MODELS: &[BundledModel] = &[
 /// The onnx-runner component (`sample-models/onnx-runner`): give it an ONNX graph as its init
 /// config and it serves that graph. `LoadModel` with `onnx` bytes uses it.
 pub const ONNX_RUNNER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/onnx_runner.wasm"));
+
+/// The graph-runner component (`sample-models/graph-runner`): serves the graph `model` that
+/// the host runs natively (wasi:nn), with the signature its init config gives. `LoadModel`
+/// with `onnx` bytes uses it when the server has ONNX Runtime.
+pub const GRAPH_RUNNER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/graph_runner.wasm"));
 
 /// The directory where the build script left every sample component, including the
 /// misbehaving `faulty.wasm` used by the tests. Valid on the machine that built this crate.

@@ -9,7 +9,7 @@
 //! and an ONNX graph stays a graph, not a copy of the runner.
 
 use crate::batching::BatchingConfig;
-use crate::registry::{LoadRequest, Model, Registry, RegistryError};
+use crate::registry::{GraphRequest, GraphSource, LoadRequest, Model, Registry, RegistryError};
 use crate::settings::{BatchingRequest, LimitsRequest, ModelLimits};
 use crate::store::{Store, StoreError, blocking};
 use serde::{Deserialize, Serialize};
@@ -51,8 +51,36 @@ pub enum ComponentSource {
     Wasm(Vec<u8>),
     /// A component file on the server.
     Path(PathBuf),
-    /// An ONNX graph, served by the ONNX runner component (the graph is its init config).
-    Onnx(Vec<u8>),
+    /// An ONNX graph, served by one of the ONNX runner components.
+    Onnx {
+        /// The graph's bytes (weights inside).
+        graph: Vec<u8>,
+        /// Where it runs.
+        runner: OnnxRunner,
+    },
+}
+
+/// Where an ONNX graph loaded through the API runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnnxRunner {
+    /// Natively if the server has ONNX Runtime, else in the sandbox.
+    #[default]
+    Auto,
+    /// Natively, by ONNX Runtime on the host, through `wasi:nn` (the host parses the graph).
+    Native,
+    /// Inside the sandbox, by tract compiled to WebAssembly (slower; the host never parses
+    /// the graph).
+    Sandbox,
+}
+
+/// The components that serve ONNX graphs.
+#[derive(Clone, Default)]
+pub struct OnnxRunners {
+    /// Runs the graph (its init config) with tract inside the sandbox.
+    pub sandboxed: Option<Arc<[u8]>>,
+    /// Passes batches to the graph `model`, run natively through `wasi:nn`.
+    pub native: Option<Arc<[u8]>>,
 }
 
 /// A load request as the API gives it.
@@ -89,6 +117,9 @@ pub struct LoadRecord {
     pub limits: LimitsRequest,
     /// Batching as requested.
     pub batching: BatchingRequest,
+    /// Where an ONNX graph runs (records written before there was a choice: `auto`).
+    #[serde(default)]
+    pub onnx_runner: OnnxRunner,
 }
 
 /// The kind of code a record holds.
@@ -116,7 +147,7 @@ pub struct Lifecycle {
     store: Store,
     default_limits: ModelLimits,
     default_batching: BatchingConfig,
-    onnx_runner: Option<Arc<[u8]>>,
+    onnx_runners: OnnxRunners,
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -128,20 +159,20 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 impl Lifecycle {
     /// The lifecycle of `registry`'s models, recorded in `store`; loads take what they leave
-    /// unset from the defaults, and ONNX graphs run on `onnx_runner` (none: ONNX loads are
+    /// unset from the defaults, and ONNX graphs run on `onnx_runners` (none: ONNX loads are
     /// refused).
     pub fn new(
         registry: Arc<Registry>,
         store: Store,
         defaults: (ModelLimits, BatchingConfig),
-        onnx_runner: Option<Arc<[u8]>>,
+        onnx_runners: OnnxRunners,
     ) -> Lifecycle {
         Lifecycle {
             registry,
             store,
             default_limits: defaults.0,
             default_batching: defaults.1,
-            onnx_runner,
+            onnx_runners,
         }
     }
 
@@ -162,20 +193,20 @@ impl Lifecycle {
     }
 
     async fn load_now(&self, spec: LoadSpec) -> Result<Arc<Model>, LifecycleError> {
-        let (kind, code) = match spec.source {
-            ComponentSource::Wasm(bytes) => (RecordedKind::Wasm, bytes),
+        let (kind, code, onnx_runner) = match spec.source {
+            ComponentSource::Wasm(bytes) => (RecordedKind::Wasm, bytes, OnnxRunner::Auto),
             ComponentSource::Path(path) => {
                 let bytes = read_component_file(&path).await?;
-                (RecordedKind::Wasm, bytes)
+                (RecordedKind::Wasm, bytes, OnnxRunner::Auto)
             }
-            ComponentSource::Onnx(graph) => {
+            ComponentSource::Onnx { graph, runner } => {
                 if !spec.config.is_empty() {
                     return Err(LifecycleError::InvalidArgument(
                         "config: must be empty with `onnx` (the graph is the runner's config)"
                             .into(),
                     ));
                 }
-                (RecordedKind::Onnx, graph)
+                (RecordedKind::Onnx, graph, runner)
             }
         };
         let record = LoadRecord {
@@ -185,6 +216,7 @@ impl Lifecycle {
             replicas: spec.replicas.max(1),
             limits: spec.limits,
             batching: spec.batching,
+            onnx_runner,
         };
         let model = self
             .load_recorded(
@@ -215,16 +247,9 @@ impl Lifecycle {
         name: Option<String>,
         version: Option<String>,
     ) -> Result<Arc<Model>, LifecycleError> {
-        let (component, config) = match record.kind {
-            RecordedKind::Wasm => (code, config),
-            RecordedKind::Onnx => {
-                let runner = self.onnx_runner.as_ref().ok_or_else(|| {
-                    LifecycleError::InvalidArgument(
-                        "onnx: this server has no ONNX runner; load a component instead".into(),
-                    )
-                })?;
-                (runner.to_vec(), code)
-            }
+        let (component, config, graphs) = match record.kind {
+            RecordedKind::Wasm => (code, config, Vec::new()),
+            RecordedKind::Onnx => self.onnx_model(code, record.onnx_runner).await?,
         };
         let batching = record
             .batching
@@ -235,6 +260,7 @@ impl Lifecycle {
             .load(LoadRequest {
                 component,
                 config,
+                graphs,
                 name,
                 version,
                 replicas: record.replicas,
@@ -242,6 +268,53 @@ impl Lifecycle {
                 batching,
             })
             .await?)
+    }
+
+    /// The component, config and graphs that serve an ONNX graph on `runner`.
+    async fn onnx_model(
+        &self,
+        graph: Vec<u8>,
+        runner: OnnxRunner,
+    ) -> Result<(Vec<u8>, Vec<u8>, Vec<GraphRequest>), LifecycleError> {
+        let engine = self.registry.graph_engine().clone();
+        let runners = &self.onnx_runners;
+        let native = match runner {
+            OnnxRunner::Sandbox => false,
+            OnnxRunner::Native => true,
+            OnnxRunner::Auto => runners.native.is_some() && engine.onnx().is_ok(),
+        };
+        if !native {
+            let sandboxed = runners.sandboxed.as_ref().ok_or_else(|| {
+                LifecycleError::InvalidArgument(
+                    "onnx: this server has no sandboxed ONNX runner; load with the native one"
+                        .into(),
+                )
+            })?;
+            return Ok((sandboxed.to_vec(), graph, Vec::new()));
+        }
+        let component = runners.native.as_ref().ok_or_else(|| {
+            LifecycleError::InvalidArgument(
+                "onnx: this server has no native ONNX runner; load in the sandbox".into(),
+            )
+        })?;
+        // Loaded here to read its signature (the runner's config), then handed to the model
+        // as it is: the graph is parsed once.
+        let source = GraphSource::Bytes(graph.into());
+        let loaded = tokio::task::spawn_blocking(move || engine.open(&source))
+            .await
+            .map_err(|e| {
+                LifecycleError::InvalidArgument(format!("onnx: the load task failed: {e}"))
+            })?
+            .map_err(|error| RegistryError::Graph {
+                graph: "model".into(),
+                error,
+            })?;
+        let config = runner_config(&loaded).map_err(LifecycleError::InvalidArgument)?;
+        let graphs = vec![GraphRequest {
+            name: "model".into(),
+            source: GraphSource::Loaded(loaded),
+        }];
+        Ok((component.to_vec(), config.into_bytes(), graphs))
     }
 
     /// Unloads one version of `name`, or all of them (`None`), and forgets their records
@@ -379,6 +452,47 @@ impl Lifecycle {
     }
 }
 
+/// The native runner's config: the graph's signature, with the batch dimension free. A graph
+/// whose first dimension is fixed at 1 is served one row per call.
+fn runner_config(graph: &sluice_graphs::Graph) -> Result<String, String> {
+    let mut max_batch = 1024;
+    let mut lines = vec!["name onnx-model".to_string()];
+    for (kind, specs) in [("input", &graph.inputs), ("output", &graph.outputs)] {
+        for spec in specs {
+            let mut shape = spec.shape.clone();
+            match shape.first().copied() {
+                Some(-1) => {}
+                Some(1) => {
+                    max_batch = 1;
+                    shape[0] = -1;
+                }
+                Some(n) => {
+                    return Err(format!(
+                        "onnx: {kind} `{}` has a first dimension fixed at {n}; sluice batches \
+                         along the first dimension, so export the graph with it dynamic",
+                        spec.name
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "onnx: {kind} `{}` is a scalar; sluice needs a batch dimension first",
+                        spec.name
+                    ));
+                }
+            }
+            let dims: Vec<String> = shape.iter().map(i64::to_string).collect();
+            lines.push(format!(
+                "{kind} {} {} {}",
+                spec.name,
+                spec.dtype.name(),
+                dims.join(",")
+            ));
+        }
+    }
+    lines.push(format!("max-batch {max_batch}"));
+    Ok(lines.join("\n"))
+}
+
 fn encode_record(record: &LoadRecord) -> Vec<u8> {
     serde_json::to_vec(record).expect("load records serialize")
 }
@@ -462,6 +576,7 @@ mod tests {
                 mode: Some(ModeRequest::Static(8)),
                 ..BatchingRequest::default()
             },
+            onnx_runner: OnnxRunner::Sandbox,
         };
         assert_eq!(decode_record(&encode_record(&record)).unwrap(), record);
         assert!(
@@ -480,6 +595,7 @@ mod tests {
             replicas: 1,
             limits: LimitsRequest::default(),
             batching: BatchingRequest::default(),
+            onnx_runner: OnnxRunner::Auto,
         };
         for (version, code) in [("1", b"one".as_slice()), ("2", b"two".as_slice())] {
             store.put_blob(&sha256_hex(code), code).unwrap();

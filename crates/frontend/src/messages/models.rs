@@ -7,7 +7,7 @@ use crate::error::ApiError;
 use sluice_api::convert::spec_to_proto;
 use sluice_api::proto::{self, load_model_request::Component};
 use sluice_serving::batching::{BatchMode, BatchingConfig};
-use sluice_serving::lifecycle::{ComponentSource, LoadSpec};
+use sluice_serving::lifecycle::{ComponentSource, LoadSpec, OnnxRunner};
 use sluice_serving::registry::{Model, ModelEntry, ModelState};
 use sluice_serving::settings::{BatchingRequest, LimitsRequest, ModeRequest};
 use std::path::PathBuf;
@@ -108,10 +108,18 @@ pub fn batching_to_proto(b: BatchingConfig) -> proto::BatchingConfig {
 
 /// What a `LoadModelRequest` asks the lifecycle to load.
 pub fn load_spec(request: proto::LoadModelRequest) -> Result<LoadSpec, ApiError> {
+    let onnx_runner = match request.onnx_runner() {
+        proto::load_model_request::OnnxRunner::Auto => OnnxRunner::Auto,
+        proto::load_model_request::OnnxRunner::Native => OnnxRunner::Native,
+        proto::load_model_request::OnnxRunner::Sandbox => OnnxRunner::Sandbox,
+    };
     let source = match request.component {
         Some(Component::Wasm(bytes)) => ComponentSource::Wasm(bytes),
         Some(Component::Path(path)) => ComponentSource::Path(PathBuf::from(path)),
-        Some(Component::Onnx(graph)) => ComponentSource::Onnx(graph),
+        Some(Component::Onnx(graph)) => ComponentSource::Onnx {
+            graph,
+            runner: onnx_runner,
+        },
         None => {
             return Err(ApiError::invalid_argument(
                 "component: give `path` (on the server), `wasm` (the bytes) or `onnx` (a graph)",
@@ -155,6 +163,7 @@ pub fn model_status(model: &Model, is_default_version: bool) -> proto::ModelStat
         rows_run: stats.rows,
         state: proto::model_status::State::Ready as i32,
         reason: String::new(),
+        graphs: model.graphs.clone(),
     }
 }
 

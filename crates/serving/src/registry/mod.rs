@@ -7,11 +7,17 @@
 //! queued on the old version still finish (its replicas drain when the last request holding it
 //! is answered).
 
+mod graphs;
+
+pub use graphs::{DEFAULT_GRAPH_MEMORY_BYTES, GraphEngine, GraphRequest, GraphSource};
+
 use crate::batching::{
     BatchError, BatchStats, Batcher, BatchingConfig, ReplicaRunner, RunnerFactory,
 };
 use crate::metrics::{self, ModelMetrics};
 use crate::settings::ModelLimits;
+use graphs::GraphReservation;
+use sluice_graphs::GraphError;
 use sluice_runtime::{InstanceRecipe, LoadError, Replica, Runtime};
 use sluice_types::names::{check_name, quoted};
 use sluice_types::{ErrorKind, HasKind, ModelInfo, Tensor, contract};
@@ -55,6 +61,28 @@ pub enum RegistryError {
     /// The component could not be loaded.
     #[error("cannot load the model: {0}")]
     Load(#[from] LoadError),
+    /// A graph of the model could not be loaded.
+    #[error("cannot load the model's graph `{graph}`: {error}")]
+    Graph {
+        /// The graph's name.
+        graph: String,
+        /// Why.
+        error: GraphError,
+    },
+    /// The model's graphs do not fit the host's graph memory budget.
+    #[error(
+        "the model's graphs take {needed} bytes and {resident} bytes of graphs are resident, \
+         over this host's graph memory budget of {budget} bytes (the server's \
+         `--graph-memory-mib`)"
+    )]
+    GraphBudget {
+        /// Bytes of the model's graphs.
+        needed: u64,
+        /// Bytes of graphs resident already.
+        resident: u64,
+        /// The budget.
+        budget: u64,
+    },
     /// The change would run more model instances than this host allows.
     #[error(
         "{change} would run {total} model instances on this host, over its limit of {limit} \
@@ -79,7 +107,10 @@ impl HasKind for RegistryError {
             RegistryError::InvalidInput { .. } => ErrorKind::InvalidArgument,
             RegistryError::Call { error, .. } => error.kind(),
             RegistryError::Load(load) => load.kind(),
-            RegistryError::TooManyInstances { .. } => ErrorKind::ResourceExhausted,
+            RegistryError::Graph { error, .. } => error.kind(),
+            RegistryError::TooManyInstances { .. } | RegistryError::GraphBudget { .. } => {
+                ErrorKind::ResourceExhausted
+            }
         }
     }
 }
@@ -91,6 +122,8 @@ pub struct LoadRequest {
     pub component: Vec<u8>,
     /// Passed to the model's `init`.
     pub config: Vec<u8>,
+    /// Graphs its instances load through `wasi:nn`.
+    pub graphs: Vec<GraphRequest>,
     /// Serve under this name instead of the model's own.
     pub name: Option<String>,
     /// Serve as this version instead of the one the model declares.
@@ -115,7 +148,11 @@ pub struct Model {
     pub limits: ModelLimits,
     /// Hex SHA-256 of the component.
     pub sha256: String,
+    /// The names of its graphs.
+    pub graphs: Vec<String>,
     metrics: Arc<ModelMetrics>,
+    /// Its graphs' share of the graph memory budget, released with the model.
+    _graph_memory: GraphReservation,
     batcher: Batcher<ReplicaRunner>,
 }
 
@@ -273,6 +310,7 @@ pub const DEFAULT_MAX_INSTANCES: usize = 4096;
 /// All loaded models.
 pub struct Registry {
     runtime: Arc<Runtime>,
+    graphs: Arc<GraphEngine>,
     max_instances: usize,
     models: RwLock<BTreeMap<String, Versions>>,
     /// Versions taken out of service, most recent last: draining while a request still holds
@@ -285,6 +323,7 @@ impl Registry {
     pub fn new(runtime: Arc<Runtime>) -> Self {
         Registry {
             runtime,
+            graphs: Arc::new(GraphEngine::none()),
             max_instances: DEFAULT_MAX_INSTANCES,
             models: RwLock::default(),
             retired: Mutex::default(),
@@ -296,6 +335,18 @@ impl Registry {
     pub fn with_max_instances(mut self, limit: usize) -> Self {
         self.max_instances = limit.max(1);
         self
+    }
+
+    /// Loads models' graphs on `engine` (default: none, and a model with graphs fails to
+    /// load).
+    pub fn with_graph_engine(mut self, engine: GraphEngine) -> Self {
+        self.graphs = Arc::new(engine);
+        self
+    }
+
+    /// The engine models' graphs run on.
+    pub fn graph_engine(&self) -> &Arc<GraphEngine> {
+        &self.graphs
     }
 
     /// The runtime the models run on.
@@ -360,10 +411,14 @@ impl Registry {
         let loading = known
             .as_ref()
             .map(|(name, version)| Loading::start(self, name, version));
-        let runtime = self.runtime.clone();
-        let built = tokio::task::spawn_blocking(move || build_model(&runtime, request))
+        let (runtime, graphs) = (self.runtime.clone(), self.graphs.clone());
+        let built = tokio::task::spawn_blocking(move || build_model(&runtime, &graphs, request))
             .await
-            .unwrap_or_else(|e| Err(LoadError::Internal(format!("the load task failed: {e}"))));
+            .unwrap_or_else(|e| {
+                Err(RegistryError::Load(LoadError::Internal(format!(
+                    "the load task failed: {e}"
+                ))))
+            });
         let mut models = self.write();
         if let Some(loading) = loading {
             loading.finish(&mut models, built.as_ref().err());
@@ -581,7 +636,7 @@ impl<'a> Loading<'a> {
     }
 
     /// Ends the loading state, recording the failure (or clearing an older one).
-    fn finish(mut self, models: &mut BTreeMap<String, Versions>, failure: Option<&LoadError>) {
+    fn finish(mut self, models: &mut BTreeMap<String, Versions>, failure: Option<&RegistryError>) {
         let versions = models.entry(self.name.clone()).or_default();
         versions.loading.retain(|v| *v != self.version);
         match failure {
@@ -609,8 +664,13 @@ impl Drop for Loading<'_> {
 
 /// Compiles and instantiates a model; runs on a blocking thread inside the tokio runtime (the
 /// replicas' workers are tokio tasks).
-fn build_model(runtime: &Runtime, request: LoadRequest) -> Result<Model, LoadError> {
+fn build_model(
+    runtime: &Runtime,
+    graphs: &Arc<GraphEngine>,
+    request: LoadRequest,
+) -> Result<Model, RegistryError> {
     let component = runtime.load_component(&request.component)?;
+    let (graph_set, graph_memory) = graphs.load_set(&request.graphs)?;
     let sha256 = component.sha256.clone();
     // Until info() names the model, its first instance logs under the operator's name or the
     // component's digest.
@@ -624,6 +684,7 @@ fn build_model(runtime: &Runtime, request: LoadRequest) -> Result<Model, LoadErr
         config: request.config.into(),
         limits: request.limits.instance(),
         compute: runtime.compute().clone(),
+        graphs: graph_set.clone(),
         on_replace: Arc::new(|model, why| metrics::record_instance_replaced(model, why.label())),
     };
     let mut first = Replica::new(recipe.clone())?;
@@ -658,7 +719,9 @@ fn build_model(runtime: &Runtime, request: LoadRequest) -> Result<Model, LoadErr
         info,
         limits: request.limits,
         sha256,
+        graphs: graph_set.keys().cloned().collect(),
         metrics,
+        _graph_memory: graph_memory,
         batcher,
     })
 }

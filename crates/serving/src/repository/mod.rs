@@ -4,6 +4,8 @@
 //! DIR/<model>/model.toml               optional: which versions to serve (the version policy)
 //! DIR/<model>/<version>/model.wasm     the component
 //! DIR/<model>/<version>/config.toml    optional: replicas, init config file, [batching], [limits]
+//! DIR/<model>/<version>/<name>.onnx    optional: graphs the model loads by name through wasi:nn
+//!                                      (weights kept as external data sit beside them)
 //! ```
 //!
 //! `model.toml` holds one key, `versions`: `"all"` (the default), `{ latest = N }` (the N
@@ -20,7 +22,7 @@
 pub mod config;
 
 use crate::batching::BatchingConfig;
-use crate::registry::{LoadRequest, Registry};
+use crate::registry::{GraphRequest, GraphSource, LoadRequest, Registry};
 use crate::settings::ModelLimits;
 use config::{ModelConfigFile, Overrides};
 use notify::Watcher;
@@ -152,6 +154,26 @@ fn fingerprint(dir: &Path) -> Fingerprint {
     files
 }
 
+/// The graphs of a version directory: each `<name>.onnx`, loaded by `name`.
+fn graphs_in(dir: &Path) -> Vec<GraphRequest> {
+    let mut graphs: Vec<GraphRequest> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|e| e == "onnx") && path.is_file())
+        .filter_map(|path| {
+            let name = path.file_stem()?.to_string_lossy().into_owned();
+            Some(GraphRequest {
+                name,
+                source: GraphSource::File(path),
+            })
+        })
+        .collect();
+    graphs.sort_by(|a, b| a.name.cmp(&b.name));
+    graphs
+}
+
 fn subdirectories(dir: &Path) -> Result<Vec<(String, PathBuf)>, RepositoryError> {
     let read = |source| RepositoryError::Read {
         path: dir.to_path_buf(),
@@ -230,6 +252,7 @@ impl Repository {
         Ok(LoadRequest {
             component,
             config,
+            graphs: graphs_in(dir),
             name: Some(model.to_string()),
             version: Some(version.to_string()),
             replicas: settings.replicas as usize,

@@ -1,0 +1,154 @@
+//! Guests that run graphs natively through the standard `wasi:nn` interfaces: the MiniLM
+//! sentence embedder (`sample-models/minilm`: tokenizer in the sandbox, encoder on ONNX
+//! Runtime) served from a model repository, against sentence-transformers' own embeddings.
+
+use crate::support::{TestServer, assets, registry_with_graphs};
+use serde_json::{Value, json};
+use sluice_api::proto::{self, load_model_request::Component};
+use sluice_samples::SAMPLE_WASM_DIR;
+use sluice_serving::ModelLimits;
+use sluice_serving::batching::BatchingConfig;
+use sluice_serving::repository::Repository;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tonic::Code;
+
+/// The least cosine similarity each embedding must have with sentence-transformers' own.
+const MIN_COSINE: f64 = 0.999;
+
+fn minilm_component() -> Vec<u8> {
+    std::fs::read(PathBuf::from(SAMPLE_WASM_DIR).join("minilm.wasm")).expect("minilm.wasm")
+}
+
+/// A model repository holding MiniLM: the fetched weights and tokenizer, the committed
+/// graph, and the component built from `sample-models/minilm`. Its deadlines are far longer
+/// than the sample's own `config.toml`: this test is about the answers, on a machine busy
+/// with the other tests.
+fn minilm_repository() -> PathBuf {
+    let root = PathBuf::from(crate::support::CACHE).join("minilm-repository");
+    let version = root.join("minilm/1");
+    std::fs::create_dir_all(&version).unwrap();
+    for file in ["model.safetensors", "tokenizer.json", "encoder.onnx"] {
+        let (from, to) = (assets().join("minilm/1").join(file), version.join(file));
+        let _ = std::fs::remove_file(&to);
+        std::fs::hard_link(&from, &to)
+            .or_else(|_| std::fs::copy(&from, &to).map(drop))
+            .unwrap();
+    }
+    std::fs::write(version.join("model.wasm"), minilm_component()).unwrap();
+    std::fs::write(
+        version.join("config.toml"),
+        "config = \"tokenizer.json\"\n[batching]\nslo_ms = 60000\n\
+         [limits]\ncall_timeout_ms = 60000\nmemory_mib = 512\n",
+    )
+    .unwrap();
+    root
+}
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minilm_embeds_as_sentence_transformers_does() {
+    let registry = registry_with_graphs();
+    let repository = Arc::new(Repository::new(
+        minilm_repository(),
+        registry.clone(),
+        ModelLimits::default(),
+        BatchingConfig::default(),
+    ));
+    let report = repository.sync().await.unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let mut server =
+        TestServer::start_with(registry, |server| server.repository(repository), None).await;
+    let status = server.model("minilm").await;
+    assert_eq!(status.graphs, ["encoder"]);
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sample-models/minilm/reference.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let rows = reference["embeddings"].as_array().unwrap();
+    assert!(rows.len() >= 100, "{} reference sentences", rows.len());
+    // Requests of a few sentences each, sent at once, so that the batcher runs sentences of
+    // different lengths (and from different requests) padded together.
+    let url = format!("{}/v2/models/minilm/infer", server.http_url());
+    let client = reqwest::Client::new();
+    let requests: Vec<_> = rows
+        .chunks(7)
+        .map(|chunk| {
+            let texts: Vec<&str> = chunk.iter().map(|r| r["text"].as_str().unwrap()).collect();
+            let body = json!({"inputs": [{"name": "text", "datatype": "BYTES",
+                "shape": [texts.len()], "data": texts}]});
+            let request = client.post(&url).json(&body).send();
+            tokio::spawn(async move {
+                let response = request.await.expect("infer");
+                assert!(
+                    response.status().is_success(),
+                    "{:?}",
+                    response.text().await
+                );
+                response.json::<Value>().await.unwrap()
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for request in requests {
+        answers.push(request.await.expect("a request task"));
+    }
+    let mut compared = 0;
+    for (chunk, answer) in rows.chunks(7).zip(answers) {
+        let output = &answer["outputs"][0];
+        assert_eq!(output["name"], "embedding");
+        assert_eq!(output["shape"], json!([chunk.len(), 384]));
+        let values: Vec<f64> = output["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        for (row, ours) in chunk.iter().zip(values.chunks(384)) {
+            let theirs: Vec<f64> = row["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            let similarity = cosine(ours, &theirs);
+            assert!(
+                similarity >= MIN_COSINE,
+                "cosine {similarity} for {:?}",
+                row["text"]
+            );
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, rows.len());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_asking_for_a_graph_its_model_lacks_fails_to_load_saying_which() {
+    let mut server = TestServer::start_with(registry_with_graphs(), |server| server, None).await;
+    let tokenizer = std::fs::read(assets().join("minilm/1/tokenizer.json")).unwrap();
+    let request = proto::LoadModelRequest {
+        component: Some(Component::Wasm(minilm_component())),
+        config: tokenizer,
+        ..Default::default()
+    };
+    let status = server.client.load_model(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("no graph `encoder`: this model was loaded with no graphs"),
+        "{}",
+        status.message()
+    );
+    server.shutdown().await;
+}
