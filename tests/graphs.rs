@@ -2,7 +2,7 @@
 //! sentence embedder (`sample-models/minilm`: tokenizer in the sandbox, encoder on ONNX
 //! Runtime) served from a model repository, against sentence-transformers' own embeddings.
 
-use crate::support::{TestServer, assets, registry_with_graphs};
+use crate::support::{TestServer, assets, registry_with_graph_budget, registry_with_graphs};
 use serde_json::{Value, json};
 use sluice_api::proto::{self, load_model_request::Component};
 use sluice_samples::SAMPLE_WASM_DIR;
@@ -149,6 +149,62 @@ async fn a_guest_asking_for_a_graph_its_model_lacks_fails_to_load_saying_which()
             .contains("no graph `encoder`: this model was loaded with no graphs"),
         "{}",
         status.message()
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphs_past_the_host_budget_are_refused_and_unloading_gives_it_back() {
+    let graph = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sample-models/onnx/digits-cnn.onnx"),
+    )
+    .unwrap();
+    // Room for one copy of the graph, not two.
+    let budget = graph.len() as u64 * 3 / 2;
+    let mut server =
+        TestServer::start_with(registry_with_graph_budget(budget), |server| server, None).await;
+    let load = |name: &str| {
+        let mut request = proto::LoadModelRequest {
+            component: Some(Component::Onnx(graph.clone())),
+            name: name.into(),
+            ..Default::default()
+        };
+        request.set_onnx_runner(proto::load_model_request::OnnxRunner::Native);
+        request
+    };
+    server
+        .client
+        .load_model(load("first"))
+        .await
+        .expect("one fits");
+    let status = server.client.load_model(load("second")).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("graph memory budget")
+            && status.message().contains("--graph-memory-mib"),
+        "{}",
+        status.message()
+    );
+    server
+        .client
+        .unload_model(proto::UnloadModelRequest {
+            name: "first".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // The budget comes back once the unloaded version has drained (at once: it is idle).
+    let mut loaded = false;
+    for _ in 0..100 {
+        if server.client.load_model(load("second")).await.is_ok() {
+            loaded = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        loaded,
+        "the unloaded model's graph memory was not given back"
     );
     server.shutdown().await;
 }

@@ -277,11 +277,16 @@ pub fn onnx_runtime() -> sluice_graphs::OnnxRuntime {
 
 /// A registry like [`registry_on`]'s whose models may have graphs, run by ONNX Runtime.
 pub fn registry_with_graphs() -> Arc<Registry> {
+    registry_with_graph_budget(DEFAULT_GRAPH_MEMORY_BYTES)
+}
+
+/// [`registry_with_graphs`] with at most `budget` bytes of graphs resident.
+pub fn registry_with_graph_budget(budget: u64) -> Arc<Registry> {
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(PathBuf::from(CACHE).join("components")),
         ..RuntimeConfig::default()
     })
     .expect("runtime");
-    let engine = GraphEngine::new(Ok(onnx_runtime()), DEFAULT_GRAPH_MEMORY_BYTES);
+    let engine = GraphEngine::new(Ok(onnx_runtime()), budget);
     Arc::new(Registry::new(Arc::new(runtime)).with_graph_engine(engine))
 }

@@ -9,6 +9,7 @@ Python-authored `python-logreg` (sample-models/python-logreg) loaded.
 Exits non-zero on the first failed check and prints `N passed, 0 failed` at the end.
 """
 
+import json
 import pathlib
 import sys
 
@@ -140,9 +141,35 @@ def python_model(url):
     check((python == rust).all(), f"python-logreg labels equal digits-logreg's (accuracy {accuracy:.4f})")
 
 
+def minilm(protocol, module, url):
+    """Triton's client gets sentence embeddings (BYTES in, FP32 out) from the MiniLM guest,
+    equal to sentence-transformers' own (sample-models/minilm/reference.json)."""
+    client = module.InferenceServerClient(url=url)
+    check(client.is_model_ready("minilm"), f"{protocol}: minilm (wasi:nn) is ready")
+    reference = json.loads((pathlib.Path(__file__).parents[2]
+                            / "sample-models/minilm/reference.json").read_text(encoding="utf-8"))
+    rows = reference["embeddings"]
+    lowest = 1.0
+    for start in range(0, len(rows), 16):
+        chunk = rows[start:start + 16]
+        text = np.array([r["text"].encode("utf-8") for r in chunk], dtype=np.object_)
+        x = module.InferInput("text", [len(chunk)], "BYTES")
+        x.set_data_from_numpy(text)
+        embeddings = client.infer("minilm", [x]).as_numpy("embedding")
+        check(embeddings.shape == (len(chunk), 384), f"{protocol}: embeddings are [{len(chunk)}, 384]")
+        theirs = np.array([r["embedding"] for r in chunk], dtype=np.float32)
+        cosines = (embeddings * theirs).sum(axis=1) / (
+            np.linalg.norm(embeddings, axis=1) * np.linalg.norm(theirs, axis=1))
+        lowest = min(lowest, float(cosines.min()))
+    check(lowest >= 0.999, f"{protocol}: {len(rows)} MiniLM embeddings match sentence-transformers' "
+                           f"(lowest cosine {lowest:.6f})")
+
+
 run("grpc", grpcclient, sys.argv[1])
 python_model(sys.argv[1])
+minilm("grpc", grpcclient, sys.argv[1])
 run("http", httpclient, sys.argv[2])
+minilm("http", httpclient, sys.argv[2])
 
 with urllib.request.urlopen(f"http://{sys.argv[2]}/metrics") as response:
     families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}

@@ -248,3 +248,71 @@ impl errors::HostError for StoreState {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bindings::wasi::nn::graph::Host as _;
+    use crate::bindings::wasi::nn::tensor::HostTensor;
+    use crate::{GraphSet, host::StoreState};
+    use sluice_compute::cpu::CpuBackend;
+
+    fn state(memory_bytes: usize) -> StoreState {
+        StoreState::new(
+            "m".into(),
+            memory_bytes,
+            Arc::new(CpuBackend),
+            GraphSet::default(),
+        )
+    }
+
+    #[test]
+    fn tensors_count_against_the_instance_memory_and_are_given_back() {
+        let mut state = state(1 << 20);
+        let half = vec![0u8; 512 << 10];
+        let first = HostTensor::new(&mut state, vec![1, 1 << 17], TensorType::Fp32, half.clone())
+            .expect("half the budget fits");
+        let second = HostTensor::new(&mut state, vec![1, 1 << 17], TensorType::Fp32, half.clone())
+            .expect("the other half fits");
+        // One byte more traps, reported as memory exhaustion.
+        let refused = HostTensor::new(&mut state, vec![1], TensorType::U8, vec![0]);
+        assert!(refused.is_err());
+        let exceeded = state
+            .limiter
+            .exceeded
+            .take()
+            .expect("recorded as memory exhaustion");
+        assert!(exceeded.starts_with("wasi:nn tensor:"), "{exceeded}");
+        // Dropping a tensor gives its bytes back.
+        HostTensor::drop(&mut state, first).unwrap();
+        HostTensor::new(&mut state, vec![1, 1 << 17], TensorType::Fp32, half)
+            .expect("fits again once one is dropped");
+        HostTensor::drop(&mut state, second).unwrap();
+    }
+
+    #[test]
+    fn graphs_come_only_by_name_from_the_model() {
+        let mut state = state(1 << 20);
+        let refused = state
+            .load(
+                vec![b"any bytes".to_vec()],
+                GraphEncoding::Onnx,
+                ExecutionTarget::Cpu,
+            )
+            .unwrap()
+            .expect_err("load of bytes is refused");
+        let error = state.table().get(&refused).unwrap();
+        assert_eq!(error.code, ErrorCode::UnsupportedOperation);
+        assert!(error.message.contains("load-by-name"), "{}", error.message);
+        let missing = state
+            .load_by_name("encoder".into())
+            .unwrap()
+            .expect_err("no such graph");
+        let error = state.table().get(&missing).unwrap();
+        assert_eq!(error.code, ErrorCode::NotFound);
+        assert_eq!(
+            error.message,
+            "no graph `encoder`: this model was loaded with no graphs"
+        );
+    }
+}
