@@ -45,6 +45,15 @@ fn minilm_repository() -> PathBuf {
     root
 }
 
+/// A JSON array of numbers.
+fn numbers(array: &Value) -> Vec<f64> {
+    let values = array.as_array().expect("an array");
+    values
+        .iter()
+        .map(|v| v.as_f64().expect("a number"))
+        .collect()
+}
+
 fn cosine(a: &[f64], b: &[f64]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
@@ -106,20 +115,9 @@ async fn minilm_embeds_as_sentence_transformers_does() {
         let output = &answer["outputs"][0];
         assert_eq!(output["name"], "embedding");
         assert_eq!(output["shape"], json!([chunk.len(), 384]));
-        let values: Vec<f64> = output["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect();
+        let values = numbers(&output["data"]);
         for (row, ours) in chunk.iter().zip(values.chunks(384)) {
-            let theirs: Vec<f64> = row["embedding"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect();
-            let similarity = cosine(ours, &theirs);
+            let similarity = cosine(ours, &numbers(&row["embedding"]));
             assert!(
                 similarity >= MIN_COSINE,
                 "cosine {similarity} for {:?}",

@@ -303,7 +303,9 @@ impl Lifecycle {
         let loaded = tokio::task::spawn_blocking(move || engine.open(&source))
             .await
             .map_err(|e| {
-                LifecycleError::InvalidArgument(format!("onnx: the load task failed: {e}"))
+                RegistryError::Load(sluice_runtime::LoadError::Internal(format!(
+                    "the graph's load task failed: {e}"
+                )))
             })?
             .map_err(|error| RegistryError::Graph {
                 graph: "model".into(),
