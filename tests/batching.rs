@@ -1,6 +1,7 @@
 //! Batching over real gRPC with real components: a concurrent burst is answered in full with
-//! each caller's own rows; full queues refuse at once; expired requests are not run; replicas
-//! scale while serving without losing a request.
+//! each caller's own rows; full queues refuse at once; expired requests are not run; the
+//! queue gauges count what waits and what runs; replicas scale while serving without losing a
+//! request.
 
 use crate::support::{TestServer, digits_request, f32_values, fp32, output, sample_component};
 use sluice_api::proto::{
@@ -191,6 +192,43 @@ async fn full_queues_refuse_at_once_and_expired_requests_are_not_run() {
         let answer = call.await.unwrap().unwrap().into_inner();
         assert_eq!(f32_values(output(&answer, "y")), [10.0 + i as f32]);
     }
+    server.shutdown().await;
+}
+
+/// The value of `metric` for `faulty-loop` in the server's Prometheus text.
+async fn gauge(server: &TestServer, metric: &str) -> Option<i64> {
+    let text = reqwest::get(format!("{}/metrics", server.http_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("{metric}{{model=\"faulty-loop\",");
+    text.lines()
+        .find(|line| line.starts_with(&prefix))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn the_queue_gauges_count_what_waits_and_what_runs() {
+    let mut server = TestServer::start(|server| server).await;
+    busy_model(&mut server, 8, 1500).await;
+    // Three quick requests wait behind the loop (batches of one row).
+    let queued: Vec<_> = (0..3)
+        .map(|i| {
+            let mut client = server.client.clone();
+            tokio::spawn(async move { client.predict(request(&[10.0 + i as f32], 0)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(gauge(&server, "sluice_queued_requests").await, Some(3));
+    assert_eq!(gauge(&server, "sluice_in_flight_requests").await, Some(4));
+    for call in queued {
+        call.await.unwrap().unwrap();
+    }
+    // The loop was stopped by its time limit, and every request has its answer.
+    assert_eq!(gauge(&server, "sluice_queued_requests").await, Some(0));
+    assert_eq!(gauge(&server, "sluice_in_flight_requests").await, Some(0));
     server.shutdown().await;
 }
 

@@ -229,3 +229,61 @@ async fn shutdown_ends_at_the_drain_deadline_whatever_clients_do() {
         .expect("shutdown waited past the drain deadline")
         .unwrap();
 }
+
+#[tokio::test]
+async fn draining_says_not_ready_first_and_still_serves_until_the_delay_ends() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let server = TestServer::start(|server| {
+        server.connection_limits(limits(|l| l.drain_delay = Duration::from_secs(2)))
+    })
+    .await
+    .load_samples()
+    .await;
+    let ready = format!("{}/v2/health/ready", server.http_url());
+    assert_eq!(reqwest::get(&ready).await.unwrap().status(), 200);
+    let channel = server.channel().await;
+    let TestServer {
+        server: running,
+        client,
+        ..
+    } = server;
+    let (http_url, grpc_url) = (running.http_url(), running.url());
+    let stopped = tokio::spawn(running.shutdown());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Not ready, on both protocols' health checks...
+    let response = reqwest::get(&ready).await.unwrap();
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["ready"], false);
+    let status = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::NotServing as i32);
+    // ...and still serving, on connections open before and on new ones.
+    let digits = Digits::load_default().unwrap();
+    let request = digits_request("digits-logreg", &digits.holdout[..1]);
+    client.clone().predict(request.clone()).await.unwrap();
+    let mut fresh = sluice_api::proto::sluice_client::SluiceClient::connect(grpc_url)
+        .await
+        .unwrap();
+    fresh.predict(request).await.unwrap();
+
+    // Then it stops accepting and exits.
+    timeout(PATIENCE, stopped)
+        .await
+        .expect("the drain ended")
+        .unwrap()
+        .unwrap();
+    assert!(
+        reqwest::get(format!("{http_url}/v2/health/live"))
+            .await
+            .is_err()
+    );
+}

@@ -106,8 +106,12 @@ pub(super) struct ServeArgs {
     /// Seconds a connection may stay open with no request in flight.
     #[arg(long, default_value_t = ConnectionLimits::default().idle_timeout.as_secs())]
     idle_timeout_s: u64,
-    /// Seconds in-flight requests get to finish at shutdown, before the connections still
-    /// open are closed.
+    /// Seconds the ports keep serving after SIGTERM or Ctrl-C while readiness already says
+    /// false (so a load balancer stops sending first); then they stop accepting and drain.
+    #[arg(long, default_value_t = ConnectionLimits::default().drain_delay.as_secs())]
+    drain_delay_s: u64,
+    /// Seconds in-flight requests get to finish at shutdown, once the ports stop accepting,
+    /// before the connections still open are closed.
     #[arg(long, default_value_t = ConnectionLimits::default().drain_timeout.as_secs())]
     drain_timeout_s: u64,
     /// MiB of requests still being received, all connections together; past it a request
@@ -265,6 +269,7 @@ pub(super) async fn run(args: ServeArgs) -> Result<()> {
             max_connections: args.max_connections,
             header_timeout: Duration::from_secs(args.header_timeout_s),
             idle_timeout: Duration::from_secs(args.idle_timeout_s),
+            drain_delay: Duration::from_secs(args.drain_delay_s),
             drain_timeout: Duration::from_secs(args.drain_timeout_s),
             request_memory: args.request_memory_mib << 20,
             body_timeout: Duration::from_secs(args.body_timeout_s),
@@ -337,5 +342,8 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-    tracing::info!("shutting down: finishing in-flight requests (up to --drain-timeout-s)");
+    tracing::info!(
+        "shutting down: not ready; serving for --drain-delay-s, then finishing in-flight \
+         requests (up to --drain-timeout-s)"
+    );
 }

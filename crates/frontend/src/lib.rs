@@ -41,6 +41,7 @@ use std::sync::Arc;
 use thiserror::Error;
 use tls::TlsIdentity;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 /// The largest gRPC message accepted: room for a component upload or a large batch.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -62,6 +63,16 @@ pub(crate) struct Shared {
     /// When set, admin calls need `authorization: Bearer <token>` and are then accepted from
     /// any peer; when unset they are accepted from loopback peers only.
     pub(crate) admin_token: Option<String>,
+    /// Cancelled when shutdown begins: from then on the server reports itself not ready
+    /// (KServe's server-ready, the gRPC health service) while it drains.
+    pub(crate) draining: CancellationToken,
+}
+
+impl Shared {
+    /// Whether the server takes new work: false once it is draining.
+    pub(crate) fn ready(&self) -> bool {
+        !self.draining.is_cancelled()
+    }
 }
 
 /// Why a server could not start or stopped with an error.
@@ -137,9 +148,10 @@ impl Server {
         self.shared.lifecycle.restore(legacy).await
     }
 
-    /// Serves gRPC on `grpc` and HTTP on `http` until `shutdown` resolves, then lets the
-    /// requests in flight on both finish for up to the drain timeout, closes what is still
-    /// open, and returns.
+    /// Serves gRPC on `grpc` and HTTP on `http` until `shutdown` resolves; then reports
+    /// itself not ready and goes on serving for the drain delay, stops accepting, lets the
+    /// requests in flight on both ports finish for up to the drain timeout, closes what is
+    /// still open, and returns.
     pub async fn serve(
         self,
         grpc: TcpListener,
@@ -147,15 +159,18 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let connections = connections::Connections::new(self.limits);
-        let stopping = tokio_util::sync::CancellationToken::new();
-        let served = tokio_util::sync::CancellationToken::new();
+        let stopping = CancellationToken::new();
+        let served = CancellationToken::new();
         tokio::spawn(connections.clone().sweep_until(served.clone()));
-        let drain = self.limits.drain_timeout;
+        let (delay, drain) = (self.limits.drain_delay, self.limits.drain_timeout);
         tokio::spawn({
             let (stopping, served, connections) =
                 (stopping.clone(), served.clone(), connections.clone());
+            let draining = self.shared.draining.clone();
             async move {
                 shutdown.await;
+                draining.cancel();
+                tokio::time::sleep(delay).await;
                 stopping.cancel();
                 tokio::select! {
                     _ = tokio::time::sleep(drain) => connections.close_all(),
@@ -293,6 +308,7 @@ impl ServerBuilder {
                 lifecycle: Arc::new(lifecycle),
                 repository: self.repository,
                 admin_token: self.admin_token,
+                draining: CancellationToken::new(),
             },
             tls: self.tls,
             limits: fitted_to_open_files(self.limits),

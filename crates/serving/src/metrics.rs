@@ -1,7 +1,7 @@
 //! Prometheus metrics (the frontend serves them as text at `/metrics`): requests, failures by
-//! error kind, latency (total, queue, compute) and batch sizes per model, and replicas per
-//! model version; prediction-cache hits and misses per model; default outputs per
-//! application. One process-wide registry, as Prometheus exporters usually have.
+//! error kind, latency (total, queue, compute) and batch sizes per model; replicas, queued and
+//! in-flight requests per model version (what an autoscaler scales on); prediction-cache hits
+//! and misses per model; default outputs per application. One process-wide registry, as Prometheus exporters usually have.
 //!
 //! A leaf: the layers call it with labels of their own (names, an [`ErrorKind`], a reason) and
 //! it calls nothing of theirs.
@@ -33,9 +33,15 @@ struct Metrics {
     compute_seconds: HistogramVec,
     batch_rows: HistogramVec,
     replicas: IntGaugeVec,
+    queued: IntGaugeVec,
+    in_flight: IntGaugeVec,
     cache_lookups: IntCounterVec,
     default_outputs: IntCounterVec,
     instances_replaced: IntCounterVec,
+}
+
+fn version_gauge(name: &str, help: &str) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), &["model", "version"]).expect("valid gauge")
 }
 
 fn histogram(name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
@@ -81,14 +87,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             LATENCY_BUCKETS,
         ),
         batch_rows: histogram("sluice_batch_rows", "Rows per batch run", BATCH_BUCKETS),
-        replicas: IntGaugeVec::new(
-            Opts::new(
-                "sluice_model_replicas",
-                "Replicas serving each loaded model version",
-            ),
-            &["model", "version"],
-        )
-        .expect("valid gauge"),
+        replicas: version_gauge(
+            "sluice_model_replicas",
+            "Replicas serving each loaded model version",
+        ),
+        queued: version_gauge(
+            "sluice_queued_requests",
+            "Requests waiting in the queues of each loaded model version, at the scrape",
+        ),
+        in_flight: version_gauge(
+            "sluice_in_flight_requests",
+            "Requests each loaded model version holds (queued or running), at the scrape",
+        ),
         cache_lookups: IntCounterVec::new(
             Opts::new(
                 "sluice_cache_lookups_total",
@@ -123,6 +133,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(m.compute_seconds.clone()),
         Box::new(m.batch_rows.clone()),
         Box::new(m.replicas.clone()),
+        Box::new(m.queued.clone()),
+        Box::new(m.in_flight.clone()),
         Box::new(m.cache_lookups.clone()),
         Box::new(m.default_outputs.clone()),
         Box::new(m.instances_replaced.clone()),
@@ -217,15 +229,41 @@ pub fn record_default_output(app: &str, reason: &str) {
         .inc();
 }
 
-/// The text exposition of every metric, with the replica gauge set from `replicas`
-/// (`(model, version, replicas)` of each loaded version).
-pub fn render(replicas: impl Iterator<Item = (String, String, usize)>) -> String {
-    METRICS.replicas.reset();
-    for (model, version, count) in replicas {
+/// What a loaded model version holds at a scrape (the gauges are read from the models
+/// themselves, so they cannot drift from what the batcher does).
+pub struct VersionGauges {
+    /// The model.
+    pub model: String,
+    /// The version.
+    pub version: String,
+    /// Replicas taking requests.
+    pub replicas: usize,
+    /// Requests waiting in its queues.
+    pub queued: usize,
+    /// Requests queued or running.
+    pub in_flight: usize,
+}
+
+/// The text exposition of every metric, with the per-version gauges set from `versions`
+/// (one entry per loaded version).
+pub fn render(versions: impl Iterator<Item = VersionGauges>) -> String {
+    for gauge in [&METRICS.replicas, &METRICS.queued, &METRICS.in_flight] {
+        gauge.reset();
+    }
+    for v in versions {
+        let labels = [v.model.as_str(), v.version.as_str()];
         METRICS
             .replicas
-            .with_label_values(&[&model, &version])
-            .set(count as i64);
+            .with_label_values(&labels)
+            .set(v.replicas as i64);
+        METRICS
+            .queued
+            .with_label_values(&labels)
+            .set(v.queued as i64);
+        METRICS
+            .in_flight
+            .with_label_values(&labels)
+            .set(v.in_flight as i64);
     }
     let mut text = Vec::new();
     prometheus::TextEncoder::new()

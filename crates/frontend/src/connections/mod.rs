@@ -38,8 +38,12 @@ pub struct ConnectionLimits {
     pub header_timeout: Duration,
     /// A connection with no request in flight for this long is closed.
     pub idle_timeout: Duration,
-    /// At shutdown, requests in flight get this long to finish; then every connection still
-    /// open is closed.
+    /// At shutdown, readiness turns false at once and the ports keep serving for this long
+    /// (so that a load balancer or Kubernetes, which notice through readiness probes or
+    /// endpoint updates, stop sending new requests first); then they stop accepting.
+    pub drain_delay: Duration,
+    /// At shutdown, once the ports stop accepting, requests in flight get this long to
+    /// finish; then every connection still open is closed.
     pub drain_timeout: Duration,
     /// Bytes of messages still being received, all connections and streams together; a
     /// message that would go past it fails with `RESOURCE_EXHAUSTED`.
@@ -55,6 +59,8 @@ impl Default for ConnectionLimits {
             max_connections: 10_000,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
+            // A server on its own has no balancer to tell; deploy/ sets one.
+            drain_delay: Duration::ZERO,
             // Under Kubernetes' default 30 s grace period, so a drain ends before SIGKILL.
             drain_timeout: Duration::from_secs(20),
             request_memory: 512 << 20,

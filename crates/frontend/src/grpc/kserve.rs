@@ -145,9 +145,10 @@ impl GrpcInferenceService for KserveApi {
         &self,
         _request: Request<inference::ServerReadyRequest>,
     ) -> Result<Response<inference::ServerReadyResponse>, Status> {
-        // The server starts answering only after its repository's first sync.
+        // The server starts answering only after its repository's first sync, and stops
+        // being ready when it begins to drain.
         Ok(Response::new(inference::ServerReadyResponse {
-            ready: true,
+            ready: self.shared.ready(),
         }))
     }
 

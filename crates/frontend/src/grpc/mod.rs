@@ -105,6 +105,20 @@ pub(crate) async fn serve(
     health_reporter
         .set_serving::<SluiceServer<sluice::SluiceApi>>()
         .await;
+    // Draining: the health service says NOT_SERVING (the server as a whole, "", and each
+    // service), as KServe's server-ready says false.
+    tokio::spawn({
+        let (reporter, draining) = (health_reporter.clone(), shared.draining.clone());
+        async move {
+            draining.cancelled().await;
+            reporter
+                .set_not_serving::<SluiceServer<sluice::SluiceApi>>()
+                .await;
+            reporter
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+    });
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(sluice_api::proto::FILE_DESCRIPTOR_SET)

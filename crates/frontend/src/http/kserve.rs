@@ -11,7 +11,8 @@ use crate::kserve::{
     self, AppParameters, InferTarget, PLATFORM, SERVER_NAME, is_requested, repository_index,
 };
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -38,10 +39,7 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
             "/v2/health/live",
             get(|| async { Json(json!({ "live": true })) }),
         )
-        .route(
-            "/v2/health/ready",
-            get(|| async { Json(json!({ "ready": true })) }),
-        )
+        .route("/v2/health/ready", get(server_ready))
         .route("/v2", get(server_metadata))
         .route("/v2/models/{name}", get(metadata))
         .route("/v2/models/{name}/versions/{version}", get(metadata))
@@ -52,6 +50,18 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
         .route("/v2/repository/index", post(index))
         .route("/v2/repository/models/{name}/load", post(load))
         .route("/v2/repository/models/{name}/unload", post(unload))
+}
+
+/// 200 while the server takes new work; once it drains, 400 (the protocol's "4xx means
+/// false", as Triton answers), so probes and balancers stop sending to it.
+async fn server_ready(State(shared): State<Arc<Shared>>) -> Response {
+    let ready = shared.ready();
+    let status = if ready {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::BAD_REQUEST
+    };
+    (status, Json(json!({ "ready": ready }))).into_response()
 }
 
 async fn server_metadata() -> Json<Value> {
@@ -151,10 +161,25 @@ fn flag(parameters: &serde_json::Map<String, Value>, key: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The `Inference-Header-Content-Length` header, if present; taken without copying the
+/// request's other headers (axum's `HeaderMap` extractor clones them all).
+struct HeaderLength(Option<HeaderValue>);
+
+impl<S: Send + Sync> FromRequestParts<S> for HeaderLength {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _: &S,
+    ) -> std::result::Result<HeaderLength, Self::Rejection> {
+        Ok(HeaderLength(parts.headers.get(HEADER_LENGTH).cloned()))
+    }
+}
+
 /// Splits a body into its JSON part and the binary data that follows it (if the
 /// `Inference-Header-Content-Length` header is present).
-fn split_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<(&'a [u8], &'a [u8])> {
-    let Some(value) = headers.get(HEADER_LENGTH) else {
+fn split_body<'a>(length: &HeaderLength, body: &'a [u8]) -> Result<(&'a [u8], &'a [u8])> {
+    let Some(value) = &length.0 else {
         return Ok((body, &[]));
     };
     let length: usize = value
@@ -169,11 +194,11 @@ fn split_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<(&'a [u8], &'a 
 async fn infer(
     State(shared): State<Arc<Shared>>,
     Path(path): Path<ModelPath>,
-    headers: HeaderMap,
+    header_length: HeaderLength,
     body: Bytes,
 ) -> Result<Response> {
     let target = resolve(&shared, &path)?;
-    let (header, binary) = split_body(&headers, &body)?;
+    let (header, binary) = split_body(&header_length, &body)?;
     let request: InferRequest = serde_json::from_slice(header).map_err(|e| {
         bad_request(format!(
             "the request body is not a valid inference request: {e}"

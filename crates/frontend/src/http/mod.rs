@@ -22,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
+use sluice_serving::metrics::VersionGauges;
 use sluice_serving::registry::ModelState;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -146,15 +147,22 @@ pub(crate) async fn serve(
 
 /// Prometheus text format.
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let replicas = shared.registry.list().into_iter().filter_map(|e| {
+    let versions = shared.registry.list().into_iter().filter_map(|e| {
         let model = e.model.filter(|_| e.state == ModelState::Ready)?;
-        Some((e.name, e.version, model.replicas()))
+        let load = model.load();
+        Some(VersionGauges {
+            model: e.name,
+            version: e.version,
+            replicas: model.replicas(),
+            queued: load.queued,
+            in_flight: load.in_flight,
+        })
     });
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        sluice_serving::metrics::render(replicas),
+        sluice_serving::metrics::render(versions),
     )
 }

@@ -316,6 +316,8 @@ struct Shared {
     max_response_bytes: usize,
     batches: AtomicU64,
     rows: AtomicU64,
+    /// Requests submitted and not yet answered (queued or running).
+    in_flight: AtomicUsize,
 }
 
 /// Counters of what a model's replicas have run.
@@ -325,6 +327,31 @@ pub struct BatchStats {
     pub batches: u64,
     /// Rows in them.
     pub rows: u64,
+}
+
+/// The requests a model holds now: what an autoscaler scales on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatchLoad {
+    /// Requests waiting in the replicas' queues.
+    pub queued: usize,
+    /// Requests submitted and not answered yet: the queued ones and those running.
+    pub in_flight: usize,
+}
+
+/// Counts a request in flight for as long as it lives (its caller may drop it at any await).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        InFlight(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The replicas of one model, each with its queue and worker.
@@ -378,6 +405,7 @@ impl<R: BatchRunner> Batcher<R> {
                 max_response_bytes: limits.max_response_bytes,
                 batches: AtomicU64::new(0),
                 rows: AtomicU64::new(0),
+                in_flight: AtomicUsize::new(0),
             }),
             changing: tokio::sync::Mutex::new(()),
             target: AtomicUsize::new(runners.len()),
@@ -429,6 +457,14 @@ impl<R: BatchRunner> Batcher<R> {
         }
     }
 
+    /// The requests waiting and in flight now.
+    pub fn load(&self) -> BatchLoad {
+        BatchLoad {
+            queued: self.pool.slots().iter().map(|s| s.lock().queue.len()).sum(),
+            in_flight: self.pool.shared.in_flight.load(Ordering::Relaxed),
+        }
+    }
+
     /// Queues a request of `rows` rows (inputs in declared order, already checked) on the
     /// replica expected to answer soonest, and waits for its rows of the output. If no
     /// replica has started it by `deadline`, it fails with `DeadlineExceeded` at that moment
@@ -439,6 +475,7 @@ impl<R: BatchRunner> Batcher<R> {
         rows: usize,
         deadline: Instant,
     ) -> Result<Vec<Tensor>, BatchError> {
+        let _in_flight = InFlight::enter(&self.pool.shared.in_flight);
         let (reply, mut answer) = oneshot::channel();
         let started = Arc::new(AtomicBool::new(false));
         let pending = Pending {

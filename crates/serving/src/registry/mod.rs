@@ -12,7 +12,7 @@ mod graphs;
 pub use graphs::{DEFAULT_GRAPH_MEMORY_BYTES, GraphEngine, GraphRequest, GraphSource};
 
 use crate::batching::{
-    BatchError, BatchStats, Batcher, BatchingConfig, ReplicaRunner, RunnerFactory,
+    BatchError, BatchLoad, BatchStats, Batcher, BatchingConfig, ReplicaRunner, RunnerFactory,
 };
 use crate::metrics::{self, ModelMetrics};
 use crate::settings::ModelLimits;
@@ -160,6 +160,11 @@ impl Model {
     /// Number of replicas taking requests.
     pub fn replicas(&self) -> usize {
         self.batcher.replicas()
+    }
+
+    /// The requests it holds now (queued, in flight).
+    pub fn load(&self) -> BatchLoad {
+        self.batcher.load()
     }
 
     /// The batching settings.
