@@ -152,6 +152,15 @@ fn open_library(path: &Path) -> Result<PathBuf, String> {
         return Err(format!("{} does not exist", path.display()));
     }
     let shown = path.display().to_string();
+    // `ort` panics when the library does not open (and the panic hook prints that as a
+    // crash), so open it here first; `ort` then opens the same library again. The
+    // catch_unwind below stays for what else `ort`'s initialization may panic on.
+    // SAFETY: this runs the library's initializers, which `ort` is about to run anyway.
+    match unsafe { libloading::Library::new(path) } {
+        // Kept loaded for the process's life, as `ort` keeps it: no unload and load again.
+        Ok(library) => std::mem::forget(library),
+        Err(e) => return Err(format!("{shown}: {e}")),
+    }
     let committed = std::panic::catch_unwind(AssertUnwindSafe(|| {
         ort::init_from(shown.clone()).with_name("sluice").commit()
     }));
