@@ -1,18 +1,28 @@
 //! ONNX models served by both ONNX runners (`LoadModel` with `onnx` bytes, what `sluice load
-//! --onnx` sends): natively by ONNX Runtime through wasi:nn, and by tract inside the sandbox.
+//! --onnx` sends, and a repository's `model.onnx`): natively by ONNX Runtime through wasi:nn,
+//! and by tract inside the sandbox.
 //! A scikit-learn pipeline exported by skl2onnx and a small CNN, both from
 //! `sample-models/onnx/export.py`: their answers on the held-out digits must equal what
 //! onnxruntime (and scikit-learn) computed in Python, recorded in `expected.json`.
 
 use crate::support::{
-    TestServer, digits_request, f32_values, i64_values, output, registry_with_graphs,
+    CACHE, TestServer, digits_request, f32_values, i64_values, onnx_runners, output, registry_on,
+    registry_with_graphs,
 };
 use serde_json::Value;
 use sluice_api::proto::load_model_request::OnnxRunner;
 use sluice_api::proto::{self, load_model_request::Component};
+use sluice_runtime::RuntimeConfig;
+use sluice_serving::ModelLimits;
+use sluice_serving::batching::BatchingConfig;
+use sluice_serving::repository::Repository;
 use sluice_train::Digits;
 use std::path::PathBuf;
+use std::sync::Arc;
 use tonic::Code;
+
+/// The two exported models.
+const MODELS: [&str; 2] = ["digits-sklearn", "digits-cnn"];
 
 /// Largest difference allowed between a probability from tract in the sandbox and from
 /// onnxruntime natively (expected.json keeps 7 decimals).
@@ -74,22 +84,69 @@ async fn a_native_runner_needs_onnx_runtime_on_the_server() {
 }
 
 async fn answers_as_onnxruntime(mut server: TestServer, runner: OnnxRunner) {
+    for name in MODELS {
+        let mut request = load_request(&format!("{name}.onnx"));
+        request.set_onnx_runner(runner);
+        server
+            .client
+            .load_model(request)
+            .await
+            .unwrap_or_else(|e| panic!("loading {name}: {e}"));
+    }
+    answers_as_expected(server, runner == OnnxRunner::Native).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_serves_onnx_files_natively_or_in_the_sandbox() {
+    for native in [true, false] {
+        // With ONNX Runtime the graphs run natively; without it, in the sandbox.
+        let registry = if native {
+            registry_with_graphs()
+        } else {
+            registry_on(RuntimeConfig::default().compute)
+        };
+        let dir = PathBuf::from(CACHE).join(format!("onnx-repository-{native}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        for name in MODELS {
+            let version = dir.join(name).join("1");
+            std::fs::create_dir_all(&version).unwrap();
+            std::fs::copy(
+                onnx_dir().join(format!("{name}.onnx")),
+                version.join("model.onnx"),
+            )
+            .unwrap();
+            std::fs::write(
+                version.join("config.toml"),
+                "replicas = 1\n[limits]\ncall_timeout_ms = 20000\n",
+            )
+            .unwrap();
+        }
+        let repository = Arc::new(
+            Repository::new(
+                dir,
+                registry.clone(),
+                ModelLimits::default(),
+                BatchingConfig::default(),
+            )
+            .with_onnx_runners(onnx_runners()),
+        );
+        let report = repository.sync().await.unwrap();
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        let server =
+            TestServer::start_with(registry, |server| server.repository(repository), None).await;
+        answers_as_expected(server, native).await;
+    }
+}
+
+/// Checks what the two loaded models declare and answer against onnxruntime's and
+/// scikit-learn's answers.
+async fn answers_as_expected(mut server: TestServer, native: bool) {
     let expected: Value =
         serde_json::from_str(&std::fs::read_to_string(onnx_dir().join("expected.json")).unwrap())
             .unwrap();
     let digits = Digits::load_default().unwrap();
-    for name in ["digits-sklearn", "digits-cnn"] {
-        let mut request = load_request(&format!("{name}.onnx"));
-        request.set_onnx_runner(runner);
-        let status = server
-            .client
-            .load_model(request)
-            .await
-            .unwrap_or_else(|e| panic!("loading {name}: {e}"))
-            .into_inner()
-            .model
-            .unwrap();
-        let native = runner == OnnxRunner::Native;
+    for name in MODELS {
+        let status = server.model(name).await;
         assert_eq!(
             status.graphs,
             if native {

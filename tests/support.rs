@@ -9,7 +9,7 @@ use sluice_runtime::{Runtime, RuntimeConfig};
 use sluice_samples::{SAMPLE_MODELS, SAMPLE_WASM_DIR};
 use sluice_serving::ModelLimits;
 use sluice_serving::batching::BatchingConfig;
-use sluice_serving::lifecycle::OnnxRunners;
+use sluice_serving::onnx::OnnxRunners;
 use sluice_serving::registry::{DEFAULT_GRAPH_MEMORY_BYTES, GraphEngine, LoadRequest, Registry};
 use sluice_train::{Digits, Sample};
 use std::path::PathBuf;
@@ -40,12 +40,17 @@ pub fn registry_on(compute: Arc<dyn Backend>) -> Arc<Registry> {
     Arc::new(Registry::new(Arc::new(runtime)))
 }
 
-/// The server builder the tests start from: `registry`'s models, the ONNX runners.
-pub fn builder(registry: &Arc<Registry>) -> ServerBuilder {
-    Server::builder(registry.clone()).onnx_runners(OnnxRunners {
+/// The bundled ONNX runners, as `sluice serve` has them.
+pub fn onnx_runners() -> OnnxRunners {
+    OnnxRunners {
         sandboxed: Some(sluice_samples::ONNX_RUNNER.into()),
         native: Some(sluice_samples::GRAPH_RUNNER.into()),
-    })
+    }
+}
+
+/// The server builder the tests start from: `registry`'s models, the ONNX runners.
+pub fn builder(registry: &Arc<Registry>) -> ServerBuilder {
+    Server::builder(registry.clone()).onnx_runners(onnx_runners())
 }
 
 impl TestServer {

@@ -1,7 +1,7 @@
 """MiniLM served by sluice against ONNX Runtime in process, side by side, same graph, same
 threads (docs/benchmarks.md, "Real models at native speed").
 
-    python3 benches/minilm/compare.py ASSETS GRPC_ADDR [--threads N] [--graphs GRPC_ADDR]
+    python3 benches/minilm/compare.py ASSETS GRPC_ADDR [--threads N] [--graphs] [--encoder]
 
 ASSETS is what sample-models/minilm/fetch.py wrote (the server serves ASSETS as its
 repository, with minilm.wasm copied in). Needs numpy, onnxruntime==1.22.1, tokenizers and
@@ -12,7 +12,10 @@ tritonclient[grpc]. Measures, over the texts of sample-models/minilm/sentences.t
 With --graphs, a graph alone served by `sluice load --onnx` with each runner, as
 `cnn-native` and `cnn-sandbox` (sample-models/onnx/digits-cnn.onnx; MiniLM's own 87 MiB graph
 is over the 64 MiB bound of a graph sent to LoadModel), against onnxruntime in process on the
-same inputs: the price of each runner. The ratio column is sluice's cost: its time over the
+same inputs: the price of each runner. With --encoder, MiniLM's encoder alone served as an
+ONNX file (a repository version `minilm-encoder/1/` holding `encoder.onnx` as `model.onnx`
+and `model.safetensors` beside it, run by the native runner) against the same graph in
+process, on the same token ids, batch 1. The ratio column is sluice's cost: its time over the
 in-process time (for throughput, the in-process rate over sluice's).
 """
 
@@ -73,6 +76,15 @@ def sluice_embed(client, texts):
     return client.infer("minilm", [x]).as_numpy("embedding")
 
 
+def sluice_encoder(client, ids, mask):
+    inputs = []
+    for name, array in (("input_ids", ids), ("attention_mask", mask)):
+        x = grpcclient.InferInput(name, list(array.shape), "INT64")
+        x.set_data_from_numpy(array)
+        inputs.append(x)
+    return client.infer("minilm-encoder", inputs).as_numpy("last_hidden_state")
+
+
 def sluice_pixels(client, model, pixels):
     x = grpcclient.InferInput("pixels", list(pixels.shape), "FP32")
     x.set_data_from_numpy(pixels)
@@ -108,6 +120,7 @@ def main():
     parser.add_argument("grpc")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--graphs", action="store_true")
+    parser.add_argument("--encoder", action="store_true")
     args = parser.parse_args()
     texts = (ROOT / "sample-models/minilm/sentences.txt").read_text(encoding="utf-8").splitlines()
     # Batch 1 on the sentences a service mostly sees: the ones under 64 word pieces.
@@ -122,6 +135,11 @@ def main():
         ours = throughput(lambda b: sluice_embed(client, b), texts, batch)
         theirs = throughput(local.embed, texts, batch)
         rows.append((f"batches of {batch}, sentences/s", f"{ours:.1f}", f"{theirs:.1f}", theirs / ours))
+    if args.encoder:
+        tokens = [local.tokens([t]) for t in short]
+        e50, e99 = latencies(lambda t: sluice_encoder(client, *t), tokens, 5)
+        g50, g99 = latencies(lambda t: local.graph(*t), tokens, 5)
+        rows.append(("encoder.onnx as an ONNX file, batch 1, p50 / p99 ms", f"{e50:.2f} / {e99:.2f}", f"{g50:.2f} / {g99:.2f}", e50 / g50))
     if args.graphs:
         options = ort.SessionOptions()
         options.intra_op_num_threads = args.threads

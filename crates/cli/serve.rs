@@ -10,7 +10,7 @@ use sluice_graphs::OnnxRuntime;
 use sluice_runtime::{Runtime, RuntimeConfig};
 use sluice_serving::ModelLimits;
 use sluice_serving::batching::BatchingConfig;
-use sluice_serving::lifecycle::OnnxRunners;
+use sluice_serving::onnx::OnnxRunners;
 use sluice_serving::registry::{GraphEngine, Registry};
 use sluice_serving::repository::Repository;
 use sluice_serving::store::Store;
@@ -126,6 +126,14 @@ pub(super) struct ServeArgs {
     admin_token: Option<String>,
 }
 
+/// The bundled components that serve ONNX graphs (for `load --onnx` and the repository).
+fn onnx_runners() -> OnnxRunners {
+    OnnxRunners {
+        sandboxed: Some(sluice_samples::ONNX_RUNNER.into()),
+        native: Some(sluice_samples::GRAPH_RUNNER.into()),
+    }
+}
+
 /// Opens ONNX Runtime for models' graphs: a library named with --onnxruntime (or
 /// ORT_DYLIB_PATH) must open; without one, its absence only disables native graphs.
 fn graph_engine(
@@ -222,18 +230,18 @@ pub(super) async fn run(args: ServeArgs) -> Result<()> {
     let mut server = Server::builder(registry.clone())
         .defaults(default_limits, default_batching)
         .cache_bytes(args.cache_mib << 20)
-        .onnx_runners(OnnxRunners {
-            sandboxed: Some(sluice_samples::ONNX_RUNNER.into()),
-            native: Some(sluice_samples::GRAPH_RUNNER.into()),
-        })
+        .onnx_runners(onnx_runners())
         .admin_token(args.admin_token);
     if let Some(dir) = repository_dir {
-        let repo = Arc::new(Repository::new(
-            dir.clone(),
-            registry.clone(),
-            default_limits,
-            default_batching,
-        ));
+        let repo = Arc::new(
+            Repository::new(
+                dir.clone(),
+                registry.clone(),
+                default_limits,
+                default_batching,
+            )
+            .with_onnx_runners(onnx_runners()),
+        );
         let report = repo.sync().await?;
         tracing::info!(repository = %dir.display(), loaded = report.loaded.len(),
             failed = report.failed.len(), "model repository loaded");

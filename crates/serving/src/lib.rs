@@ -8,6 +8,7 @@
 //! - [`store`]: the durable state (redb) of applications, selection and loaded models;
 //! - [`repository`]: a model directory, loaded and watched;
 //! - [`lifecycle`]: models loaded through the API, recorded so that they survive restarts;
+//! - [`onnx`]: ONNX graphs served with no guest code, by a bundled runner component;
 //! - [`settings`]: a model's limits and batching, and requests for them;
 //! - [`metrics`]: Prometheus counters and histograms, a leaf every module above calls.
 //!
@@ -18,6 +19,7 @@ pub mod batching;
 pub mod cache;
 pub mod lifecycle;
 pub mod metrics;
+pub mod onnx;
 pub mod registry;
 pub mod repository;
 pub mod selection;

@@ -9,7 +9,8 @@
 //! and an ONNX graph stays a graph, not a copy of the runner.
 
 use crate::batching::BatchingConfig;
-use crate::registry::{GraphRequest, GraphSource, LoadRequest, Model, Registry, RegistryError};
+use crate::onnx::{OnnxError, OnnxGraph, OnnxRunner, OnnxRunners};
+use crate::registry::{LoadRequest, Model, Registry, RegistryError};
 use crate::settings::{BatchingRequest, LimitsRequest, ModelLimits};
 use crate::store::{Store, StoreError, blocking};
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,15 @@ pub enum LifecycleError {
     /// The change was made but could not be recorded.
     #[error("the change was made but could not be recorded for restarts: {0}")]
     Record(#[from] StoreError),
+}
+
+impl From<OnnxError> for LifecycleError {
+    fn from(error: OnnxError) -> Self {
+        match error {
+            OnnxError::Invalid(_) => LifecycleError::InvalidArgument(error.to_string()),
+            OnnxError::Registry(e) => LifecycleError::Registry(e),
+        }
+    }
 }
 
 impl HasKind for LifecycleError {
@@ -58,29 +68,6 @@ pub enum ComponentSource {
         /// Where it runs.
         runner: OnnxRunner,
     },
-}
-
-/// Where an ONNX graph loaded through the API runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnnxRunner {
-    /// Natively if the server has ONNX Runtime, else in the sandbox.
-    #[default]
-    Auto,
-    /// Natively, by ONNX Runtime on the host, through `wasi:nn` (the host parses the graph).
-    Native,
-    /// Inside the sandbox, by tract compiled to WebAssembly (slower; the host never parses
-    /// the graph).
-    Sandbox,
-}
-
-/// The components that serve ONNX graphs.
-#[derive(Clone, Default)]
-pub struct OnnxRunners {
-    /// Runs the graph (its init config) with tract inside the sandbox.
-    pub sandboxed: Option<Arc<[u8]>>,
-    /// Passes batches to the graph `model`, run natively through `wasi:nn`.
-    pub native: Option<Arc<[u8]>>,
 }
 
 /// A load request as the API gives it.
@@ -249,7 +236,14 @@ impl Lifecycle {
     ) -> Result<Arc<Model>, LifecycleError> {
         let (component, config, graphs) = match record.kind {
             RecordedKind::Wasm => (code, config, Vec::new()),
-            RecordedKind::Onnx => self.onnx_model(code, record.onnx_runner).await?,
+            RecordedKind::Onnx => {
+                let engine = self.registry.graph_engine();
+                let onnx = self
+                    .onnx_runners
+                    .model(engine, OnnxGraph::Bytes(code), record.onnx_runner)
+                    .await?;
+                (onnx.component, onnx.config, onnx.graphs)
+            }
         };
         let batching = record
             .batching
@@ -268,55 +262,6 @@ impl Lifecycle {
                 batching,
             })
             .await?)
-    }
-
-    /// The component, config and graphs that serve an ONNX graph on `runner`.
-    async fn onnx_model(
-        &self,
-        graph: Vec<u8>,
-        runner: OnnxRunner,
-    ) -> Result<(Vec<u8>, Vec<u8>, Vec<GraphRequest>), LifecycleError> {
-        let engine = self.registry.graph_engine().clone();
-        let runners = &self.onnx_runners;
-        let native = match runner {
-            OnnxRunner::Sandbox => false,
-            OnnxRunner::Native => true,
-            OnnxRunner::Auto => runners.native.is_some() && engine.onnx().is_ok(),
-        };
-        if !native {
-            let sandboxed = runners.sandboxed.as_ref().ok_or_else(|| {
-                LifecycleError::InvalidArgument(
-                    "onnx: this server has no sandboxed ONNX runner; load with the native one"
-                        .into(),
-                )
-            })?;
-            return Ok((sandboxed.to_vec(), graph, Vec::new()));
-        }
-        let component = runners.native.as_ref().ok_or_else(|| {
-            LifecycleError::InvalidArgument(
-                "onnx: this server has no native ONNX runner; load in the sandbox".into(),
-            )
-        })?;
-        // Loaded here to read its signature (the runner's config), then handed to the model
-        // as it is: the graph is parsed once.
-        let source = GraphSource::Bytes(graph.into());
-        let loaded = tokio::task::spawn_blocking(move || engine.open(&source))
-            .await
-            .map_err(|e| {
-                RegistryError::Load(sluice_runtime::LoadError::Internal(format!(
-                    "the graph's load task failed: {e}"
-                )))
-            })?
-            .map_err(|error| RegistryError::Graph {
-                graph: "model".into(),
-                error,
-            })?;
-        let config = runner_config(&loaded).map_err(LifecycleError::InvalidArgument)?;
-        let graphs = vec![GraphRequest {
-            name: "model".into(),
-            source: GraphSource::Loaded(loaded),
-        }];
-        Ok((component.to_vec(), config.into_bytes(), graphs))
     }
 
     /// Unloads one version of `name`, or all of them (`None`), and forgets their records
@@ -452,47 +397,6 @@ impl Lifecycle {
         .await
         .map_err(|e| e.to_string())
     }
-}
-
-/// The native runner's config: the graph's signature, with the batch dimension free. A graph
-/// whose first dimension is fixed at 1 is served one row per call.
-fn runner_config(graph: &sluice_graphs::Graph) -> Result<String, String> {
-    let mut max_batch = 1024;
-    let mut lines = vec!["name onnx-model".to_string()];
-    for (kind, specs) in [("input", &graph.inputs), ("output", &graph.outputs)] {
-        for spec in specs {
-            let mut shape = spec.shape.clone();
-            match shape.first().copied() {
-                Some(-1) => {}
-                Some(1) => {
-                    max_batch = 1;
-                    shape[0] = -1;
-                }
-                Some(n) => {
-                    return Err(format!(
-                        "onnx: {kind} `{}` has a first dimension fixed at {n}; sluice batches \
-                         along the first dimension, so export the graph with it dynamic",
-                        spec.name
-                    ));
-                }
-                None => {
-                    return Err(format!(
-                        "onnx: {kind} `{}` is a scalar; sluice needs a batch dimension first",
-                        spec.name
-                    ));
-                }
-            }
-            let dims: Vec<String> = shape.iter().map(i64::to_string).collect();
-            lines.push(format!(
-                "{kind} {} {} {}",
-                spec.name,
-                spec.dtype.name(),
-                dims.join(",")
-            ));
-        }
-    }
-    lines.push(format!("max-batch {max_batch}"));
-    Ok(lines.join("\n"))
 }
 
 fn encode_record(record: &LoadRecord) -> Vec<u8> {

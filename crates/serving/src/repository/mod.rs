@@ -6,6 +6,9 @@
 //! DIR/<model>/<version>/config.toml    optional: replicas, init config file, [batching], [limits]
 //! DIR/<model>/<version>/<name>.onnx    optional: graphs the model loads by name through wasi:nn
 //!                                      (weights kept as external data sit beside them)
+//! DIR/<model>/<version>/model.onnx     without a model.wasm: the graph is the model, served by
+//!                                      a bundled runner (natively when the server has ONNX
+//!                                      Runtime, else in the sandbox), as `sluice load --onnx`
 //! ```
 //!
 //! `model.toml` holds one key, `versions`: `"all"` (the default), `{ latest = N }` (the N
@@ -22,6 +25,7 @@
 pub mod config;
 
 use crate::batching::BatchingConfig;
+use crate::onnx::{OnnxGraph, OnnxRunner, OnnxRunners};
 use crate::registry::{GraphRequest, GraphSource, LoadRequest, Registry};
 use crate::settings::ModelLimits;
 use config::{ModelConfigFile, Overrides};
@@ -34,6 +38,8 @@ use thiserror::Error;
 
 /// The component file of a version directory.
 pub const COMPONENT_FILE: &str = "model.wasm";
+/// The graph file of a version directory that has no component.
+pub const GRAPH_FILE: &str = "model.onnx";
 /// The optional config file of a version directory.
 pub const CONFIG_FILE: &str = "config.toml";
 /// How long the watcher waits for a burst of file events to settle before syncing.
@@ -126,6 +132,7 @@ pub struct Repository {
     registry: Arc<Registry>,
     limits: ModelLimits,
     batching: BatchingConfig,
+    onnx_runners: OnnxRunners,
     /// The fingerprint of every version last synced, loaded or failed.
     seen: tokio::sync::Mutex<BTreeMap<(String, String), Fingerprint>>,
 }
@@ -203,8 +210,16 @@ impl Repository {
             registry,
             limits,
             batching,
+            onnx_runners: OnnxRunners::default(),
             seen: tokio::sync::Mutex::default(),
         }
+    }
+
+    /// Serves version directories that hold a `model.onnx` and no component with these
+    /// runners (without them, such a version fails to load and says why).
+    pub fn with_onnx_runners(mut self, runners: OnnxRunners) -> Self {
+        self.onnx_runners = runners;
+        self
     }
 
     /// The version directories present now, in load order.
@@ -213,7 +228,9 @@ impl Repository {
         for (model, model_dir) in subdirectories(&self.dir)? {
             let mut found: Vec<(String, PathBuf)> = subdirectories(&model_dir)?
                 .into_iter()
-                .filter(|(_, dir)| dir.join(COMPONENT_FILE).is_file())
+                .filter(|(_, dir)| {
+                    dir.join(COMPONENT_FILE).is_file() || dir.join(GRAPH_FILE).is_file()
+                })
                 .collect();
             found.sort_by(|a, b| version_order(&a.0, &b.0));
             let policy = VersionPolicy::read(&model_dir).unwrap_or_else(|e| {
@@ -230,8 +247,9 @@ impl Repository {
         Ok(versions)
     }
 
-    /// Reads a version directory into a load request.
-    fn request(&self, model: &str, version: &str, dir: &Path) -> Result<LoadRequest, String> {
+    /// Reads a version directory into a load request: its component, or else its
+    /// `model.onnx` with a runner.
+    async fn request(&self, model: &str, version: &str, dir: &Path) -> Result<LoadRequest, String> {
         let config_path = dir.join(CONFIG_FILE);
         let file = if config_path.exists() {
             ModelConfigFile::read(&config_path).map_err(|e| e.to_string())?
@@ -242,17 +260,35 @@ impl Repository {
             .resolve(Overrides::default())
             .map_err(|e| e.to_string())?;
         let component_path = dir.join(COMPONENT_FILE);
-        let component = std::fs::read(&component_path)
-            .map_err(|e| format!("reading {}: {e}", component_path.display()))?;
-        let config = match &settings.config {
-            Some(path) => std::fs::read(path)
-                .map_err(|e| format!("reading the init config {}: {e}", path.display()))?,
-            None => Vec::new(),
+        let (component, config, graphs) = if component_path.is_file() {
+            let component = std::fs::read(&component_path)
+                .map_err(|e| format!("reading {}: {e}", component_path.display()))?;
+            let config = match &settings.config {
+                Some(path) => std::fs::read(path)
+                    .map_err(|e| format!("reading the init config {}: {e}", path.display()))?,
+                None => Vec::new(),
+            };
+            (component, config, graphs_in(dir))
+        } else {
+            if settings.config.is_some() {
+                return Err(format!(
+                    "{}: `config` must be unset beside {GRAPH_FILE} (the graph is the model)",
+                    config_path.display()
+                ));
+            }
+            let graph = OnnxGraph::File(dir.join(GRAPH_FILE));
+            let engine = self.registry.graph_engine();
+            let onnx = self
+                .onnx_runners
+                .model(engine, graph, OnnxRunner::Auto)
+                .await
+                .map_err(|e| e.to_string())?;
+            (onnx.component, onnx.config, onnx.graphs)
         };
         Ok(LoadRequest {
             component,
             config,
-            graphs: graphs_in(dir),
+            graphs,
             name: Some(model.to_string()),
             version: Some(version.to_string()),
             replicas: settings.replicas as usize,
@@ -279,7 +315,7 @@ impl Repository {
                 continue;
             }
             seen.insert(key.clone(), print);
-            let loaded = match self.request(model, version, dir) {
+            let loaded = match self.request(model, version, dir).await {
                 Ok(request) => self.registry.load(request).await.map_err(|e| e.to_string()),
                 Err(e) => Err(e),
             };
