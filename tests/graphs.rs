@@ -1,8 +1,11 @@
 //! Guests that run graphs natively through the standard `wasi:nn` interfaces: the MiniLM
 //! sentence embedder (`sample-models/minilm`: tokenizer in the sandbox, encoder on ONNX
-//! Runtime) served from a model repository, against sentence-transformers' own embeddings.
+//! Runtime) served from a model repository, against sentence-transformers' own embeddings;
+//! a graph run stopped at the call's time limit.
 
-use crate::support::{TestServer, assets, registry_with_graph_budget, registry_with_graphs};
+use crate::support::{
+    TestServer, assets, onnx_runners, registry_with_graph_budget, registry_with_graphs,
+};
 use serde_json::{Value, json};
 use sluice_api::proto::{self, load_model_request::Component};
 use sluice_samples::SAMPLE_WASM_DIR;
@@ -11,6 +14,7 @@ use sluice_serving::batching::BatchingConfig;
 use sluice_serving::repository::Repository;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tonic::Code;
 
 /// The least cosine similarity each embedding must have with sentence-transformers' own.
@@ -204,5 +208,86 @@ async fn graphs_past_the_host_budget_are_refused_and_unloading_gives_it_back() {
         loaded,
         "the unloaded model's graph memory was not given back"
     );
+    server.shutdown().await;
+}
+
+/// MiniLM's encoder as an ONNX file, token ids `[rows, tokens]` of a word piece each.
+fn token_ids(rows: usize, tokens: usize) -> Vec<proto::Tensor> {
+    let int64 = |name: &str, value: i64| proto::Tensor {
+        name: name.into(),
+        datatype: proto::DataType::Int64 as i32,
+        shape: vec![rows as u64, tokens as u64],
+        data: std::iter::repeat_n(value.to_le_bytes(), rows * tokens)
+            .flatten()
+            .collect(),
+    };
+    vec![int64("input_ids", 2023), int64("attention_mask", 1)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graph_run_is_stopped_at_the_call_time_limit() {
+    // A graph run is a host call, which the sandbox's epoch cannot interrupt.
+    let root = PathBuf::from(crate::support::CACHE).join("encoder-repository");
+    let version = root.join("minilm-encoder/1");
+    std::fs::create_dir_all(&version).unwrap();
+    for (from, to) in [
+        ("encoder.onnx", "model.onnx"),
+        ("model.safetensors", "model.safetensors"),
+    ] {
+        let (from, to) = (assets().join("minilm/1").join(from), version.join(to));
+        let _ = std::fs::remove_file(&to);
+        std::fs::hard_link(&from, &to)
+            .or_else(|_| std::fs::copy(&from, &to).map(drop))
+            .unwrap();
+    }
+    std::fs::write(
+        version.join("config.toml"),
+        "replicas = 1\n[batching]\nslo_ms = 60000\n[limits]\ncall_timeout_ms = 200\n\
+         memory_mib = 512\n",
+    )
+    .unwrap();
+    let registry = registry_with_graphs();
+    let repository = Arc::new(
+        Repository::new(
+            root,
+            registry.clone(),
+            ModelLimits::default(),
+            BatchingConfig::default(),
+        )
+        .with_onnx_runners(onnx_runners()),
+    );
+    let report = repository.sync().await.unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let mut server =
+        TestServer::start_with(registry, |server| server.repository(repository), None).await;
+    let predict = |inputs| proto::PredictRequest {
+        model: "minilm-encoder".into(),
+        inputs,
+        ..Default::default()
+    };
+    // 64 rows of 512 word pieces: about 6 s of encoder on two cores. Without the watchdog
+    // the call would end only then (a timeout too: the guest's next epoch check traps), so
+    // what tells the two apart is when it ends; the bound is far from both.
+    let status = tokio::time::timeout(
+        Duration::from_secs(3),
+        server.client.predict(predict(token_ids(64, 512))),
+    )
+    .await
+    .expect("the graph run was not stopped at the time limit: it ran to its end")
+    .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains("time limit"),
+        "{}",
+        status.message()
+    );
+    // The replica is replaced, the shared graph is intact: a short run answers.
+    let answer = server
+        .client
+        .predict(predict(token_ids(1, 8)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.outputs[0].shape, [1, 8, 384]);
     server.shutdown().await;
 }

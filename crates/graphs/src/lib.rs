@@ -15,14 +15,17 @@
 //! (a mutex) keeps the cores busy without oversubscribing them; the batcher turns a queue
 //! into larger batches instead.
 
-use ort::session::Session;
+mod watchdog;
+
 use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{RunOptions, Session};
 use ort::tensor::TensorElementType;
 use ort::value::{DynValue, Tensor as OrtTensor, ValueType};
 use sluice_types::{Dtype, ErrorKind, HasKind, Tensor, TensorSpec};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 use thiserror::Error;
 
 /// The ONNX Runtime release whose C API this build speaks (the `ort` crate's).
@@ -56,6 +59,9 @@ pub enum GraphError {
     /// ONNX Runtime failed while running the graph.
     #[error("the graph failed: {0}")]
     RunFailed(String),
+    /// The run was stopped at its deadline.
+    #[error("the graph run was stopped at its deadline")]
+    TimedOut,
 }
 
 impl HasKind for GraphError {
@@ -64,6 +70,7 @@ impl HasKind for GraphError {
             GraphError::Unavailable(_) => ErrorKind::FailedPrecondition,
             GraphError::Invalid(_) | GraphError::BadInput(_) => ErrorKind::InvalidArgument,
             GraphError::RunFailed(_) => ErrorKind::Internal,
+            GraphError::TimedOut => ErrorKind::DeadlineExceeded,
         }
     }
 }
@@ -254,8 +261,13 @@ impl Graph {
         })
     }
 
-    /// Runs the graph on `inputs` (one per graph input, by name) and returns every output.
-    pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, GraphError> {
+    /// Runs the graph on `inputs` (one per graph input, by name) and returns every output;
+    /// a run still going at `deadline` is stopped ([`GraphError::TimedOut`]).
+    pub fn run(
+        &self,
+        inputs: &[Tensor],
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Tensor>, GraphError> {
         let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
         for tensor in inputs {
             let spec = self
@@ -283,9 +295,17 @@ impl Graph {
         // A run that panicked inside the lock poisons nothing that matters: the session holds
         // no state between runs.
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
-        let outputs = session
-            .run(values)
-            .map_err(|e| GraphError::RunFailed(e.to_string()))?;
+        let options =
+            Arc::new(RunOptions::new().map_err(|e| GraphError::RunFailed(e.to_string()))?);
+        if let Some(deadline) = deadline {
+            watchdog::stop_at(deadline, &options);
+        }
+        let outputs = session.run_with_options(values, &options).map_err(|e| {
+            match deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                true => GraphError::TimedOut,
+                false => GraphError::RunFailed(e.to_string()),
+            }
+        })?;
         outputs
             .iter()
             .map(|(name, value)| from_value(name, &value))

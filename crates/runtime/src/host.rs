@@ -9,6 +9,7 @@ use super::guest_log::GuestLog;
 use sluice_compute::shapes::{Op, output_bytes};
 use sluice_compute::{Backend, ComputeError, DeviceTensor, decode_le_f32};
 use std::sync::Arc;
+use std::time::Instant;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -24,6 +25,8 @@ pub(crate) struct StoreState {
     /// `wasi:nn` tensors); capped by `limiter.memory_bytes`, beside its linear memory.
     held_bytes: usize,
     pub(crate) log: GuestLog,
+    /// When the call running now reaches its time limit (graph runs stop there).
+    pub(crate) call_deadline: Option<Instant>,
 }
 
 impl StoreState {
@@ -51,6 +54,7 @@ impl StoreState {
             graphs,
             held_bytes: 0,
             log,
+            call_deadline: None,
         }
     }
 

@@ -195,8 +195,13 @@ impl inference::HostGraphExecutionContext for StoreState {
                 data,
             });
         }
-        let outputs = match graph.run(&tensors) {
+        let outputs = match graph.run(&tensors, self.call_deadline) {
             Ok(outputs) => outputs,
+            // Stopped at the call's time limit: the call ends as the epoch would have ended
+            // it, a timeout, and the instance is replaced.
+            Err(sluice_graphs::GraphError::TimedOut) => {
+                return Err(wasmtime::Error::new(wasmtime::Trap::Interrupt));
+            }
             Err(e @ sluice_graphs::GraphError::BadInput(_)) => {
                 return self.nn_error(ErrorCode::InvalidArgument, e.to_string());
             }

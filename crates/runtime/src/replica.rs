@@ -15,6 +15,7 @@ use crate::{
 use sluice_compute::Backend;
 use sluice_types::{ModelInfo, Tensor};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap};
 
 /// Told each time an instance is replaced: the model's name and why.
@@ -78,9 +79,7 @@ impl Replica {
             .instance
             .as_mut()
             .ok_or_else(|| LoadError::InvalidInfo("the instance is gone".into()))?;
-        instance
-            .store
-            .set_epoch_deadline(deadline_ticks(recipe.limits.call_timeout));
+        arm_time_limit(&mut instance.store, recipe.limits.call_timeout);
         let result = instance
             .bindings
             .sluice_model_predictor()
@@ -109,9 +108,7 @@ impl Replica {
                 instantiate(&self.recipe).map_err(|e| CallError::Unavailable(e.to_string()))?,
             ),
         };
-        instance
-            .store
-            .set_epoch_deadline(deadline_ticks(self.recipe.limits.call_timeout));
+        arm_time_limit(&mut instance.store, self.recipe.limits.call_timeout);
         let result = instance
             .bindings
             .sluice_model_predictor()
@@ -182,7 +179,7 @@ fn instantiate(recipe: &InstanceRecipe) -> Result<Instance, LoadError> {
     );
     let mut store = Store::new(recipe.component.pre.engine(), state);
     store.limiter(|state| &mut state.limiter);
-    store.set_epoch_deadline(deadline_ticks(recipe.limits.call_timeout));
+    arm_time_limit(&mut store, recipe.limits.call_timeout);
     let bindings =
         recipe.component.pre.instantiate(&mut store).map_err(|e| {
             LoadError::InitFailed(format!("instantiation failed: {}", error_chain(&e)))
@@ -203,6 +200,14 @@ fn instantiate(recipe: &InstanceRecipe) -> Result<Instance, LoadError> {
             ))
         }
     }
+}
+
+/// Arms the time limit of the next call into `store`: the epoch deadline stops the guest's own
+/// code, and graph runs (host calls, which the epoch cannot interrupt) are stopped at the same
+/// moment.
+fn arm_time_limit(store: &mut Store<StoreState>, limit: Duration) {
+    store.set_epoch_deadline(deadline_ticks(limit));
+    store.data_mut().call_deadline = Instant::now().checked_add(limit);
 }
 
 /// Names the cause of a trap: the deadline, the memory cap, or the trap itself together with
