@@ -4,16 +4,12 @@
 //! a graph run stopped at the call's time limit.
 
 use crate::support::{
-    TestServer, assets, onnx_runners, registry_with_graph_budget, registry_with_graphs,
+    TestServer, assets, link_or_copy, registry_with_graph_budget, registry_with_graphs,
 };
 use serde_json::{Value, json};
 use sluice_api::proto::{self, load_model_request::Component};
 use sluice_samples::SAMPLE_WASM_DIR;
-use sluice_serving::ModelLimits;
-use sluice_serving::batching::BatchingConfig;
-use sluice_serving::repository::Repository;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 use tonic::Code;
 
@@ -33,11 +29,7 @@ fn minilm_repository() -> PathBuf {
     let version = root.join("minilm/1");
     std::fs::create_dir_all(&version).unwrap();
     for file in ["model.safetensors", "tokenizer.json", "encoder.onnx"] {
-        let (from, to) = (assets().join("minilm/1").join(file), version.join(file));
-        let _ = std::fs::remove_file(&to);
-        std::fs::hard_link(&from, &to)
-            .or_else(|_| std::fs::copy(&from, &to).map(drop))
-            .unwrap();
+        link_or_copy(&assets().join("minilm/1").join(file), &version.join(file));
     }
     std::fs::write(version.join("model.wasm"), minilm_component()).unwrap();
     std::fs::write(
@@ -66,17 +58,8 @@ fn cosine(a: &[f64], b: &[f64]) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minilm_embeds_as_sentence_transformers_does() {
-    let registry = registry_with_graphs();
-    let repository = Arc::new(Repository::new(
-        minilm_repository(),
-        registry.clone(),
-        ModelLimits::default(),
-        BatchingConfig::default(),
-    ));
-    let report = repository.sync().await.unwrap();
-    assert!(report.failed.is_empty(), "{:?}", report.failed);
     let mut server =
-        TestServer::start_with(registry, |server| server.repository(repository), None).await;
+        TestServer::serving_repository(registry_with_graphs(), minilm_repository()).await;
     let status = server.model("minilm").await;
     assert_eq!(status.graphs, ["encoder"]);
     let reference: Value = serde_json::from_str(
@@ -234,11 +217,7 @@ async fn a_graph_run_is_stopped_at_the_call_time_limit() {
         ("encoder.onnx", "model.onnx"),
         ("model.safetensors", "model.safetensors"),
     ] {
-        let (from, to) = (assets().join("minilm/1").join(from), version.join(to));
-        let _ = std::fs::remove_file(&to);
-        std::fs::hard_link(&from, &to)
-            .or_else(|_| std::fs::copy(&from, &to).map(drop))
-            .unwrap();
+        link_or_copy(&assets().join("minilm/1").join(from), &version.join(to));
     }
     std::fs::write(
         version.join("config.toml"),
@@ -246,20 +225,7 @@ async fn a_graph_run_is_stopped_at_the_call_time_limit() {
          memory_mib = 512\n",
     )
     .unwrap();
-    let registry = registry_with_graphs();
-    let repository = Arc::new(
-        Repository::new(
-            root,
-            registry.clone(),
-            ModelLimits::default(),
-            BatchingConfig::default(),
-        )
-        .with_onnx_runners(onnx_runners()),
-    );
-    let report = repository.sync().await.unwrap();
-    assert!(report.failed.is_empty(), "{:?}", report.failed);
-    let mut server =
-        TestServer::start_with(registry, |server| server.repository(repository), None).await;
+    let mut server = TestServer::serving_repository(registry_with_graphs(), root).await;
     let predict = |inputs| proto::PredictRequest {
         model: "minilm-encoder".into(),
         inputs,

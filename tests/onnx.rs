@@ -6,19 +6,15 @@
 //! onnxruntime (and scikit-learn) computed in Python, recorded in `expected.json`.
 
 use crate::support::{
-    CACHE, TestServer, digits_request, f32_values, i64_values, onnx_runners, output, registry_on,
+    CACHE, TestServer, digits_request, f32_values, i64_values, output, registry_on,
     registry_with_graphs,
 };
 use serde_json::Value;
 use sluice_api::proto::load_model_request::OnnxRunner;
 use sluice_api::proto::{self, load_model_request::Component};
 use sluice_runtime::RuntimeConfig;
-use sluice_serving::ModelLimits;
-use sluice_serving::batching::BatchingConfig;
-use sluice_serving::repository::Repository;
 use sluice_train::Digits;
 use std::path::PathBuf;
-use std::sync::Arc;
 use tonic::Code;
 
 /// The two exported models.
@@ -121,19 +117,7 @@ async fn a_repository_serves_onnx_files_natively_or_in_the_sandbox() {
             )
             .unwrap();
         }
-        let repository = Arc::new(
-            Repository::new(
-                dir,
-                registry.clone(),
-                ModelLimits::default(),
-                BatchingConfig::default(),
-            )
-            .with_onnx_runners(onnx_runners()),
-        );
-        let report = repository.sync().await.unwrap();
-        assert!(report.failed.is_empty(), "{:?}", report.failed);
-        let server =
-            TestServer::start_with(registry, |server| server.repository(repository), None).await;
+        let server = TestServer::serving_repository(registry, dir).await;
         answers_as_expected(server, native).await;
     }
 }

@@ -11,8 +11,9 @@ use sluice_serving::ModelLimits;
 use sluice_serving::batching::BatchingConfig;
 use sluice_serving::onnx::OnnxRunners;
 use sluice_serving::registry::{DEFAULT_GRAPH_MEMORY_BYTES, GraphEngine, LoadRequest, Registry};
+use sluice_serving::repository::Repository;
 use sluice_train::{Digits, Sample};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tonic::transport::Channel;
 
@@ -41,7 +42,7 @@ pub fn registry_on(compute: Arc<dyn Backend>) -> Arc<Registry> {
 }
 
 /// The bundled ONNX runners, as `sluice serve` has them.
-pub fn onnx_runners() -> OnnxRunners {
+fn onnx_runners() -> OnnxRunners {
     OnnxRunners {
         sandboxed: Some(sluice_samples::ONNX_RUNNER.into()),
         native: Some(sluice_samples::GRAPH_RUNNER.into()),
@@ -100,6 +101,23 @@ impl TestServer {
             registry,
             client: SluiceClient::new(channel),
         }
+    }
+
+    /// Starts a server on `registry` serving the repository `dir` (with the ONNX runners),
+    /// after a first sync in which every version must load.
+    pub async fn serving_repository(registry: Arc<Registry>, dir: PathBuf) -> TestServer {
+        let repository = Arc::new(
+            Repository::new(
+                dir,
+                registry.clone(),
+                ModelLimits::default(),
+                BatchingConfig::default(),
+            )
+            .with_onnx_runners(onnx_runners()),
+        );
+        let report = repository.sync().await.expect("the repository syncs");
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        Self::start_with(registry, |server| server.repository(repository), None).await
     }
 
     /// Starts a server with the bundled digits models loaded (2 replicas each).
@@ -294,4 +312,13 @@ pub fn registry_with_graph_budget(budget: u64) -> Arc<Registry> {
     .expect("runtime");
     let engine = GraphEngine::new(Ok(onnx_runtime()), budget);
     Arc::new(Registry::new(Arc::new(runtime)).with_graph_engine(engine))
+}
+
+/// Puts `from` at `to` (a hard link where the file system allows, else a copy), replacing
+/// what was there: the large fetched assets are not copied for each test.
+pub fn link_or_copy(from: &Path, to: &Path) {
+    let _ = std::fs::remove_file(to);
+    std::fs::hard_link(from, to)
+        .or_else(|_| std::fs::copy(from, to).map(drop))
+        .unwrap_or_else(|e| panic!("{} to {}: {e}", from.display(), to.display()));
 }
