@@ -79,6 +79,13 @@ r = json.load(open(sys.argv[1]))
 print("sent %d, answered %d, failed %d %s" % (r["sent"], r["ok"], sum(r["errors"].values()), r["errors"] or ""))
 PY
 }
+# Waits for the load started last and prints what it did: finish NAME LABEL.
+finish() {
+    wait "$LOAD" || fail "the load generator failed: $(tail -3 "$WORK/$1.log")"
+    local result
+    result=$(summary "$1")
+    echo "$2: $result"
+}
 
 echo "==> rolling restart of the three nodes under load"
 load rolling 60
@@ -92,9 +99,7 @@ for node in "${NODES[@]}"; do
     sleep 2                                         # back in the balancer's rotation
 done
 echo "restarted all three in $(( $(date +%s) - started )) s"
-wait "$LOAD" || fail "the load generator failed: $(tail -3 "$WORK/rolling.log")"
-RESULT=$(summary rolling)
-echo "rolling restart: $RESULT"
+finish rolling "rolling restart"
 [ "$(count rolling failed)" = 0 ] || fail "requests failed during the rolling restart"
 [ "$(count rolling ok)" -gt 0 ] || fail "nothing was answered"
 
@@ -103,16 +108,13 @@ load killed 12
 LOAD=$!
 sleep 4
 docker kill --signal KILL "$RUN-node-b" >/dev/null
-wait "$LOAD" || fail "the load generator failed: $(tail -3 "$WORK/killed.log")"
-RESULT=$(summary killed)
-echo "kill -9: $RESULT"
+finish killed "kill -9"
 [ "$(count killed failed)" -le "$CONCURRENCY" ] \
     || fail "more requests failed than were in flight on the killed node ($CONCURRENCY at most)"
 # With node-b still dead, the balancer sends everything to the other two.
 load after 5
-wait "$!" || fail "the load generator failed: $(tail -3 "$WORK/after.log")"
-RESULT=$(summary after)
-echo "after the kill, node-b still down: $RESULT"
+LOAD=$!
+finish after "after the kill, node-b still down"
 [ "$(count after failed)" = 0 ] || fail "requests failed with the dead node out of the rotation"
 [ "$(count after ok)" -gt 0 ] || fail "nothing was answered"
 echo "cluster test: passed"

@@ -31,12 +31,16 @@ static WATCHDOG: LazyLock<Arc<Watchdog>> = LazyLock::new(|| {
 /// by then.
 pub(crate) fn stop_at(deadline: Instant, options: &Arc<RunOptions>) {
     let watchdog = &*WATCHDOG;
-    watchdog
-        .runs
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push((deadline, Arc::downgrade(options)));
-    watchdog.changed.notify_one();
+    let mut runs = watchdog.runs.lock().unwrap_or_else(|p| p.into_inner());
+    // The thread sleeps until the earliest deadline it holds: it needs waking only for an
+    // earlier one. Runs of one model have the same time limit, so a new run's deadline is
+    // nearly always the latest, and a graph run costs no thread wake-up.
+    let sooner = runs.iter().all(|(queued, _)| deadline < *queued);
+    runs.push((deadline, Arc::downgrade(options)));
+    drop(runs);
+    if sooner {
+        watchdog.changed.notify_one();
+    }
 }
 
 impl Watchdog {
