@@ -195,7 +195,8 @@ async fn models_recorded_by_an_earlier_version_are_restored_and_recorded_anew() 
     );
     earlier.version = "7".into();
     store
-        .put_model("earlier", "7", &earlier.encode_to_vec())
+        .put_model("earlier", "7", earlier.encode_to_vec())
+        .await
         .unwrap();
     for _ in 0..2 {
         let registry =
@@ -203,12 +204,13 @@ async fn models_recorded_by_an_earlier_version_are_restored_and_recorded_anew() 
         let server = crate::support::builder(&registry)
             .store(store.clone())
             .build()
+            .await
             .unwrap();
         let restored = server.restore().await.unwrap();
         assert_eq!(restored.loaded, ["earlier@7"], "{:?}", restored.failed);
         assert!(registry.get("earlier", Some("7")).is_ok());
         // Recorded anew in the lifecycle's format, which the second round restores from.
-        let record = store.model("earlier", "7").unwrap().unwrap();
+        let record = store.model("earlier", "7").await.unwrap().unwrap();
         let record: LoadRecord = serde_json::from_slice(&record).unwrap();
         assert_eq!(record.replicas, 1);
     }

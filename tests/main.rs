@@ -39,5 +39,7 @@ mod requests;
 mod rest;
 /// Applications: policies, feedback, per-user state, deadlines.
 mod selection;
+/// Servers sharing applications and learned state through a real Redis.
+mod shared_state;
 /// TLS on both ports.
 mod tls;

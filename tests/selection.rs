@@ -96,7 +96,12 @@ async fn server() -> TestServer {
     server
 }
 
-fn application(name: &str, models: &[&str], slo_ms: u64, kind: Kind) -> proto::Application {
+pub(crate) fn application(
+    name: &str,
+    models: &[&str],
+    slo_ms: u64,
+    kind: Kind,
+) -> proto::Application {
     proto::Application {
         name: name.into(),
         models: models.iter().map(|m| m.to_string()).collect(),
@@ -110,11 +115,11 @@ fn application(name: &str, models: &[&str], slo_ms: u64, kind: Kind) -> proto::A
     }
 }
 
-fn exp4() -> Kind {
+pub(crate) fn exp4() -> Kind {
     Kind::Exp4(proto::policy::Exp4 { eta: Some(0.5) })
 }
 
-fn class(label: i64) -> proto::Value {
+pub(crate) fn class(label: i64) -> proto::Value {
     proto::Value {
         value: Some(proto::value::Value::ClassLabel(label)),
     }
@@ -124,7 +129,7 @@ fn pixels(sample: &Sample) -> Vec<proto::Tensor> {
     vec![fp32("pixels", &[1, 64], &sample.pixels)]
 }
 
-async fn register(server: &mut TestServer, app: proto::Application) {
+pub(crate) async fn register(server: &mut TestServer, app: proto::Application) {
     server
         .client
         .register_application(proto::RegisterApplicationRequest {
@@ -134,7 +139,7 @@ async fn register(server: &mut TestServer, app: proto::Application) {
         .expect("register");
 }
 
-async fn predict_app(
+pub(crate) async fn predict_app(
     server: &mut TestServer,
     app: &str,
     user: &str,
@@ -153,7 +158,7 @@ async fn predict_app(
         .into_inner()
 }
 
-async fn feedback(
+pub(crate) async fn feedback(
     server: &mut TestServer,
     app: &str,
     user: &str,
@@ -172,7 +177,11 @@ async fn feedback(
         .into_inner()
 }
 
-async fn selection_state(server: &mut TestServer, app: &str, user: &str) -> proto::SelectionState {
+pub(crate) async fn selection_state(
+    server: &mut TestServer,
+    app: &str,
+    user: &str,
+) -> proto::SelectionState {
     let request = proto::GetSelectionStateRequest {
         app: app.into(),
         user_id: user.into(),
@@ -185,7 +194,7 @@ async fn selection_state(server: &mut TestServer, app: &str, user: &str) -> prot
         .unwrap()
 }
 
-fn weight(state: &proto::SelectionState, model: &str) -> f64 {
+pub(crate) fn weight(state: &proto::SelectionState, model: &str) -> f64 {
     state.arms.iter().find(|a| a.model == model).unwrap().weight
 }
 

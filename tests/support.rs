@@ -83,7 +83,10 @@ impl TestServer {
         configure: impl FnOnce(ServerBuilder) -> ServerBuilder,
         ca_pem: Option<&[u8]>,
     ) -> TestServer {
-        let server = configure(builder(&registry)).build().expect("a server");
+        let server = configure(builder(&registry))
+            .build()
+            .await
+            .expect("a server");
         let loopback = "127.0.0.1:0".parse().unwrap();
         let server = server
             .start(loopback, loopback)

@@ -110,12 +110,14 @@ fn grpc(c: &mut Criterion) {
     rt.block_on(registry.load(logreg_request())).unwrap();
     let loopback = "127.0.0.1:0".parse().unwrap();
     let server = rt
-        .block_on(
+        .block_on(async {
             Server::builder(registry)
                 .build()
+                .await
                 .unwrap()
-                .start(loopback, loopback),
-        )
+                .start(loopback, loopback)
+                .await
+        })
         .unwrap();
     let mut client = rt
         .block_on(GrpcInferenceServiceClient::connect(server.url()))

@@ -152,6 +152,7 @@ async fn start(digits: &Digits, state: &std::path::Path) -> Lab {
     let server = Server::builder(registry)
         .store(store)
         .build()
+        .await
         .expect("applications")
         .start(loopback, loopback)
         .await

@@ -60,8 +60,13 @@ pub(super) struct ServeArgs {
     #[arg(long)]
     state_dir: Option<PathBuf>,
     /// Keep applications and selection state in memory only (lost when the server stops).
-    #[arg(long, conflicts_with = "state_dir")]
+    #[arg(long, conflicts_with_all = ["state_dir", "state"])]
     no_state: bool,
+    /// Share applications, what they learned and the models loaded through the API with other
+    /// servers, in Redis: `redis://[:PASSWORD@]HOST:PORT/DB` or `redis+unix:///PATH`
+    /// (see docs/deploy.md for the Redis settings it needs).
+    #[arg(long, value_name = "URL", conflicts_with = "state_dir")]
+    state: Option<String>,
     /// Memory for the prediction cache, in MiB (0: no caching, identical in-flight queries
     /// are still coalesced).
     #[arg(long, default_value_t = 64)]
@@ -257,6 +262,15 @@ pub(super) async fn run(args: ServeArgs) -> Result<()> {
     }
     let store = if args.no_state {
         Store::in_memory()
+    } else if let Some(url) = &args.state {
+        if !url.starts_with("redis://") && !url.starts_with("redis+unix://") {
+            anyhow::bail!(
+                "--state {url}: expected a Redis URL, redis://HOST:PORT/DB or redis+unix:///PATH"
+            );
+        }
+        Store::connect(url)
+            .await
+            .context("--state: cannot reach Redis; is it running, and is the URL right?")?
     } else {
         let dir = args.state_dir.or_else(default_state_dir).context(
             "no --state-dir given and no home directory; pass --state-dir or --no-state",
@@ -282,7 +296,8 @@ pub(super) async fn run(args: ServeArgs) -> Result<()> {
             request_memory: args.request_memory_mib << 20,
             body_timeout: Duration::from_secs(args.body_timeout_s),
         })
-        .build()?;
+        .build()
+        .await?;
     tracing::info!(
         applications = server.applications().list().len(),
         "applications restored"

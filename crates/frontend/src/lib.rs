@@ -287,7 +287,7 @@ impl ServerBuilder {
     }
 
     /// Opens the applications kept in the store and assembles the server.
-    pub fn build(self) -> Result<Server, StoreError> {
+    pub async fn build(self) -> Result<Server, StoreError> {
         let store = self.store.unwrap_or_else(Store::in_memory);
         let cache = Arc::new(PredictionCache::new(self.cache_bytes));
         let applications = Applications::open(
@@ -295,18 +295,20 @@ impl ServerBuilder {
             cache,
             store.clone(),
             self.max_user_states,
-        )?;
-        let lifecycle = Lifecycle::new(
+        )
+        .await?;
+        let lifecycle = Arc::new(Lifecycle::new(
             self.registry.clone(),
             store,
             (self.default_limits, self.default_batching),
             self.onnx_runners,
-        );
+        ));
+        lifecycle.follow_changes();
         Ok(Server {
             shared: Shared {
                 registry: self.registry,
-                applications: Arc::new(applications),
-                lifecycle: Arc::new(lifecycle),
+                applications,
+                lifecycle,
                 repository: self.repository,
                 admin_token: self.admin_token,
                 draining: CancellationToken::new(),

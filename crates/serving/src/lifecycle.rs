@@ -12,13 +12,13 @@ use crate::batching::BatchingConfig;
 use crate::onnx::{OnnxError, OnnxGraph, OnnxRunner, OnnxRunners};
 use crate::registry::{LoadRequest, Model, Registry, RegistryError};
 use crate::settings::{BatchingRequest, LimitsRequest, ModelLimits};
-use crate::store::{Store, StoreError, blocking};
+use crate::store::{Change, Follower, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sluice_types::{ErrorKind, HasKind};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 /// Why a lifecycle operation failed.
@@ -135,6 +135,10 @@ pub struct Lifecycle {
     default_limits: ModelLimits,
     default_batching: BatchingConfig,
     onnx_runners: OnnxRunners,
+    /// The versions this server loaded from records (its own loads through the API, those
+    /// restored, those another server sharing the store loaded): the ones it unloads when their
+    /// record goes.
+    recorded: Mutex<BTreeSet<(String, String)>>,
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -160,15 +164,62 @@ impl Lifecycle {
             default_limits: defaults.0,
             default_batching: defaults.1,
             onnx_runners,
+            recorded: Mutex::new(BTreeSet::new()),
         }
     }
 
-    async fn in_store<T: Send + 'static>(
-        &self,
-        op: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, LifecycleError> {
-        let store = self.store.clone();
-        Ok(blocking(move || op(&store)).await?)
+    /// Follows what other servers sharing the store load, scale, unload and pin, for as long
+    /// as the lifecycle lives (nothing with the embedded store).
+    pub fn follow_changes(self: &Arc<Self>) {
+        self.store.clone().follow(self);
+    }
+
+    fn recorded(&self) -> std::sync::MutexGuard<'_, BTreeSet<(String, String)>> {
+        self.recorded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes this server hold `name` `version` as its record says: loaded (from the recorded
+    /// bytes) with the recorded replicas, or unloaded when the record is gone.
+    async fn follow_record(&self, name: &str, version: &str) -> Result<(), StoreError> {
+        let record = self.store.model(name, version).await?;
+        let key = (name.to_string(), version.to_string());
+        match (record, self.registry.get(name, Some(version))) {
+            (Some(bytes), Ok(model)) => {
+                let wanted = decode_record(&bytes).ok().map(|r| r.replicas);
+                if let Some(replicas) = wanted.filter(|&r| r != model.replicas())
+                    && let Err(error) = self.registry.scale(&model, replicas).await
+                {
+                    tracing::warn!(model = name, version, %error, "could not scale as another server did");
+                }
+                self.recorded().insert(key);
+            }
+            (Some(bytes), Err(_)) => match self.restore_one(name, version, &bytes).await {
+                Ok(_) => {
+                    tracing::info!(model = name, version, "loaded, as another server did");
+                    self.recorded().insert(key);
+                }
+                Err(reason) => {
+                    tracing::warn!(model = name, version, %reason, "could not load what another server loaded");
+                }
+            },
+            (None, Ok(_)) if self.recorded().remove(&key) => {
+                // Already gone is as good as unloaded.
+                let _ = self.registry.unload(name, Some(version));
+            }
+            (None, _) => {}
+        }
+        Ok(())
+    }
+
+    /// Applies the pinned default version of `name` as stored.
+    async fn follow_pin(&self, name: &str) -> Result<(), StoreError> {
+        let pins = self.store.default_versions().await?;
+        let pin = pins.iter().find(|(model, _)| model == name);
+        let pinned = pin.map(|(_, version)| version.as_str());
+        if let Err(error) = self.registry.set_default_version(name, pinned) {
+            tracing::warn!(model = name, %error, "could not pin the default version as another server did");
+        }
+        Ok(())
     }
 
     /// Loads a model, then records the load under the name and version it serves as (so a
@@ -214,14 +265,15 @@ impl Lifecycle {
                 spec.version,
             )
             .await?;
-        let (name, version) = (model.name.clone(), model.version.clone());
-        let config = spec.config;
-        self.in_store(move |store| {
-            store.put_blob(&record.code_sha256, &code)?;
-            store.put_blob(&record.config_sha256, &config)?;
-            store.put_model(&name, &version, &encode_record(&record))
-        })
-        .await?;
+        self.store.put_blob(&record.code_sha256, code).await?;
+        self.store
+            .put_blob(&record.config_sha256, spec.config)
+            .await?;
+        self.store
+            .put_model(&model.name, &model.version, encode_record(&record))
+            .await?;
+        self.recorded()
+            .insert((model.name.clone(), model.version.clone()));
         Ok(model)
     }
 
@@ -272,15 +324,13 @@ impl Lifecycle {
         version: Option<&str>,
     ) -> Result<Vec<String>, LifecycleError> {
         let removed = self.registry.unload(name, version)?;
+        self.recorded()
+            .retain(|(model, v)| model != name || !removed.contains(v));
         let (name, version) = (name.to_string(), version.map(str::to_string));
-        let lifecycle = self.clone();
+        let store = self.store.clone();
         crate::to_completion(async move {
-            lifecycle
-                .in_store(move |store| {
-                    store.delete_models(&name, version.as_deref())?;
-                    collect_blobs(store)
-                })
-                .await
+            store.delete_models(&name, version.as_deref()).await?;
+            collect_blobs(&store).await
         })
         .await?;
         Ok(removed)
@@ -300,19 +350,18 @@ impl Lifecycle {
 
     async fn scale_now(&self, model: &Model, replicas: usize) -> Result<(), LifecycleError> {
         self.registry.scale(model, replicas).await?;
-        let (name, version) = (model.name.clone(), model.version.clone());
-        self.in_store(move |store| {
-            let Some(bytes) = store.model(&name, &version)? else {
-                return Ok(());
-            };
-            // A record this build cannot read is left as it is (restore reports it).
-            if let Ok(mut record) = decode_record(&bytes) {
-                record.replicas = replicas;
-                store.put_model(&name, &version, &encode_record(&record))?;
-            }
-            Ok(())
-        })
-        .await
+        let (name, version) = (&model.name, &model.version);
+        let Some(bytes) = self.store.model(name, version).await? else {
+            return Ok(());
+        };
+        // A record this build cannot read is left as it is (restore reports it).
+        if let Ok(mut record) = decode_record(&bytes) {
+            record.replicas = replicas;
+            self.store
+                .put_model(name, version, encode_record(&record))
+                .await?;
+        }
+        Ok(())
     }
 
     /// Pins (or with `None` unpins) the default version of `name`, and records the pin.
@@ -322,9 +371,7 @@ impl Lifecycle {
         version: Option<&str>,
     ) -> Result<(), LifecycleError> {
         self.registry.set_default_version(name, version)?;
-        let (name, version) = (name.to_string(), version.map(str::to_string));
-        self.in_store(move |store| store.put_default_version(&name, version.as_deref()))
-            .await
+        Ok(self.store.put_default_version(name, version).await?)
     }
 
     /// Loads every recorded model again and re-applies the default-version pins. A record that
@@ -336,8 +383,7 @@ impl Lifecycle {
         legacy: impl Fn(&[u8]) -> Option<LoadSpec>,
     ) -> Result<Restored, StoreError> {
         let mut restored = Restored::default();
-        let store = self.store.clone();
-        let records = blocking(move || store.models()).await?;
+        let records = self.store.models().await?;
         for (name, version, bytes) in records {
             let label = format!("{name}@{version}");
             let earlier = decode_record(&bytes)
@@ -356,14 +402,17 @@ impl Lifecycle {
                 None => self.restore_one(&name, &version, &bytes).await,
             };
             match result {
-                Ok(model) => restored
-                    .loaded
-                    .push(format!("{}@{}", model.name, model.version)),
+                Ok(model) => {
+                    self.recorded()
+                        .insert((model.name.clone(), model.version.clone()));
+                    restored
+                        .loaded
+                        .push(format!("{}@{}", model.name, model.version));
+                }
                 Err(reason) => restored.failed.push((label, reason)),
             }
         }
-        let store = self.store.clone();
-        for (name, version) in blocking(move || store.default_versions()).await? {
+        for (name, version) in self.store.default_versions().await? {
             if let Err(e) = self.registry.set_default_version(&name, Some(&version)) {
                 restored.failed.push((name, e.to_string()));
             }
@@ -379,12 +428,11 @@ impl Lifecycle {
     ) -> Result<Arc<Model>, String> {
         let record = decode_record(bytes)
             .map_err(|e| format!("an unreadable record (written by another sluice?): {e}"))?;
-        let store = self.store.clone();
-        let hashes = (record.code_sha256.clone(), record.config_sha256.clone());
-        let blobs = blocking(move || Ok((store.blob(&hashes.0)?, store.blob(&hashes.1)?)))
-            .await
-            .map_err(|e| e.to_string())?;
-        let (Some(code), Some(config)) = blobs else {
+        let blob = async |sha256| self.store.blob(sha256).await.map_err(|e| e.to_string());
+        let (Some(code), Some(config)) = (
+            blob(&record.code_sha256).await?,
+            blob(&record.config_sha256).await?,
+        ) else {
             return Err("the record's component or config is missing from the store".into());
         };
         self.load_recorded(
@@ -399,6 +447,50 @@ impl Lifecycle {
     }
 }
 
+/// What another server changed in the shared store: this server loads, scales, unloads and
+/// pins the same.
+impl Follower for Lifecycle {
+    async fn apply(&self, change: Change) -> Result<(), StoreError> {
+        match change {
+            Change::Model {
+                name,
+                version: Some(version),
+            } => self.follow_record(&name, &version).await,
+            Change::Model {
+                name,
+                version: None,
+            } => {
+                let versions: Vec<String> = self
+                    .recorded()
+                    .iter()
+                    .filter(|(model, _)| *model == name)
+                    .map(|(_, version)| version.clone())
+                    .collect();
+                for version in versions {
+                    self.follow_record(&name, &version).await?;
+                }
+                Ok(())
+            }
+            Change::DefaultVersion(name) => self.follow_pin(&name).await,
+            Change::Resync => {
+                let records = self.store.models().await?;
+                let mut held: BTreeSet<(String, String)> = self.recorded().clone();
+                for (name, version, _) in &records {
+                    held.insert((name.clone(), version.clone()));
+                }
+                for (name, version) in held {
+                    self.follow_record(&name, &version).await?;
+                }
+                for (name, _) in self.store.default_versions().await? {
+                    self.follow_pin(&name).await?;
+                }
+                Ok(())
+            }
+            Change::Application(_) | Change::States { .. } => Ok(()),
+        }
+    }
+}
+
 fn encode_record(record: &LoadRecord) -> Vec<u8> {
     serde_json::to_vec(record).expect("load records serialize")
 }
@@ -408,14 +500,17 @@ fn decode_record(bytes: &[u8]) -> Result<LoadRecord, serde_json::Error> {
 }
 
 /// Deletes the blobs no record refers to any more.
-fn collect_blobs(store: &Store) -> Result<(), StoreError> {
+async fn collect_blobs(store: &Store) -> Result<(), StoreError> {
     let referenced: BTreeSet<String> = store
-        .models()?
+        .models()
+        .await?
         .iter()
         .filter_map(|(_, _, bytes)| decode_record(bytes).ok())
         .flat_map(|r| [r.code_sha256, r.config_sha256])
         .collect();
-    store.retain_blobs(|sha256| referenced.contains(sha256))
+    store
+        .retain_blobs(move |sha256| referenced.contains(sha256))
+        .await
 }
 
 /// The largest component file a load reads from the server's disk (the bound of a component
@@ -491,8 +586,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn blobs_no_record_uses_are_collected() {
+    #[tokio::test]
+    async fn blobs_no_record_uses_are_collected() {
         let store = Store::in_memory();
         let record = |code: &[u8]| LoadRecord {
             kind: RecordedKind::Wasm,
@@ -504,19 +599,21 @@ mod tests {
             onnx_runner: OnnxRunner::Auto,
         };
         for (version, code) in [("1", b"one".as_slice()), ("2", b"two".as_slice())] {
-            store.put_blob(&sha256_hex(code), code).unwrap();
             store
-                .put_model("m", version, &encode_record(&record(code)))
+                .put_blob(&sha256_hex(code), code.to_vec())
+                .await
+                .unwrap();
+            store
+                .put_model("m", version, encode_record(&record(code)))
+                .await
                 .unwrap();
         }
-        store.put_blob(&sha256_hex(b""), b"").unwrap();
-        store.delete_models("m", Some("2")).unwrap();
-        collect_blobs(&store).unwrap();
-        assert_eq!(
-            store.blob(&sha256_hex(b"one")).unwrap(),
-            Some(b"one".to_vec())
-        );
-        assert_eq!(store.blob(&sha256_hex(b"two")).unwrap(), None);
-        assert_eq!(store.blob(&sha256_hex(b"")).unwrap(), Some(Vec::new()));
+        store.put_blob(&sha256_hex(b""), Vec::new()).await.unwrap();
+        store.delete_models("m", Some("2")).await.unwrap();
+        collect_blobs(&store).await.unwrap();
+        let blob = async |code: &[u8]| store.blob(&sha256_hex(code)).await.unwrap();
+        assert_eq!(blob(b"one").await, Some(b"one".to_vec()));
+        assert_eq!(blob(b"two").await, None);
+        assert_eq!(blob(b"").await, Some(Vec::new()));
     }
 }

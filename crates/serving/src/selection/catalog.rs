@@ -1,11 +1,12 @@
 //! The catalog of applications: their specs, live in memory and durable in the store, and the
 //! checks made when one is registered or changed. Each application keeps its own random
-//! generator (seeded from its spec) across changes.
+//! generator (seeded from its spec) across changes. With a shared store, what another server
+//! changed is read again from the store ([`Catalog::refresh`], [`Catalog::reload`]).
 
 use super::SelectionError;
 use super::app::{ApplicationSpec, split_link};
 use crate::registry::Registry;
-use crate::store::{Store, StoreError, blocking};
+use crate::store::{Store, StoreError};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use std::collections::BTreeMap;
@@ -34,16 +35,56 @@ pub(super) struct Catalog {
 
 impl Catalog {
     /// The applications kept in `store`.
-    pub(super) fn open(store: Store) -> Result<Catalog, StoreError> {
-        let apps = store
-            .applications::<ApplicationSpec>()?
-            .into_iter()
-            .map(|spec| (spec.name.clone(), Arc::new(App::new(spec))))
-            .collect();
-        Ok(Catalog {
+    pub(super) async fn open(store: Store) -> Result<Catalog, StoreError> {
+        let catalog = Catalog {
             store,
-            apps: RwLock::new(apps),
-        })
+            apps: RwLock::new(BTreeMap::new()),
+        };
+        catalog.reload().await?;
+        Ok(catalog)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<App>>> {
+        self.apps.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes `spec` live, keeping the random generator of the application it replaces.
+    fn make_live(&self, spec: ApplicationSpec) {
+        let mut apps = self.write();
+        let app = match apps.get(&spec.name) {
+            Some(current) => App {
+                spec,
+                rng: current.rng.clone(),
+            },
+            None => App::new(spec),
+        };
+        apps.insert(app.spec.name.clone(), Arc::new(app));
+    }
+
+    /// Reads every application from the store again.
+    pub(super) async fn reload(&self) -> Result<(), StoreError> {
+        let specs = self.store.applications::<ApplicationSpec>().await?;
+        let names: std::collections::BTreeSet<String> =
+            specs.iter().map(|spec| spec.name.clone()).collect();
+        self.write().retain(|name, _| names.contains(name));
+        for spec in specs {
+            self.make_live(spec);
+        }
+        Ok(())
+    }
+
+    /// Reads the application `name` from the store again; returns whether it exists.
+    pub(super) async fn refresh(&self, name: &str) -> Result<bool, StoreError> {
+        match self.store.application::<ApplicationSpec>(name).await? {
+            Some(spec) => {
+                self.make_live(spec);
+                Ok(true)
+            }
+            None => {
+                self.write().remove(name);
+                Ok(false)
+            }
+        }
     }
 
     /// The application `name`.
@@ -73,7 +114,7 @@ impl Catalog {
             return Err(SelectionError::AppExists(spec.name));
         }
         check_links(registry, &spec)?;
-        self.commit(spec, None).await
+        self.commit(spec).await
     }
 
     /// Links a model (`name` or `name@version`) to an application.
@@ -100,7 +141,7 @@ impl Catalog {
                 ..spec.clone()
             },
         )?;
-        self.commit(spec.clone(), Some(current.rng.clone())).await?;
+        self.commit(spec.clone()).await?;
         Ok(spec)
     }
 
@@ -122,38 +163,22 @@ impl Catalog {
             });
         }
         spec.validate().map_err(SelectionError::InvalidArgument)?;
-        self.commit(spec.clone(), Some(current.rng.clone())).await?;
+        self.commit(spec.clone()).await?;
         Ok(spec)
     }
 
     /// Deletes an application and all its stored selection state.
     pub(super) async fn delete(&self, app: &str) -> Result<(), SelectionError> {
         self.app(app)?;
-        let store = self.store.clone();
-        let name = app.to_string();
-        blocking(move || store.delete_application(&name)).await?;
-        self.apps
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(app);
+        self.store.delete_application(app).await?;
+        self.write().remove(app);
         Ok(())
     }
 
-    /// Stores a changed spec durably, then makes it live (keeping the app's RNG if given).
-    async fn commit(
-        &self,
-        spec: ApplicationSpec,
-        rng: Option<Arc<Mutex<StdRng>>>,
-    ) -> Result<(), SelectionError> {
-        let store = self.store.clone();
-        let stored = spec.clone();
-        blocking(move || store.put_application(&stored.name, &stored)).await?;
-        let app = match rng {
-            Some(rng) => App { spec, rng },
-            None => App::new(spec),
-        };
-        let mut apps = self.apps.write().unwrap_or_else(|e| e.into_inner());
-        apps.insert(app.spec.name.clone(), Arc::new(app));
+    /// Stores a changed spec durably, then makes it live.
+    async fn commit(&self, spec: ApplicationSpec) -> Result<(), SelectionError> {
+        self.store.put_application(&spec.name, &spec).await?;
+        self.make_live(spec);
         Ok(())
     }
 }

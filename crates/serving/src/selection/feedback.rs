@@ -1,11 +1,13 @@
 //! Learning from feedback: the true labels of an input are joined with what every linked
 //! model said for it (from the cache, or by running the model again), each model's loss is
 //! computed, the policy's state is updated, and the new state is stored durably before it is
-//! made live and the feedback acknowledged.
+//! made live and the feedback acknowledged. The update is applied to the state as stored, so
+//! feedback taken by several servers sharing the store at once all counts.
 
 use super::app::check_label;
 use super::fanout::{Query, answer_job};
-use super::policy::{self, Policy, Prediction, SelectionState};
+use super::hex;
+use super::policy::{self, Policy, Prediction};
 use super::{Applications, FeedbackOutcome, SelectionError};
 use crate::cache::digest_inputs;
 use sluice_types::Tensor;
@@ -36,11 +38,16 @@ impl Applications {
         let digest = digest_inputs(&inputs);
         let query = Query::new(spec, rows, digest, inputs, false);
         let losses = self.losses_of(&spec.models, &query, &labels).await;
-        let recent = self.recent.chosen(app_name, user, digest);
+        let recent = match self.recent.chosen(app_name, user, digest) {
+            Some(links) => Some(links),
+            None => {
+                self.store
+                    .shared_query(app_name, user, &hex(&digest))
+                    .await?
+            }
+        };
         let shared = self.states.get(app_name, user).await?;
         let mut live = shared.lock().await;
-        let mut next: SelectionState = live.clone();
-        next.sync(&spec.models);
         // The models that answered the judged query; for an input never queried, the ones
         // the policy would pick now (as if it had been).
         let chosen: Vec<usize> = match recent {
@@ -48,15 +55,27 @@ impl Applications {
                 .iter()
                 .filter_map(|l| spec.models.iter().position(|m| m == l))
                 .collect(),
-            None => spec.policy.select(
-                &next,
-                &spec.models,
-                &mut *app.rng.lock().unwrap_or_else(|e| e.into_inner()),
-            ),
+            None => {
+                let mut now = live.clone();
+                now.sync(&spec.models);
+                spec.policy.select(
+                    &now,
+                    &spec.models,
+                    &mut *app.rng.lock().unwrap_or_else(|e| e.into_inner()),
+                )
+            }
         };
-        spec.policy
-            .observe(&mut next, &spec.models, &chosen, &losses);
-        self.states.persist(app_name, user, next.clone()).await?;
+        let (policy, models, judged) = (spec.policy.clone(), spec.models.clone(), chosen.clone());
+        let learned = losses.clone();
+        let next = self
+            .states
+            .update(app_name, user, move |stored| {
+                let mut next = stored.unwrap_or_default();
+                next.sync(&models);
+                policy.observe(&mut next, &models, &judged, &learned);
+                next
+            })
+            .await?;
         *live = next.clone();
         Ok(FeedbackOutcome {
             spec: spec.clone(),

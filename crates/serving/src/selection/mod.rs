@@ -14,6 +14,10 @@
 //! applications, durable), `states` (the live per-user selection states, bounded), `recent`
 //! (which models answered a recent query, for feedback), `fanout` (asking models under a
 //! deadline), `combine` (one answer per row, or the default) and `feedback` (learning).
+//!
+//! With a shared store (several servers as replicas), the applications and states other
+//! servers change are read again when the store announces the change, and which models
+//! answered a query is shared for [`SHARED_QUERY_TTL`], so feedback may reach any server.
 
 pub mod app;
 mod catalog;
@@ -25,16 +29,16 @@ pub mod policy;
 mod recent;
 mod states;
 
-use crate::cache::{PredictionCache, digest_inputs};
+use crate::cache::{InputDigest, PredictionCache, digest_inputs};
 use crate::registry::Registry;
-use crate::store::{Store, StoreError};
+use crate::store::{Change, Follower, Store, StoreError};
 use app::ApplicationSpec;
 use catalog::Catalog;
 pub use error::SelectionError;
 use fanout::{Failure, Query, ask_until};
 pub use policy::{ArmState, Policy, PolicyConfig, Prediction, SelectionState};
 use recent::RecentQueries;
-use sluice_types::{Tensor, contract};
+use sluice_types::{ErrorKind, HasKind, Tensor, contract};
 use states::StateCache;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -42,6 +46,11 @@ use std::time::Duration;
 
 /// Recent queries remembered for joining feedback with the model(s) that answered.
 const RECENT_QUERIES: NonZeroUsize = NonZeroUsize::new(100_000).expect("non-zero");
+
+/// How long the record of which models answered a query stays in a shared store, for feedback
+/// that reaches another server: feedback later than this is joined against what the policy
+/// would choose at the time of the feedback, as for an input never queried.
+pub const SHARED_QUERY_TTL: Duration = Duration::from_secs(600);
 
 /// Selection states kept in memory by default; beyond it the least recently used ones that no
 /// call is using are dropped (every state is in the store, and comes back from it when needed).
@@ -106,6 +115,7 @@ pub struct FeedbackOutcome {
 pub struct Applications {
     registry: Arc<Registry>,
     cache: Arc<PredictionCache>,
+    store: Store,
     catalog: Catalog,
     states: StateCache,
     recent: RecentQueries,
@@ -150,20 +160,24 @@ fn rows_of(inputs: &[Tensor]) -> Result<usize, SelectionError> {
 
 impl Applications {
     /// Opens the applications kept in `store`, answering with the models of `registry`; each
-    /// keeps at most `max_user_states` per-user states.
-    pub fn open(
+    /// keeps at most `max_user_states` per-user states. With a shared store, the changes other
+    /// servers make are followed for as long as the applications live.
+    pub async fn open(
         registry: Arc<Registry>,
         cache: Arc<PredictionCache>,
         store: Store,
         max_user_states: usize,
-    ) -> Result<Applications, StoreError> {
-        Ok(Applications {
+    ) -> Result<Arc<Applications>, StoreError> {
+        let applications = Arc::new(Applications {
             registry,
             cache,
-            catalog: Catalog::open(store.clone())?,
-            states: StateCache::new(store, STATES_IN_MEMORY, max_user_states),
+            catalog: Catalog::open(store.clone()).await?,
+            states: StateCache::new(store.clone(), STATES_IN_MEMORY, max_user_states),
             recent: RecentQueries::new(RECENT_QUERIES),
-        })
+            store,
+        });
+        applications.store.follow(&applications);
+        Ok(applications)
     }
 
     /// The spec of `name`, if registered.
@@ -249,7 +263,7 @@ impl Applications {
         let (app, rows) = self.queried(app_name, user, &inputs)?;
         let spec = &app.spec;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(spec.slo_ms);
-        let shared = self.states.get(app_name, user).await?;
+        let shared = self.state_for_query(app_name, user, deadline).await?;
         let (state, chosen) = {
             let mut state = shared.lock().await;
             state.sync(&spec.models);
@@ -260,6 +274,9 @@ impl Applications {
         let digest = digest_inputs(&inputs);
         let chosen: Vec<String> = chosen.iter().map(|&i| spec.models[i].clone()).collect();
         self.recent.remember(app_name, user, digest, chosen.clone());
+        if self.store.is_shared() {
+            self.share_query(app_name, user, digest, chosen.clone());
+        }
         let query = Query::new(spec, rows, digest, inputs, bypass_cache);
         let answers = ask_until(&self.registry, &self.cache, &chosen, &query, deadline).await;
         // Every model refused the inputs: the request is malformed, not the models.
@@ -277,5 +294,70 @@ impl Applications {
             )));
         }
         Ok(combine::combine(spec, &state, &chosen, answers, rows))
+    }
+
+    /// The state a query selects with. When a shared store cannot give it by the query's
+    /// deadline (it is unreachable, say), the query goes on with a fresh state, not kept:
+    /// predictions keep being answered, from what this server holds.
+    async fn state_for_query(
+        &self,
+        app: &str,
+        user: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<states::SharedState, StoreError> {
+        match tokio::time::timeout_at(deadline, self.states.get(app, user)).await {
+            Ok(Ok(state)) => Ok(state),
+            Ok(Err(error)) if error.kind() != ErrorKind::Unavailable => Err(error),
+            failed => {
+                let why = match failed {
+                    Ok(Err(error)) => error.to_string(),
+                    _ => "no answer by the query's deadline".into(),
+                };
+                tracing::warn!(app, user, %why, "the selection state could not be read; selecting with a fresh one");
+                Ok(Arc::new(tokio::sync::Mutex::new(SelectionState::default())))
+            }
+        }
+    }
+
+    /// Shares, in the background, which models answered a query, for feedback that reaches
+    /// another server; the answer does not wait for it (a server cut off from the store keeps
+    /// answering).
+    fn share_query(&self, app: &str, user: &str, digest: InputDigest, chosen: Vec<String>) {
+        let store = self.store.clone();
+        let (app, user) = (app.to_string(), user.to_string());
+        tokio::spawn(async move {
+            let shared = store
+                .share_query(&app, &user, &hex(&digest), &chosen, SHARED_QUERY_TTL)
+                .await;
+            if let Err(error) = shared {
+                tracing::debug!(%error, app, "the query's record was not shared");
+            }
+        });
+    }
+}
+
+/// A digest as lowercase hex.
+fn hex(digest: &InputDigest) -> String {
+    digest.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// What another server changed in the shared store: its applications and states are read
+/// again.
+impl Follower for Applications {
+    async fn apply(&self, change: Change) -> Result<(), StoreError> {
+        match change {
+            Change::Application(name) => {
+                if !self.catalog.refresh(&name).await? {
+                    self.states.forget(&name, None);
+                }
+            }
+            Change::States { app, user } => self.states.forget(&app, user.as_deref()),
+            Change::Resync => {
+                self.states.forget_all();
+                self.catalog.reload().await?;
+            }
+            Change::Model { .. } | Change::DefaultVersion(_) => {}
+        }
+        Ok(())
     }
 }

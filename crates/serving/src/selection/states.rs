@@ -1,10 +1,11 @@
 //! The live selection states, one per (application, user): loaded from the store on first use,
 //! shared by the calls that use them, and bounded in memory. Beyond the bound the least
 //! recently used states that no call holds are dropped; every state is in the store, and comes
-//! back from it when needed.
+//! back from it when needed. An update is made in the store first (atomically there, against
+//! what other servers sharing it may have stored meanwhile), then made live.
 
 use super::policy::SelectionState;
-use crate::store::{Store, StoreError, blocking};
+use crate::store::{Store, StoreError};
 use std::sync::{Arc, Mutex};
 
 /// `(application, user)`; the user is empty for the application-wide state.
@@ -43,9 +44,7 @@ impl StateCache {
         if let Some(state) = self.lock().get(&key) {
             return Ok(state.clone());
         }
-        let store = self.store.clone();
-        let (a, u) = key.clone();
-        let stored: Option<SelectionState> = blocking(move || store.state(&a, &u)).await?;
+        let stored: Option<SelectionState> = self.store.state(app, user).await?;
         let mut states = self.lock();
         // Another caller may have loaded it meanwhile: keep theirs.
         let state = states
@@ -69,19 +68,21 @@ impl StateCache {
         Ok(state)
     }
 
-    /// Stores the state of `(app, user)` durably. Past the bound of per-user states, those
-    /// updated least recently are dropped, from the store and from memory: those users start
-    /// again from the application-wide state.
-    pub(super) async fn persist(
+    /// Replaces the state of `(app, user)` by `update` of the stored one, durably and
+    /// atomically, and returns it (the caller makes it live). Past the bound of per-user
+    /// states, those updated least recently are dropped, from the store and from memory:
+    /// those users start again from the application-wide state.
+    pub(super) async fn update(
         &self,
         app: &str,
         user: &str,
-        state: SelectionState,
-    ) -> Result<(), StoreError> {
-        let store = self.store.clone();
-        let (a, u) = (app.to_string(), user.to_string());
+        update: impl FnMut(Option<SelectionState>) -> SelectionState + Send + 'static,
+    ) -> Result<SelectionState, StoreError> {
         let max_users = self.max_stored_users;
-        let dropped = blocking(move || store.put_state(&a, &u, &state, max_users)).await?;
+        let (next, dropped) = self
+            .store
+            .update_state(app, user, max_users, update)
+            .await?;
         for user in &dropped {
             self.forget(app, Some(user));
         }
@@ -93,15 +94,13 @@ impl StateCache {
                 "per-user states dropped at the bound, least recently updated first"
             );
         }
-        Ok(())
+        Ok(next)
     }
 
     /// Forgets what was learned for one user of `app`, or for all of them (`None`): in the
     /// store, then in memory.
     pub(super) async fn reset(&self, app: &str, user: Option<&str>) -> Result<(), StoreError> {
-        let store = self.store.clone();
-        let (name, who) = (app.to_string(), user.map(str::to_string));
-        blocking(move || store.delete_states(&name, who.as_deref())).await?;
+        self.store.delete_states(app, user).await?;
         self.forget(app, user);
         Ok(())
     }
@@ -119,6 +118,11 @@ impl StateCache {
             states.pop(&key);
         }
     }
+
+    /// Drops every state from memory (they may all be stale).
+    pub(super) fn forget_all(&self) {
+        self.lock().clear();
+    }
 }
 
 #[cfg(test)]
@@ -132,32 +136,38 @@ mod tests {
             feedback_count: n,
             ..SelectionState::default()
         };
-        cache.persist("app", "alice", learned(1)).await.unwrap();
-        cache.persist("app", "bob", learned(2)).await.unwrap();
-        cache.persist("app", "", learned(9)).await.unwrap();
-        cache.persist("app", "alice", learned(3)).await.unwrap();
-        cache.persist("app", "carol", learned(4)).await.unwrap();
-        let stored = |user: &'static str| {
-            let store = cache.store.clone();
-            move || store.state::<SelectionState>("app", user).unwrap()
+        let persist = |user: &'static str, state: SelectionState| {
+            cache.update("app", user, move |_| state.clone())
         };
-        assert_eq!(stored("bob")(), None, "bob was updated least recently");
-        assert_eq!(stored("alice")().unwrap().feedback_count, 3);
-        assert_eq!(stored("carol")().unwrap().feedback_count, 4);
+        persist("alice", learned(1)).await.unwrap();
+        persist("bob", learned(2)).await.unwrap();
+        persist("", learned(9)).await.unwrap();
+        persist("alice", learned(3)).await.unwrap();
+        persist("carol", learned(4)).await.unwrap();
+        let stored = async |user: &'static str| {
+            cache
+                .store
+                .state::<SelectionState>("app", user)
+                .await
+                .unwrap()
+        };
+        assert_eq!(stored("bob").await, None, "bob was updated least recently");
+        assert_eq!(stored("alice").await.unwrap().feedback_count, 3);
+        assert_eq!(stored("carol").await.unwrap().feedback_count, 4);
         assert_eq!(
-            stored("")().unwrap().feedback_count,
+            stored("").await.unwrap().feedback_count,
             9,
             "the app's own state stays"
         );
         // Bob comes back as a new user, and the oldest (alice) gives way.
         let bob = cache.get("app", "bob").await.unwrap();
         assert_eq!(bob.lock().await.feedback_count, 0);
-        cache.persist("app", "bob", learned(5)).await.unwrap();
-        assert_eq!(stored("alice")(), None);
+        persist("bob", learned(5)).await.unwrap();
+        assert_eq!(stored("alice").await, None);
         // Forgetting a user frees its place.
         cache.reset("app", Some("carol")).await.unwrap();
-        cache.persist("app", "dave", learned(6)).await.unwrap();
-        assert_eq!(stored("bob")().unwrap().feedback_count, 5);
+        persist("dave", learned(6)).await.unwrap();
+        assert_eq!(stored("bob").await.unwrap().feedback_count, 5);
     }
 
     #[tokio::test]
@@ -167,7 +177,11 @@ mod tests {
         {
             let mut state = alice.lock().await;
             state.feedback_count = 5;
-            cache.persist("app", "alice", state.clone()).await.unwrap();
+            let stored = state.clone();
+            *state = cache
+                .update("app", "alice", move |_| stored.clone())
+                .await
+                .unwrap();
         }
         // Alice's state is in use: bob's arrival must not drop it.
         let bob = cache.get("app", "bob").await.unwrap();

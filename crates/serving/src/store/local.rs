@@ -1,20 +1,15 @@
-//! The durable state of a server, in one redb file: applications, selection state, and the
-//! models loaded through the API (with their default-version pins), so a restart, even after
-//! `kill -9`, comes back as it was.
-//!
-//! redb commits are ACID and fsync'd before `commit` returns, so once the server acknowledges
-//! a change it survives `kill -9` and power loss, and a crash mid-write leaves the previous
-//! committed state. Applications and states are JSON, so fields can be added without a
-//! migration. The store knows the layout of its tables, not what the records mean: callers
-//! own their schemas (selection its specs and states, the lifecycle its load records).
+//! The embedded store, one redb file: the default, for a server that keeps its state to
+//! itself. redb commits are ACID and fsync'd before `commit` returns, so once the server
+//! acknowledges a change it survives `kill -9` and power loss, and a crash mid-write leaves the
+//! previous committed state. Its API is synchronous; [`super::Store`] runs it off the async
+//! threads.
 
+use super::{StoreError, decode, encode};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sluice_types::{ErrorKind, HasKind};
 use std::path::Path;
 use std::sync::Arc;
-use thiserror::Error;
 
 /// Application name → its spec (JSON).
 const APPLICATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("applications");
@@ -35,58 +30,13 @@ const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
 /// Model name → its pinned default version.
 const DEFAULT_VERSIONS: TableDefinition<&str, &str> = TableDefinition::new("default_versions");
 
-/// Why the store failed.
-#[derive(Debug, Error)]
-pub enum StoreError {
-    /// Another process has the file open.
-    #[error(
-        "the state store {0} is in use by another sluice server; give each server its own \
-         --state-dir"
-    )]
-    InUse(String),
-    /// The file exists but is empty: not a store, and not to be taken for a new one.
-    #[error(
-        "the state store {0} is an empty file, not a store: sluice will not start afresh over \
-         it. Restore it from a backup, or remove it to start with no applications and no \
-         learned state"
-    )]
-    Empty(String),
-    /// redb failed (I/O, corruption it detected).
-    #[error("state store: {0}")]
-    Database(#[from] redb::Error),
-    /// The thread running the operation failed (it panicked, or the runtime is shutting
-    /// down); whether the change was made is unknown.
-    #[error("state store: the operation's thread failed: {0}")]
-    Task(String),
-    /// A record does not parse.
-    #[error("state store: record `{key}` is unreadable: {error}")]
-    Corrupt {
-        /// The record's key.
-        key: String,
-        /// The parse error.
-        error: serde_json::Error,
-    },
-}
-
-impl HasKind for StoreError {
-    fn kind(&self) -> ErrorKind {
-        match self {
-            StoreError::InUse(_) => ErrorKind::Unavailable,
-            StoreError::Empty(_) => ErrorKind::FailedPrecondition,
-            StoreError::Database(_) | StoreError::Corrupt { .. } | StoreError::Task(_) => {
-                ErrorKind::Internal
-            }
-        }
-    }
-}
-
 fn db_error(error: impl Into<redb::Error>) -> StoreError {
     StoreError::Database(error.into())
 }
 
-/// The store; cheap to clone.
+/// The embedded store; cheap to clone.
 #[derive(Clone)]
-pub struct Store {
+pub(super) struct LocalStore {
     db: Arc<Database>,
 }
 
@@ -100,29 +50,9 @@ fn first_part_range(first: &str) -> (String, String) {
     (format!("{first}\0"), format!("{first}\u{1}"))
 }
 
-fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|error| StoreError::Corrupt {
-        key: key.replace('\0', "/"),
-        error,
-    })
-}
-
-fn encode(value: &impl Serialize) -> Vec<u8> {
-    serde_json::to_vec(value).expect("specs and states serialize")
-}
-
-/// Runs a store operation off the async threads (a commit waits for fsync).
-pub async fn blocking<T: Send + 'static>(
-    op: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(op)
-        .await
-        .unwrap_or_else(|e| Err(StoreError::Task(e.to_string())))
-}
-
-impl Store {
+impl LocalStore {
     /// Opens (or creates) the store at `path`.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
+    pub fn open(path: &Path) -> Result<LocalStore, StoreError> {
         // redb would take an empty file for a new store, and everything that was in it (a file
         // truncated by a faulty disk or a careless copy) would be gone without a word.
         if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
@@ -134,17 +64,17 @@ impl Store {
             }
             other => db_error(other),
         })?;
-        let store = Store { db: Arc::new(db) };
+        let store = LocalStore { db: Arc::new(db) };
         store.create_tables()?;
         Ok(store)
     }
 
     /// A store that lives in memory only (tests, `serve --no-state`).
-    pub fn in_memory() -> Store {
+    pub fn in_memory() -> LocalStore {
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .expect("an in-memory database opens");
-        let store = Store { db: Arc::new(db) };
+        let store = LocalStore { db: Arc::new(db) };
         store.create_tables().expect("tables in memory");
         store
     }
@@ -174,12 +104,22 @@ impl Store {
         Ok(specs)
     }
 
+    /// The application `name`, if registered.
+    pub fn application<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let table = txn.open_table(APPLICATIONS).map_err(db_error)?;
+        match table.get(name).map_err(db_error)? {
+            Some(value) => Ok(Some(decode(name, value.value())?)),
+            None => Ok(None),
+        }
+    }
+
     /// Stores (or replaces) the application `name`; durable when this returns.
-    pub fn put_application(&self, name: &str, spec: &impl Serialize) -> Result<(), StoreError> {
+    pub fn put_application(&self, name: &str, spec: &[u8]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_error)?;
         txn.open_table(APPLICATIONS)
             .map_err(db_error)?
-            .insert(name, encode(spec).as_slice())
+            .insert(name, spec)
             .map_err(db_error)?;
         txn.commit().map_err(db_error)
     }
@@ -210,30 +150,39 @@ impl Store {
         }
     }
 
-    /// Stores the selection state of `(app, user)`; durable when this returns. An
-    /// application keeps at most `max_users` per-user states: storing one more drops the
-    /// states updated least recently, in the same transaction, and returns whose they were.
-    /// The application-wide state (user `""`) is not counted.
-    pub fn put_state(
+    /// Replaces the selection state of `(app, user)` by `update` of the stored one, in one
+    /// transaction; durable when this returns. An application keeps at most `max_users`
+    /// per-user states: storing one more drops the states updated least recently, in the same
+    /// transaction, and returns whose they were. The application-wide state (user `""`) is
+    /// not counted.
+    pub fn update_state<T: Serialize + DeserializeOwned>(
         &self,
         app: &str,
         user: &str,
-        state: &impl Serialize,
         max_users: usize,
-    ) -> Result<Vec<String>, StoreError> {
+        update: impl FnOnce(Option<T>) -> T,
+    ) -> Result<(T, Vec<String>), StoreError> {
         let key = pair_key(app, user);
         let txn = self.db.begin_write().map_err(db_error)?;
-        txn.open_table(STATES)
-            .map_err(db_error)?
-            .insert(key.as_str(), encode(state).as_slice())
-            .map_err(db_error)?;
+        let next = {
+            let mut states = txn.open_table(STATES).map_err(db_error)?;
+            let stored = match states.get(key.as_str()).map_err(db_error)? {
+                Some(value) => Some(decode(&key, value.value())?),
+                None => None,
+            };
+            let next = update(stored);
+            states
+                .insert(key.as_str(), encode(&next).as_slice())
+                .map_err(db_error)?;
+            next
+        };
         let dropped = if user.is_empty() {
             Vec::new()
         } else {
             Self::mark_updated(&txn, app, user, max_users.max(1))?
         };
         txn.commit().map_err(db_error)?;
-        Ok(dropped)
+        Ok((next, dropped))
     }
 
     /// Moves `user` to the newest end of `app`'s order, and drops the oldest states beyond
@@ -336,7 +285,7 @@ impl Store {
     }
 }
 
-impl Store {
+impl LocalStore {
     /// Records how `model` `version` was loaded (replacing an earlier record).
     pub fn put_model(&self, model: &str, version: &str, request: &[u8]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_error)?;
@@ -465,6 +414,12 @@ impl Store {
 mod tests {
     use super::*;
 
+    fn put(store: &LocalStore, app: &str, user: &str, state: &serde_json::Value) {
+        store
+            .update_state(app, user, 10, |_: Option<serde_json::Value>| state.clone())
+            .unwrap();
+    }
+
     #[test]
     fn states_round_trip_and_are_removed_per_user_or_per_app() {
         let dir = std::env::temp_dir().join(format!("sluice-store-{}", std::process::id()));
@@ -473,17 +428,17 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         let state = serde_json::json!({ "weights": [1.0, 2.0], "feedback_count": 3 });
         {
-            let store = Store::open(&path).unwrap();
-            store.put_state("app", "", &state, 10).unwrap();
-            store.put_state("app", "alice", &state, 10).unwrap();
-            store.put_state("apple", "", &state, 10).unwrap();
+            let store = LocalStore::open(&path).unwrap();
+            put(&store, "app", "", &state);
+            put(&store, "app", "alice", &state);
+            put(&store, "apple", "", &state);
             store.delete_states("app", Some("alice")).unwrap();
             assert_eq!(
                 store.state::<serde_json::Value>("app", "alice").unwrap(),
                 None
             );
         }
-        let store = Store::open(&path).unwrap();
+        let store = LocalStore::open(&path).unwrap();
         assert_eq!(store.state("app", "").unwrap(), Some(state.clone()));
         store.delete_states("app", None).unwrap();
         assert_eq!(store.state::<serde_json::Value>("app", "").unwrap(), None);
@@ -503,7 +458,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("state.redb");
         std::fs::write(&path, b"").unwrap();
-        match Store::open(&path) {
+        match LocalStore::open(&path) {
             Err(StoreError::Empty(shown)) => assert_eq!(shown, path.display().to_string()),
             Err(other) => panic!("unexpected {other}"),
             Ok(_) => panic!("an empty file opened as a store"),
@@ -514,13 +469,16 @@ mod tests {
             "the file is left as it was"
         );
         std::fs::remove_file(&path).unwrap();
-        assert!(Store::open(&path).is_ok(), "a missing file is a new store");
+        assert!(
+            LocalStore::open(&path).is_ok(),
+            "a missing file is a new store"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn loaded_models_and_pins_are_recorded_and_forgotten() {
-        let store = Store::in_memory();
+        let store = LocalStore::in_memory();
         store.put_model("m", "1", b"one").unwrap();
         store.put_model("m", "2", b"two").unwrap();
         store.put_model("mm", "1", b"other").unwrap();
