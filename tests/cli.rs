@@ -337,6 +337,50 @@ fn usage_errors_exit_with_2() {
     assert_eq!(output.status.code(), Some(2));
 }
 
+/// `serve --state` takes a Redis URL only, and stops at once, saying why, when Redis cannot be
+/// reached (the shared-state tests run it against a real Redis).
+#[test]
+fn serve_with_shared_state_needs_a_redis_it_can_reach() {
+    let serve = |state: &str| {
+        Command::new(SLUICE)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--state", state])
+            .output()
+            .unwrap()
+    };
+    let missing = serve("redis+unix:///nonexistent/redis.sock");
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--state: cannot reach Redis; is it running"),
+        "{stderr}"
+    );
+    let not_redis = serve("postgres://db/state");
+    let stderr = String::from_utf8_lossy(&not_redis.stderr);
+    assert!(stderr.contains("expected a Redis URL"), "{stderr}");
+    let both = Command::new(SLUICE)
+        .args([
+            "serve",
+            "--state",
+            "redis://127.0.0.1:6379",
+            "--state-dir",
+            "/tmp",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        both.status.code(),
+        Some(2),
+        "--state and --state-dir conflict"
+    );
+}
+
 /// The feedback count `sluice apps state APP` reports.
 fn feedback_count(server: &Server, app: &str) -> u64 {
     let state = stdout(&server.run(&["apps", "state", app]));
