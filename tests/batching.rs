@@ -1,7 +1,8 @@
 //! Batching over real gRPC with real components: a concurrent burst is answered in full with
 //! each caller's own rows; full queues refuse at once; expired requests are not run; the
 //! queue gauges count what waits and what runs; replicas scale while serving without losing a
-//! request.
+//! request, and a model with a replica range gets replicas under load and gives them back when
+//! idle.
 
 use crate::support::{TestServer, digits_request, f32_values, fp32, output, sample_component};
 use sluice_api::proto::{
@@ -292,4 +293,102 @@ async fn scaling_replicas_under_load_loses_nothing() {
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     server.shutdown().await;
+}
+
+/// `fixed-cost` spending about 20 ms a call (40 million iterations take 0.7 ms), one request per call, autoscaled from 1 to 3
+/// replicas: eight clients in a closed loop make requests wait past half the 100 ms SLO, so
+/// replicas are added, up to the max and no further; once they stop, the spare replicas go
+/// after the (1 s) scale-down delay, down to the min.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_with_a_replica_range_grows_under_load_and_shrinks_when_idle() {
+    let compute = sluice_runtime::RuntimeConfig::default().compute;
+    let registry = crate::support::registry_with(compute, |registry| {
+        registry.with_scale_down_after(Duration::from_secs(1))
+    });
+    let mut server = TestServer::start_with(registry, |server| server, None).await;
+    let request = |min_replicas, max_replicas| LoadModelRequest {
+        component: Some(Component::Wasm(sample_component("fixed_cost"))),
+        config: b"1200000000".to_vec(),
+        name: "elastic".into(),
+        replicas: 1,
+        min_replicas,
+        max_replicas,
+        batching: Some(BatchingConfig {
+            mode: Mode::Static as i32,
+            static_batch_size: 1,
+            slo_ms: 100,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let refused = server.client.load_model(request(4, 2)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().contains("min_replicas"), "{refused:?}");
+    server.client.load_model(request(1, 3)).await.unwrap();
+    let status = server.model("elastic").await;
+    assert_eq!(
+        (status.replicas, status.min_replicas, status.max_replicas),
+        (1, 1, 3)
+    );
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (mut client, stop) = (server.client.clone(), stop.clone());
+        clients.spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                client
+                    .predict(PredictRequest {
+                        model: "elastic".into(),
+                        inputs: vec![fp32("x", &[1, 1], &[1.0])],
+                        timeout_ms: 30_000,
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("no request fails while replicas are added");
+            }
+        });
+    }
+    until(&mut server, |replicas| replicas == 3).await;
+    let outside = server
+        .client
+        .scale_model(ScaleModelRequest {
+            name: "elastic".into(),
+            replicas: 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(outside.code(), Code::InvalidArgument);
+    assert!(outside.message().contains("outside 1..=3"), "{outside:?}");
+    // Still pressed (three replicas share two cores), but at the max.
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            server.model("elastic").await.replicas,
+            3,
+            "never beyond the max"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    while let Some(client) = clients.join_next().await {
+        client.unwrap();
+    }
+    until(&mut server, |replicas| replicas == 1).await;
+}
+
+/// Polls `elastic`'s replicas (for up to 60 s) until `reached` holds; returns the count.
+async fn until(server: &mut TestServer, reached: impl Fn(u32) -> bool) -> u32 {
+    let started = std::time::Instant::now();
+    loop {
+        let replicas = server.model("elastic").await.replicas;
+        if reached(replicas) {
+            return replicas;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "still {replicas} replicas after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

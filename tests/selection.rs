@@ -36,6 +36,7 @@ async fn load_variant(
             name: Some(name.to_string()),
             version: None,
             replicas: 1,
+            autoscale: None,
             limits: ModelLimits::default(),
             batching,
         })

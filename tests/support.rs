@@ -33,12 +33,20 @@ pub struct TestServer {
 /// A registry whose models run on `compute`, with precompiled components kept in the tests'
 /// cache.
 pub fn registry_on(compute: Arc<dyn Backend>) -> Arc<Registry> {
+    registry_with(compute, |registry| registry)
+}
+
+/// [`registry_on`], configured by `configure`.
+pub fn registry_with(
+    compute: Arc<dyn Backend>,
+    configure: impl FnOnce(Registry) -> Registry,
+) -> Arc<Registry> {
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(PathBuf::from(CACHE).join("components")),
         compute,
     })
     .expect("runtime");
-    Arc::new(Registry::new(Arc::new(runtime)))
+    Arc::new(configure(Registry::new(Arc::new(runtime))))
 }
 
 /// The bundled ONNX runners, as `sluice serve` has them.
@@ -141,6 +149,7 @@ impl TestServer {
                     name: Some(sample.name.to_string()),
                     version: None,
                     replicas: 2,
+                    autoscale: None,
                     limits: ModelLimits::default(),
                     batching: BatchingConfig::default(),
                 })

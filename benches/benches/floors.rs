@@ -39,6 +39,7 @@ fn logreg_request() -> LoadRequest {
         name: None,
         version: None,
         replicas: 1,
+        autoscale: None,
         limits: ModelLimits::default(),
         batching: BatchingConfig {
             mode: BatchMode::Static { size: 1 },

@@ -89,6 +89,7 @@ async fn load(
             name: Some(name.into()),
             version: None,
             replicas: 1,
+            autoscale: None,
             limits: ModelLimits::default(),
             batching,
         })

@@ -81,9 +81,16 @@ pub(super) struct LoadArgs {
     /// Serve as this version instead of the model's own.
     #[arg(long)]
     version: Option<String>,
-    /// Instances to run in parallel (default 1).
+    /// Instances to run in parallel (default 1; with --min-replicas/--max-replicas, the
+    /// count to start with).
     #[arg(long)]
     replicas: Option<u32>,
+    /// Size the replicas by load, from this many (needs --max-replicas).
+    #[arg(long, requires = "max_replicas")]
+    min_replicas: Option<u32>,
+    /// Size the replicas by load, up to this many (needs --min-replicas).
+    #[arg(long, requires = "min_replicas")]
+    max_replicas: Option<u32>,
     /// Batching: adaptive (AIMD), static (needs --batch-size) or none.
     #[arg(long, value_parser = ["adaptive", "static", "none"])]
     batching: Option<String>,
@@ -132,6 +139,8 @@ pub(super) async fn load(server: &ServerArgs, load: LoadArgs) -> Result<()> {
     };
     let settings = file.resolve(Overrides {
         replicas: load.replicas,
+        min_replicas: load.min_replicas,
+        max_replicas: load.max_replicas,
         config: load.config,
         mode: load.batching,
         slo_ms: load.slo_ms,
@@ -170,6 +179,8 @@ pub(super) async fn load(server: &ServerArgs, load: LoadArgs) -> Result<()> {
         name: load.name.or(default_name).unwrap_or_default(),
         version: load.version.unwrap_or_default(),
         replicas: settings.replicas,
+        min_replicas: settings.autoscale.map_or(0, |r| r.min as u32),
+        max_replicas: settings.autoscale.map_or(0, |r| r.max as u32),
         limits: Some(limits_request_to_proto(&settings.limits)),
         batching: Some(batching_request_to_proto(&settings.batching)),
         ..Default::default()
@@ -322,7 +333,9 @@ pub(super) async fn models(server: &ServerArgs, as_json: bool) -> Result<()> {
                 serde_json::json!({
                     "name": m.name, "version": m.version, "default": m.is_default_version,
                     "state": state(m),
-                    "replicas": m.replicas, "max_batch": m.max_batch,
+                    "replicas": m.replicas,
+                    "min_replicas": m.min_replicas, "max_replicas": m.max_replicas,
+                    "max_batch": m.max_batch,
                     "batching": batching_summary(m.batching.as_ref()),
                     "batch_sizes": m.batch_sizes, "batches_run": m.batches_run,
                     "rows_run": m.rows_run,
@@ -335,7 +348,7 @@ pub(super) async fn models(server: &ServerArgs, as_json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<8} {:<9} {:>8} {:>9}  {:<24} {:<12} {:<28} OUTPUTS",
+        "{:<20} {:<8} {:<9} {:>10} {:>9}  {:<24} {:<12} {:<28} OUTPUTS",
         "NAME", "VERSION", "STATE", "REPLICAS", "MAX_BATCH", "BATCHING", "BATCH_NOW", "INPUTS"
     );
     for m in &models {
@@ -350,12 +363,17 @@ pub(super) async fn models(server: &ServerArgs, as_json: bool) -> Result<()> {
             println!("{:<20} {:<8} {state}", m.name, m.version);
             continue;
         }
+        // An autoscaled count shows its range: `2 (1-4)`.
+        let replicas = match m.max_replicas {
+            0 => m.replicas.to_string(),
+            max => format!("{} ({}-{max})", m.replicas, m.min_replicas),
+        };
         println!(
-            "{:<20} {:<8} {:<9} {:>8} {:>9}  {:<24} {:<12} {:<28} {}",
+            "{:<20} {:<8} {:<9} {:>10} {:>9}  {:<24} {:<12} {:<28} {}",
             m.name,
             version,
             state,
-            m.replicas,
+            replicas,
             m.max_batch,
             batching_summary(m.batching.as_ref()),
             live.join(","),

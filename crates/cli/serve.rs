@@ -97,6 +97,10 @@ pub(super) struct ServeArgs {
     /// scales beyond it are refused with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = sluice_serving::registry::DEFAULT_MAX_INSTANCES)]
     max_instances: usize,
+    /// A model loaded with a replica range (--min-replicas/--max-replicas, or min_replicas and
+    /// max_replicas in its config.toml) loses a replica once one has been spare this long.
+    #[arg(long, default_value_t = sluice_serving::autoscale::DEFAULT_SCALE_DOWN_AFTER.as_secs())]
+    scale_down_after_s: u64,
     /// Per-user selection states each application keeps; past it the least recently
     /// updated are dropped (those users start again from the application's own state).
     #[arg(long, default_value_t = sluice_serving::selection::DEFAULT_MAX_USER_STATES)]
@@ -203,6 +207,7 @@ pub(super) async fn run(args: ServeArgs) -> Result<()> {
     let registry = Arc::new(
         Registry::new(Arc::new(runtime))
             .with_max_instances(args.max_instances)
+            .with_scale_down_after(Duration::from_secs(args.scale_down_after_s))
             .with_graph_engine(graphs),
     );
     let default_limits = ModelLimits {

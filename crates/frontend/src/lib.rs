@@ -286,9 +286,11 @@ impl ServerBuilder {
         self
     }
 
-    /// Opens the applications kept in the store and assembles the server.
+    /// Opens the applications kept in the store, starts the registry's autoscaler, and assembles
+    /// the server.
     pub async fn build(self) -> Result<Server, StoreError> {
         let store = self.store.unwrap_or_else(Store::in_memory);
+        self.registry.start_autoscaler();
         let cache = Arc::new(PredictionCache::new(self.cache_bytes));
         let applications = Applications::open(
             self.registry.clone(),

@@ -3,9 +3,11 @@
 //! - [`registry`]: the loaded models by name and version, and the one place a request is
 //!   checked against a model's contract and queued;
 //! - [`batching`]: adaptive batching per replica (AIMD), deadline-ordered bounded queues;
+//! - [`autoscale`]: replicas sized by load, within a model's range;
 //! - [`cache`]: the prediction cache, with coalescing of identical queries in flight;
 //! - [`selection`]: applications, their policies and what they learn from feedback;
-//! - [`store`]: the durable state (redb) of applications, selection and loaded models;
+//! - [`store`]: the durable state of applications, selection and loaded models (redb, or
+//!   Redis shared by several servers);
 //! - [`repository`]: a model directory, loaded and watched;
 //! - [`lifecycle`]: models loaded through the API, recorded so that they survive restarts;
 //! - [`onnx`]: ONNX graphs served with no guest code, by a bundled runner component;
@@ -15,6 +17,7 @@
 //! Nothing here knows a protocol: errors say their [`sluice_types::ErrorKind`], and the
 //! frontend maps it to a status.
 
+pub mod autoscale;
 pub mod batching;
 pub mod cache;
 pub mod lifecycle;

@@ -8,6 +8,7 @@
 //! defaults again at restart), and the bytes that were sent: a path becomes the file's bytes,
 //! and an ONNX graph stays a graph, not a copy of the runner.
 
+use crate::autoscale::ReplicaRange;
 use crate::batching::BatchingConfig;
 use crate::onnx::{OnnxError, OnnxGraph, OnnxRunner, OnnxRunners};
 use crate::registry::{LoadRequest, Model, Registry, RegistryError};
@@ -81,8 +82,10 @@ pub struct LoadSpec {
     pub name: Option<String>,
     /// Serve as this version instead of the one the model declares.
     pub version: Option<String>,
-    /// Instances to run (at least 1).
+    /// Instances to run (at least 1); where an autoscaled model starts.
     pub replicas: usize,
+    /// The range the replicas are autoscaled in (`None`: `replicas`, fixed).
+    pub autoscale: Option<ReplicaRange>,
     /// Limits; what is unset takes the server's default.
     pub limits: LimitsRequest,
     /// Batching; what is unset takes the server's default.
@@ -107,6 +110,10 @@ pub struct LoadRecord {
     /// Where an ONNX graph runs (records written before there was a choice: `auto`).
     #[serde(default)]
     pub onnx_runner: OnnxRunner,
+    /// The range the replicas are autoscaled in (records written before there were ranges:
+    /// none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<ReplicaRange>,
 }
 
 /// The kind of code a record holds.
@@ -185,7 +192,11 @@ impl Lifecycle {
         let key = (name.to_string(), version.to_string());
         match (record, self.registry.get(name, Some(version))) {
             (Some(bytes), Ok(model)) => {
-                let wanted = decode_record(&bytes).ok().map(|r| r.replicas);
+                // An autoscaled model's count is its own autoscaler's business on each server.
+                let wanted = decode_record(&bytes)
+                    .ok()
+                    .filter(|_| model.replica_range().is_none())
+                    .map(|r| r.replicas);
                 if let Some(replicas) = wanted.filter(|&r| r != model.replicas())
                     && let Err(error) = self.registry.scale(&model, replicas).await
                 {
@@ -252,6 +263,7 @@ impl Lifecycle {
             code_sha256: sha256_hex(&code),
             config_sha256: sha256_hex(&spec.config),
             replicas: spec.replicas.max(1),
+            autoscale: spec.autoscale,
             limits: spec.limits,
             batching: spec.batching,
             onnx_runner,
@@ -310,6 +322,7 @@ impl Lifecycle {
                 name,
                 version,
                 replicas: record.replicas,
+                autoscale: record.autoscale,
                 limits: record.limits.resolve(self.default_limits),
                 batching,
             })
@@ -578,6 +591,7 @@ mod tests {
                 ..BatchingRequest::default()
             },
             onnx_runner: OnnxRunner::Sandbox,
+            autoscale: Some(ReplicaRange { min: 2, max: 5 }),
         };
         assert_eq!(decode_record(&encode_record(&record)).unwrap(), record);
         assert!(
@@ -597,6 +611,7 @@ mod tests {
             limits: LimitsRequest::default(),
             batching: BatchingRequest::default(),
             onnx_runner: OnnxRunner::Auto,
+            autoscale: None,
         };
         for (version, code) in [("1", b"one".as_slice()), ("2", b"two".as_slice())] {
             store

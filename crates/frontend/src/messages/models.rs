@@ -6,6 +6,7 @@ use super::non_empty;
 use crate::error::ApiError;
 use sluice_api::convert::spec_to_proto;
 use sluice_api::proto::{self, load_model_request::Component};
+use sluice_serving::autoscale::ReplicaRange;
 use sluice_serving::batching::{BatchMode, BatchingConfig};
 use sluice_serving::lifecycle::{ComponentSource, LoadSpec};
 use sluice_serving::onnx::OnnxRunner;
@@ -133,6 +134,8 @@ pub fn load_spec(request: proto::LoadModelRequest) -> Result<LoadSpec, ApiError>
         name: non_empty(request.name),
         version: non_empty(request.version),
         replicas: request.replicas.max(1) as usize,
+        autoscale: ReplicaRange::new(request.min_replicas as usize, request.max_replicas as usize)
+            .map_err(ApiError::invalid_argument)?,
         limits: limits_request(request.limits),
         batching: batching_request(request.batching).map_err(ApiError::invalid_argument)?,
     })
@@ -141,6 +144,7 @@ pub fn load_spec(request: proto::LoadModelRequest) -> Result<LoadSpec, ApiError>
 /// Describes a ready model.
 pub fn model_status(model: &Model, is_default_version: bool) -> proto::ModelStatus {
     let stats = model.stats();
+    let range = model.replica_range();
     proto::ModelStatus {
         name: model.name.clone(),
         version: model.version.clone(),
@@ -165,6 +169,8 @@ pub fn model_status(model: &Model, is_default_version: bool) -> proto::ModelStat
         state: proto::model_status::State::Ready as i32,
         reason: String::new(),
         graphs: model.graphs.clone(),
+        min_replicas: range.map_or(0, |r| r.min as u32),
+        max_replicas: range.map_or(0, |r| r.max as u32),
     }
 }
 

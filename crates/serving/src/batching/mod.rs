@@ -336,6 +336,8 @@ pub struct BatchLoad {
     pub queued: usize,
     /// Requests submitted and not answered yet: the queued ones and those running.
     pub in_flight: usize,
+    /// How long the request queued longest has been waiting (zero when none waits).
+    pub oldest_wait: Duration,
 }
 
 /// Counts a request in flight for as long as it lives (its caller may drop it at any await).
@@ -459,9 +461,19 @@ impl<R: BatchRunner> Batcher<R> {
 
     /// The requests waiting and in flight now.
     pub fn load(&self) -> BatchLoad {
+        let now = Instant::now();
+        let (mut queued, mut oldest_wait) = (0, Duration::ZERO);
+        for slot in self.pool.slots().iter() {
+            let state = slot.lock();
+            queued += state.queue.len();
+            if let Some(enqueued) = state.queue.iter().map(|p| p.enqueued).min() {
+                oldest_wait = oldest_wait.max(now.saturating_duration_since(enqueued));
+            }
+        }
         BatchLoad {
-            queued: self.pool.slots().iter().map(|s| s.lock().queue.len()).sum(),
+            queued,
             in_flight: self.pool.shared.in_flight.load(Ordering::Relaxed),
+            oldest_wait,
         }
     }
 

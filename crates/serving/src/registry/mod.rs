@@ -11,6 +11,7 @@ mod graphs;
 
 pub use graphs::{DEFAULT_GRAPH_MEMORY_BYTES, GraphEngine, GraphRequest, GraphSource};
 
+use crate::autoscale::{self, Autoscaler, DEFAULT_SCALE_DOWN_AFTER, ReplicaRange};
 use crate::batching::{
     BatchError, BatchLoad, BatchStats, Batcher, BatchingConfig, ReplicaRunner, RunnerFactory,
 };
@@ -23,6 +24,7 @@ use sluice_types::names::{check_name, quoted};
 use sluice_types::{ErrorKind, HasKind, ModelInfo, Tensor, contract};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
 use thiserror::Error;
 use tokio::time::Instant;
 
@@ -96,6 +98,21 @@ pub enum RegistryError {
         /// The limit.
         limit: usize,
     },
+    /// A scale of an autoscaled model to a count outside its range.
+    #[error(
+        "replicas: {replicas} is outside {min}..={max}, the range `{model}`'s replicas are \
+         autoscaled in; scale within it (or load it again with another range)",
+        min = range.min,
+        max = range.max
+    )]
+    OutsideRange {
+        /// The model.
+        model: String,
+        /// The count asked for.
+        replicas: usize,
+        /// Its range.
+        range: ReplicaRange,
+    },
 }
 
 impl HasKind for RegistryError {
@@ -104,7 +121,9 @@ impl HasKind for RegistryError {
             RegistryError::ModelNotFound(_) | RegistryError::VersionNotFound { .. } => {
                 ErrorKind::NotFound
             }
-            RegistryError::InvalidInput { .. } => ErrorKind::InvalidArgument,
+            RegistryError::InvalidInput { .. } | RegistryError::OutsideRange { .. } => {
+                ErrorKind::InvalidArgument
+            }
             RegistryError::Call { error, .. } => error.kind(),
             RegistryError::Load(load) => load.kind(),
             RegistryError::Graph { error, .. } => error.kind(),
@@ -134,6 +153,8 @@ pub struct LoadRequest {
     pub limits: ModelLimits,
     /// How requests are batched.
     pub batching: BatchingConfig,
+    /// The range the server's autoscaler keeps the replicas in (`None`: `replicas`, fixed).
+    pub autoscale: Option<ReplicaRange>,
 }
 
 /// A loaded model version: its description and its running replicas.
@@ -154,9 +175,17 @@ pub struct Model {
     /// Its graphs' share of the graph memory budget, released with the model.
     _graph_memory: GraphReservation,
     batcher: Batcher<ReplicaRunner>,
+    /// Sizes the replicas by load, when the model has a range.
+    autoscaler: Option<Mutex<Autoscaler>>,
 }
 
 impl Model {
+    /// The range its replicas are autoscaled in, if they are.
+    pub fn replica_range(&self) -> Option<ReplicaRange> {
+        let autoscaler = self.autoscaler.as_ref()?;
+        Some(autoscaler.lock().unwrap_or_else(|p| p.into_inner()).range())
+    }
+
     /// Number of replicas taking requests.
     pub fn replicas(&self) -> usize {
         self.batcher.replicas()
@@ -321,6 +350,8 @@ pub struct Registry {
     /// Versions taken out of service, most recent last: draining while a request still holds
     /// them, then unloaded.
     retired: Mutex<Vec<Retired>>,
+    /// How long an autoscaled model must have a replica to spare before one is removed.
+    scale_down_after: Duration,
 }
 
 impl Registry {
@@ -332,6 +363,68 @@ impl Registry {
             max_instances: DEFAULT_MAX_INSTANCES,
             models: RwLock::default(),
             retired: Mutex::default(),
+            scale_down_after: DEFAULT_SCALE_DOWN_AFTER,
+        }
+    }
+
+    /// Removes a replica of an autoscaled model once one has been spare for `delay` (default
+    /// [`DEFAULT_SCALE_DOWN_AFTER`]).
+    pub fn with_scale_down_after(mut self, delay: Duration) -> Self {
+        self.scale_down_after = delay;
+        self
+    }
+
+    /// Sizes the replicas of the models loaded with a [`ReplicaRange`] by their load, every
+    /// [`autoscale::TICK`], for as long as the registry lives (see [`crate::autoscale`]).
+    pub fn start_autoscaler(self: &Arc<Self>) {
+        let registry = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(autoscale::TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                let Some(registry) = registry.upgrade() else {
+                    return;
+                };
+                registry.autoscale_once().await;
+            }
+        });
+    }
+
+    /// One round of the autoscaler over every model that has a range.
+    async fn autoscale_once(&self) {
+        let autoscaled: Vec<Arc<Model>> = self
+            .read()
+            .values()
+            .flat_map(|versions| versions.loaded.iter())
+            .filter(|model| model.autoscaler.is_some())
+            .cloned()
+            .collect();
+        for model in autoscaled {
+            let Some(autoscaler) = &model.autoscaler else {
+                continue;
+            };
+            let load = model.load();
+            let sample = autoscale::Sample {
+                at: tokio::time::Instant::now(),
+                replicas: model.replicas(),
+                queued: load.queued,
+                in_flight: load.in_flight,
+                oldest_wait: load.oldest_wait,
+                slo: model.batching().slo,
+            };
+            let wanted = autoscaler
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .decide(sample);
+            let Some(replicas) = wanted else { continue };
+            match self.scale(&model, replicas).await {
+                Ok(()) => tracing::info!(model = %model.name, version = %model.version,
+                    from = sample.replicas, to = replicas, queued = load.queued,
+                    oldest_wait_ms = load.oldest_wait.as_millis() as u64, "autoscaled"),
+                Err(error) => tracing::warn!(model = %model.name, version = %model.version,
+                    to = replicas, %error, "could not autoscale"),
+            }
         }
     }
 
@@ -385,9 +478,19 @@ impl Registry {
 
     /// Changes the number of replicas of `model` without dropping requests. New replicas all
     /// start before any takes requests; if one cannot, none is added and the reason is
-    /// returned.
+    /// returned. An autoscaled model is only scaled within its range (the autoscaler goes on
+    /// from the new count).
     pub async fn scale(&self, model: &Model, replicas: usize) -> Result<(), RegistryError> {
         let replicas = replicas.max(1);
+        if let Some(range) = model.replica_range()
+            && range.clamp(replicas) != replicas
+        {
+            return Err(RegistryError::OutsideRange {
+                model: model.name.clone(),
+                replicas,
+                range,
+            });
+        }
         let adding = replicas.saturating_sub(model.replicas());
         self.check_instances(
             || format!("scaling `{}` to {replicas} replicas", model.name),
@@ -409,7 +512,10 @@ impl Registry {
     /// exists is replaced once the new one is ready. When the request names both the model
     /// and the version, the load shows as `Loading` meanwhile and a failure is recorded as
     /// `Failed` for `list`; versions already serving are not touched by a failure.
-    pub async fn load(&self, request: LoadRequest) -> Result<Arc<Model>, RegistryError> {
+    pub async fn load(&self, mut request: LoadRequest) -> Result<Arc<Model>, RegistryError> {
+        if let Some(range) = request.autoscale {
+            request.replicas = range.clamp(request.replicas);
+        }
         let replicas = request.replicas.max(1);
         self.check_instances(|| format!("loading {replicas} replicas"), replicas)?;
         let known = request.name.clone().zip(request.version.clone());
@@ -417,13 +523,16 @@ impl Registry {
             .as_ref()
             .map(|(name, version)| Loading::start(self, name, version));
         let (runtime, graphs) = (self.runtime.clone(), self.graphs.clone());
-        let built = tokio::task::spawn_blocking(move || build_model(&runtime, &graphs, request))
-            .await
-            .unwrap_or_else(|e| {
-                Err(RegistryError::Load(LoadError::Internal(format!(
-                    "the load task failed: {e}"
-                ))))
-            });
+        let scale_down_after = self.scale_down_after;
+        let built = tokio::task::spawn_blocking(move || {
+            build_model(&runtime, &graphs, request, scale_down_after)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(RegistryError::Load(LoadError::Internal(format!(
+                "the load task failed: {e}"
+            ))))
+        });
         let mut models = self.write();
         if let Some(loading) = loading {
             loading.finish(&mut models, built.as_ref().err());
@@ -673,6 +782,7 @@ fn build_model(
     runtime: &Runtime,
     graphs: &Arc<GraphEngine>,
     request: LoadRequest,
+    scale_down_after: Duration,
 ) -> Result<Model, RegistryError> {
     let component = runtime.load_component(&request.component)?;
     let (graph_set, graph_memory) = graphs.load_set(&request.graphs)?;
@@ -728,5 +838,8 @@ fn build_model(
         metrics,
         _graph_memory: graph_memory,
         batcher,
+        autoscaler: request
+            .autoscale
+            .map(|range| Mutex::new(Autoscaler::new(range, scale_down_after))),
     })
 }

@@ -4,6 +4,8 @@
 //!
 //! ```toml
 //! replicas = 2
+//! min_replicas = 1            # with max_replicas: replicas sized by load in this range
+//! max_replicas = 4            #   (replicas is then where it starts)
 //! config = "params.slpm"      # passed to the model's init; relative to this file
 //!
 //! [batching]
@@ -24,6 +26,7 @@
 //! ```
 //! Every key is optional; what is missing takes the server's default.
 
+use crate::autoscale::ReplicaRange;
 use crate::settings::{BatchingRequest, LimitsRequest, ModeRequest};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -61,6 +64,8 @@ type Result<T> = std::result::Result<T, ConfigError>;
 #[serde(deny_unknown_fields)]
 pub struct ModelConfigFile {
     replicas: Option<u32>,
+    min_replicas: Option<u32>,
+    max_replicas: Option<u32>,
     config: Option<PathBuf>,
     #[serde(default)]
     batching: BatchingSection,
@@ -97,6 +102,8 @@ pub struct LimitsSection {
 #[derive(Debug, Default)]
 pub struct Overrides {
     pub replicas: Option<u32>,
+    pub min_replicas: Option<u32>,
+    pub max_replicas: Option<u32>,
     pub config: Option<PathBuf>,
     pub mode: Option<String>,
     pub slo_ms: Option<u64>,
@@ -118,6 +125,7 @@ pub struct Overrides {
 #[derive(Debug, PartialEq)]
 pub struct Resolved {
     pub replicas: u32,
+    pub autoscale: Option<ReplicaRange>,
     pub config: Option<PathBuf>,
     pub batching: BatchingRequest,
     pub limits: LimitsRequest,
@@ -167,8 +175,14 @@ impl ModelConfigFile {
         };
         let limits = self.limits;
         let bytes = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        let autoscale = ReplicaRange::new(
+            flags.min_replicas.or(self.min_replicas).unwrap_or(0) as usize,
+            flags.max_replicas.or(self.max_replicas).unwrap_or(0) as usize,
+        )
+        .map_err(ConfigError::Invalid)?;
         Ok(Resolved {
             replicas: flags.replicas.or(self.replicas).unwrap_or(1),
+            autoscale,
             config: flags.config.or(self.config),
             batching: BatchingRequest {
                 mode,
@@ -221,7 +235,7 @@ mod tests {
         let path = dir.join("model.toml");
         std::fs::write(
             &path,
-            "replicas = 3\nconfig = \"params.bin\"\n[batching]\nmode = \"static\"\nbatch_size = 8\nslo_ms = 20\n[limits]\nmemory_mib = 64\n",
+            "replicas = 3\nmin_replicas = 1\nmax_replicas = 4\nconfig = \"params.bin\"\n[batching]\nmode = \"static\"\nbatch_size = 8\nslo_ms = 20\n[limits]\nmemory_mib = 64\n",
         )
         .unwrap();
         let resolved = ModelConfigFile::read(&path)
@@ -233,6 +247,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(resolved.replicas, 2);
+        assert_eq!(resolved.autoscale, Some(ReplicaRange { min: 1, max: 4 }));
         assert_eq!(resolved.config, Some(dir.join("params.bin")));
         assert_eq!(resolved.batching.mode, Some(ModeRequest::Static(8)));
         assert_eq!(resolved.batching.slo, Some(Duration::from_millis(20)));

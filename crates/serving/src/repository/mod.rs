@@ -3,7 +3,7 @@
 //! ```text
 //! DIR/<model>/model.toml               optional: which versions to serve (the version policy)
 //! DIR/<model>/<version>/model.wasm     the component
-//! DIR/<model>/<version>/config.toml    optional: replicas, init config file, [batching], [limits]
+//! DIR/<model>/<version>/config.toml    optional: replicas (or a min/max range), init config file, [batching], [limits]
 //! DIR/<model>/<version>/<name>.onnx    optional: graphs the model loads by name through wasi:nn
 //!                                      (weights kept as external data sit beside them)
 //! DIR/<model>/<version>/model.onnx     without a model.wasm: the graph is the model, served by
@@ -292,6 +292,7 @@ impl Repository {
             name: Some(model.to_string()),
             version: Some(version.to_string()),
             replicas: settings.replicas as usize,
+            autoscale: settings.autoscale,
             limits: settings.limits.resolve(self.limits),
             batching: settings.batching.resolve(self.batching)?,
         })
