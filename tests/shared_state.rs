@@ -174,6 +174,16 @@ fn ensemble(name: &str) -> proto::Application {
     application(name, &["digits-logreg", "digits-mlp"], 1000, exp4())
 }
 
+/// Feedback for alice: the true label of `sample`.
+fn alices_label(app: &str, sample: &Sample) -> proto::FeedbackRequest {
+    proto::FeedbackRequest {
+        app: app.into(),
+        user_id: "alice".into(),
+        inputs: vec![fp32("pixels", &[1, 64], &sample.pixels)],
+        labels: vec![crate::selection::class(sample.label as i64)],
+    }
+}
+
 async fn try_predict(
     server: &mut TestServer,
     app: &str,
@@ -267,12 +277,7 @@ async fn concurrent_feedback_for_one_user_on_two_servers_loses_no_update() {
             tasks.spawn(async move {
                 for sample in samples {
                     client
-                        .feedback(proto::FeedbackRequest {
-                            app: "busy".into(),
-                            user_id: "alice".into(),
-                            inputs: vec![fp32("pixels", &[1, 64], &sample.pixels)],
-                            labels: vec![crate::selection::class(sample.label as i64)],
-                        })
+                        .feedback(alices_label("busy", &sample))
                         .await
                         .expect("feedback is taken");
                 }
@@ -318,12 +323,7 @@ async fn acknowledged_feedback_survives_kill_9_of_redis() {
     eventually("the running server reconnects", async || {
         server
             .client
-            .feedback(proto::FeedbackRequest {
-                app: "kept".into(),
-                user_id: "alice".into(),
-                inputs: vec![fp32("pixels", &[1, 64], &digits.holdout[10].pixels)],
-                labels: vec![crate::selection::class(digits.holdout[10].label as i64)],
-            })
+            .feedback(alices_label("kept", &digits.holdout[10]))
             .await
             .is_ok()
     })
@@ -365,12 +365,7 @@ async fn a_server_cut_off_from_redis_predicts_refuses_feedback_and_catches_up() 
     // Feedback cannot be made durable: it is refused, not dropped in silence.
     let refused = cut_off
         .client
-        .feedback(proto::FeedbackRequest {
-            app: "split".into(),
-            user_id: "alice".into(),
-            inputs: vec![fp32("pixels", &[1, 64], &digits.holdout[0].pixels)],
-            labels: vec![crate::selection::class(digits.holdout[0].label as i64)],
-        })
+        .feedback(alices_label("split", &digits.holdout[0]))
         .await
         .expect_err("feedback while cut off");
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
