@@ -329,8 +329,13 @@ impl Applications {
             let shared = store
                 .share_query(&app, &user, &hex(&digest), &chosen, SHARED_QUERY_TTL)
                 .await;
-            if let Err(error) = shared {
-                tracing::debug!(%error, app, "the query's record was not shared");
+            match shared {
+                Ok(true) => {}
+                Ok(false) => tracing::debug!(
+                    app,
+                    "the query's record was not shared: Redis is unreachable"
+                ),
+                Err(error) => tracing::debug!(%error, app, "the query's record was not shared"),
             }
         });
     }

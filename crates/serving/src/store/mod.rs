@@ -339,8 +339,11 @@ impl Store {
     }
 
     /// Records, for `ttl`, which models answered the query `input` (a digest) of `(app,
-    /// user)`, so feedback on it that reaches another server joins against them. A no-op with
-    /// the embedded store (the server's memory is the only place feedback is joined).
+    /// user)`, so feedback on it that reaches another server joins against them; returns
+    /// whether it was recorded. Best effort: while Redis is unreachable one record at a time
+    /// tries it and the others are dropped, so queries cannot pile up tasks waiting on it. A
+    /// no-op with the embedded store (the server's memory is the only place feedback is
+    /// joined).
     pub async fn share_query(
         &self,
         app: &str,
@@ -348,9 +351,9 @@ impl Store {
         input: &str,
         chosen: &[String],
         ttl: Duration,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         match &self.backend {
-            Backend::Local(_) => Ok(()),
+            Backend::Local(_) => Ok(false),
             Backend::Shared(store) => {
                 store
                     .share_query(app, user, input, &encode(&chosen), ttl)

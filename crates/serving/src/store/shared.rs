@@ -138,6 +138,8 @@ struct Inner {
     node: String,
     /// Whether the last command reached Redis.
     reachable: AtomicBool,
+    /// Whether a query record is on its way to an unreachable Redis (one at a time).
+    probing: AtomicBool,
     changes: WeakSender<Change>,
 }
 
@@ -180,6 +182,7 @@ impl SharedStore {
                 url: shown,
                 node,
                 reachable: AtomicBool::new(true),
+                probing: AtomicBool::new(false),
                 changes,
             }),
         })
@@ -353,13 +356,22 @@ impl SharedStore {
         input: &str,
         chosen: &[u8],
         ttl: Duration,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
+        // While Redis is unreachable every query would hold a task for the command timeout:
+        // one record at a time probes it, the others are not shared.
+        let probe = !self.inner.reachable.load(Ordering::SeqCst);
+        if probe && self.inner.probing.swap(true, Ordering::SeqCst) {
+            return Ok(false);
+        }
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let result = self
             .connection()
             .pset_ex::<_, _, ()>(query_key(app, user, input), chosen, ttl_ms)
             .await;
-        self.checked(result)
+        if probe {
+            self.inner.probing.store(false, Ordering::SeqCst);
+        }
+        self.checked(result).map(|()| true)
     }
 
     pub(super) async fn shared_query(
