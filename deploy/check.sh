@@ -2,7 +2,8 @@
 # Validates every manifest of deploy/ offline, after rendering: the kustomize base and each
 # overlay (kubectl kustomize, from Debian's kubernetes-client) against Kubernetes' own schemas
 # in strict mode (unknown fields fail), the KServe kinds against KServe's SDK, and the
-# autoscaling metric against the metrics the server exports. The validators come from PyPI
+# autoscaling metric and the Grafana dashboard's queries against the metrics the server
+# exports (and the queries against a PromQL parser). The validators come from PyPI
 # (requirements.txt) into a virtualenv kept between runs.
 #
 #   deploy/check.sh            (VENV=... to choose the virtualenv)
@@ -38,4 +39,29 @@ for metric in hpa["spec"]["metrics"]:
     if served[name] not in exported:
         sys.exit(f"prometheus-adapter's rule for {name} queries {served[name]}, which sluice does not export")
     print(f"HPA metric {name}: served by prometheus-adapter's rule from {served[name]}, which sluice exports")
+PY
+
+# Every query of the Grafana dashboard parses as PromQL and uses only metrics the server exports.
+"$VENV/bin/python" - <<'PY'
+import json, pathlib, re, sys
+import promql_parser
+exported = set(re.findall(r'"(sluice_[a-z_]+)"', pathlib.Path("crates/serving/src/metrics.rs").read_text()))
+dashboard = json.loads(pathlib.Path("deploy/grafana/sluice-dashboard.json").read_text())
+queries = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+queries += [v["query"]["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+used = set()
+for query in queries:
+    # Grafana's variables, as Grafana substitutes them.
+    promql = query.replace("$__rate_interval", "1m").replace("$model", ".*")
+    if not promql.startswith("label_values("):
+        try:
+            promql_parser.parse(promql)
+        except Exception as error:
+            sys.exit(f"the dashboard's query does not parse ({error}): {query}")
+    for name in re.findall(r"\b(sluice_[a-z_]+)", promql):
+        base = re.sub(r"_(bucket|sum|count)$", "", name)
+        if base not in exported and name not in exported:
+            sys.exit(f"the dashboard queries {name}, which sluice does not export")
+        used.add(base if base in exported else name)
+print(f"Grafana dashboard: {len(queries)} queries parse, using {len(used)} of the {len(exported)} metrics sluice exports")
 PY
