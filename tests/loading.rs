@@ -320,3 +320,63 @@ async fn a_scale_beyond_the_hosts_instances_is_refused_and_changes_nothing() {
     server.predicts_a_digit("digits-logreg").await;
     server.shutdown().await;
 }
+
+/// Versions whose component bytes are equal share one compiled component, whatever their
+/// parameters: two variants of the logistic regression (its own classes, and rotated by one)
+/// answer differently from one copy of the code, which leaves memory with the last of them.
+#[tokio::test]
+async fn variants_of_one_component_share_its_compiled_code() {
+    let mut server = TestServer::start(|server| server).await;
+    let digits = Digits::load_default().unwrap();
+    let component = sample_component("digits_logreg");
+    for (name, config) in [
+        ("variant-a", logreg_config()),
+        ("variant-b", crate::selection::rotated_logreg_config()),
+    ] {
+        server
+            .client
+            .load_model(load(Component::Wasm(component.clone()), &config, name))
+            .await
+            .unwrap();
+    }
+    let runtime = server.registry.runtime().clone();
+    assert_eq!(
+        runtime.components_prepared(),
+        1,
+        "the second variant shares the first's code"
+    );
+    assert_eq!(runtime.resident_components(), 1);
+    let mut labels = Vec::new();
+    for name in ["variant-a", "variant-b"] {
+        let answer = server
+            .client
+            .predict(digits_request(name, &digits.holdout[..1]))
+            .await
+            .unwrap()
+            .into_inner();
+        labels.push(crate::support::i64_values(crate::support::output(&answer, "label"))[0]);
+    }
+    assert_eq!(
+        labels[1],
+        (labels[0] + 1) % 10,
+        "each variant has its own parameters"
+    );
+    for name in ["variant-a", "variant-b"] {
+        server
+            .client
+            .unload_model(UnloadModelRequest {
+                name: name.into(),
+                version: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+    let started = std::time::Instant::now();
+    while runtime.resident_components() > 0 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the compiled component stayed in memory after its last model was unloaded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -46,7 +46,7 @@ async fn load_variant(
 
 /// The logistic regression with its classes rotated: it answers (true label + 1) mod 10
 /// wherever the real one is right, so it is wrong on nearly every digit.
-fn rotated_logreg_config() -> Vec<u8> {
+pub(crate) fn rotated_logreg_config() -> Vec<u8> {
     let sample = SAMPLE_MODELS
         .iter()
         .find(|m| m.name == "digits-logreg")

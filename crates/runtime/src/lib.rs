@@ -8,7 +8,8 @@
 //! - [`Runtime`] owns the engine (epoch interruption on, ticked by one host thread), the
 //!   [`Linker`] with the host's imports (WASI with nothing granted, and `compute`), and the
 //!   precompiled-code cache. [`Runtime::load_component`] turns bytes into a [`ModelComponent`]
-//!   or a [`LoadError`] that says what is wrong.
+//!   or a [`LoadError`] that says what is wrong; bytes already in use (another version of the
+//!   same architecture with other parameters) share the one compiled component in memory.
 //! - `wasi:nn` (the standard interface, `wit/deps/wasi-nn`) gives instances the graphs of
 //!   their model version ([`GraphSet`]), which run natively (`sluice-graphs`).
 //! - [`Replica`] runs one instance: `init` with the model's config, then `predict` calls under
@@ -31,10 +32,10 @@ use host::StoreState;
 use sha2::{Digest, Sha256};
 use sluice_compute::Backend;
 use sluice_graphs::Graph;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -120,9 +121,10 @@ impl Default for RuntimeConfig {
 }
 
 /// A compiled, linked component that implements the model world, ready to instantiate.
+/// Clones share the compiled code; so do all loads of the same bytes while one is alive.
 #[derive(Clone)]
 pub struct ModelComponent {
-    pre: bindings::ModelPre<StoreState>,
+    pre: Arc<bindings::ModelPre<StoreState>>,
     /// Hex SHA-256 of the component bytes.
     pub sha256: String,
 }
@@ -143,6 +145,11 @@ pub struct Runtime {
     cache: component_cache::ComponentCache,
     compute: Arc<dyn Backend>,
     ticker_stop: Arc<AtomicBool>,
+    /// The components in use, by SHA-256 of their bytes: a load of bytes already in use
+    /// (another version, other parameters) shares their compiled code and `InstancePre`.
+    resident: Mutex<HashMap<String, Weak<bindings::ModelPre<StoreState>>>>,
+    /// Components prepared from their bytes (compiled, or read precompiled, and linked).
+    prepared: AtomicU64,
 }
 
 impl Runtime {
@@ -170,7 +177,30 @@ impl Runtime {
             linker,
             compute: config.compute,
             ticker_stop,
+            resident: Mutex::default(),
+            prepared: AtomicU64::new(0),
         })
+    }
+
+    fn resident(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Weak<bindings::ModelPre<StoreState>>>> {
+        self.resident.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many times a load prepared a component from its bytes (compiled it, or read it
+    /// precompiled, and linked it) rather than sharing one in use.
+    pub fn components_prepared(&self) -> u64 {
+        self.prepared.load(Ordering::Relaxed)
+    }
+
+    /// How many distinct components are in use (compiled code in memory), however many
+    /// model versions use each.
+    pub fn resident_components(&self) -> usize {
+        self.resident()
+            .values()
+            .filter(|pre| pre.strong_count() > 0)
+            .count()
     }
 
     /// The compute backend models run their imports on.
@@ -182,6 +212,9 @@ impl Runtime {
     /// and links it. Slow on a cache miss (Cranelift): call it off the async executor.
     pub fn load_component(&self, bytes: &[u8]) -> Result<ModelComponent, LoadError> {
         let sha256 = hex(&Sha256::digest(bytes));
+        if let Some(pre) = self.resident().get(&sha256).and_then(Weak::upgrade) {
+            return Ok(ModelComponent { pre, sha256 });
+        }
         let component = self.compile(bytes, &sha256)?;
         let exports = component.component_type();
         match exports.get_export(&self.engine, PREDICTOR_INTERFACE) {
@@ -207,6 +240,15 @@ impl Runtime {
                 expected: PREDICTOR_INTERFACE,
                 detail: error_chain(&e),
             })?;
+        let mut resident = self.resident();
+        // Two first loads of the same bytes may race: the one that finishes first is shared.
+        if let Some(pre) = resident.get(&sha256).and_then(Weak::upgrade) {
+            return Ok(ModelComponent { pre, sha256 });
+        }
+        resident.retain(|_, pre| pre.strong_count() > 0);
+        self.prepared.fetch_add(1, Ordering::Relaxed);
+        let pre = Arc::new(pre);
+        resident.insert(sha256.clone(), Arc::downgrade(&pre));
         Ok(ModelComponent { pre, sha256 })
     }
 
