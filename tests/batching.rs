@@ -349,7 +349,7 @@ async fn a_model_with_a_replica_range_grows_under_load_and_shrinks_when_idle() {
             }
         });
     }
-    until(&mut server, |replicas| replicas == 3).await;
+    until(&mut server, "elastic", |replicas| replicas == 3).await;
     let outside = server
         .client
         .scale_model(ScaleModelRequest {
@@ -374,14 +374,14 @@ async fn a_model_with_a_replica_range_grows_under_load_and_shrinks_when_idle() {
     while let Some(client) = clients.join_next().await {
         client.unwrap();
     }
-    until(&mut server, |replicas| replicas == 1).await;
+    until(&mut server, "elastic", |replicas| replicas == 1).await;
 }
 
-/// Polls `elastic`'s replicas (for up to 60 s) until `reached` holds; returns the count.
-async fn until(server: &mut TestServer, reached: impl Fn(u32) -> bool) -> u32 {
+/// Polls `model`'s replicas (for up to 60 s) until `reached` holds; returns the count.
+async fn until(server: &mut TestServer, model: &str, reached: impl Fn(u32) -> bool) -> u32 {
     let started = std::time::Instant::now();
     loop {
-        let replicas = server.model("elastic").await.replicas;
+        let replicas = server.model(model).await.replicas;
         if reached(replicas) {
             return replicas;
         }
@@ -391,4 +391,49 @@ async fn until(server: &mut TestServer, reached: impl Fn(u32) -> bool) -> u32 {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A model whose range starts at 0 goes to zero replicas when idle (after the 1 s scale-down
+/// delay), and eight requests that then arrive at once start one replica, not eight, and are
+/// all answered; the cold start is in the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_model_scales_to_zero_and_the_next_requests_start_one_replica() {
+    let compute = sluice_runtime::RuntimeConfig::default().compute;
+    let registry = crate::support::registry_with(compute, |registry| {
+        registry.with_scale_down_after(Duration::from_secs(1))
+    });
+    let mut server = TestServer::start_with(registry, |server| server, None).await;
+    let mut request = logreg("dozing", 1, BatchingConfig::default());
+    (request.min_replicas, request.max_replicas) = (0, 2);
+    server.client.load_model(request).await.unwrap();
+    until(&mut server, "dozing", |replicas| replicas == 0).await;
+    let digits = Digits::load_default().unwrap();
+    let mut clients = tokio::task::JoinSet::new();
+    for sample in digits.holdout[..8].iter().cloned() {
+        let mut client = server.client.clone();
+        clients.spawn(async move {
+            client
+                .predict(digits_request("dozing", &[sample]))
+                .await
+                .expect("a request to a model scaled to zero is answered")
+        });
+    }
+    while let Some(answer) = clients.join_next().await {
+        answer.unwrap();
+    }
+    assert_eq!(
+        server.model("dozing").await.replicas,
+        1,
+        "one cold start, not eight"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", server.http_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sluice_cold_start_seconds_count{model=\"dozing\"} 1"),
+        "{metrics}"
+    );
 }

@@ -85,7 +85,8 @@ pub(super) struct LoadArgs {
     /// count to start with).
     #[arg(long)]
     replicas: Option<u32>,
-    /// Size the replicas by load, from this many (needs --max-replicas).
+    /// Size the replicas by load, from this many (needs --max-replicas; 0: an idle model
+    /// scales to zero, and its next request starts a replica).
     #[arg(long, requires = "max_replicas")]
     min_replicas: Option<u32>,
     /// Size the replicas by load, up to this many (needs --min-replicas).

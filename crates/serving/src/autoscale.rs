@@ -11,7 +11,9 @@
 //!   queue before its effect shows);
 //! - **down** by one when, for the whole of the scale-down delay (`serve --scale-down-after-s`,
 //!   30 s by default), no request waited in a queue and at least one replica had nothing in
-//!   flight; the delay starts again after every change.
+//!   flight; the delay starts again after every change. With a min of 0 an idle model goes
+//!   down to zero replicas (its compiled code stays), and the next request starts one
+//!   (`Batcher::wake`), once however many wait.
 //!
 //! The decisions are a pure function of the samples and their times, tested without a clock.
 
@@ -38,12 +40,12 @@ pub struct ReplicaRange {
 }
 
 impl ReplicaRange {
-    /// The range `min..=max`; `(0, 0)` (neither given) means a fixed count, `None`.
+    /// The range `min..=max`; `(0, 0)` (neither given) means a fixed count, `None`. A min of
+    /// 0 lets an idle model scale to zero.
     pub fn new(min: usize, max: usize) -> Result<Option<ReplicaRange>, String> {
         match (min, max) {
             (0, 0) => Ok(None),
-            (0, _) => Err("min_replicas: must be at least 1 with max_replicas".into()),
-            (_, 0) => Err("max_replicas: must be given with min_replicas".into()),
+            (_, 0) => Err("max_replicas: must be at least 1 with min_replicas".into()),
             (min, max) if min > max => Err(format!(
                 "min_replicas: {min} is more than max_replicas {max}"
             )),
@@ -169,7 +171,11 @@ mod tests {
     #[test]
     fn ranges_are_checked() {
         assert_eq!(ReplicaRange::new(0, 0), Ok(None));
-        assert!(ReplicaRange::new(0, 2).unwrap_err().contains("at least 1"));
+        assert_eq!(
+            ReplicaRange::new(0, 2),
+            Ok(Some(ReplicaRange { min: 0, max: 2 })),
+            "an idle model may scale to zero"
+        );
         assert!(ReplicaRange::new(3, 2).unwrap_err().contains("more than"));
         assert!(ReplicaRange::new(2, 0).is_err());
     }

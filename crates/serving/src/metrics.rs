@@ -1,7 +1,8 @@
 //! Prometheus metrics (the frontend serves them as text at `/metrics`): requests, failures by
 //! error kind, latency (total, queue, compute) and batch sizes per model; replicas, queued and
 //! in-flight requests per model version (what an autoscaler scales on); prediction-cache hits
-//! and misses per model; default outputs per application. One process-wide registry, as Prometheus exporters usually have.
+//! and misses per model; default outputs per application; cold starts of models scaled to
+//! zero. One process-wide registry, as Prometheus exporters usually have.
 //!
 //! A leaf: the layers call it with labels of their own (names, an [`ErrorKind`], a reason) and
 //! it calls nothing of theirs.
@@ -38,6 +39,7 @@ struct Metrics {
     cache_lookups: IntCounterVec,
     default_outputs: IntCounterVec,
     instances_replaced: IntCounterVec,
+    cold_start_seconds: HistogramVec,
 }
 
 fn version_gauge(name: &str, help: &str) -> IntGaugeVec {
@@ -87,6 +89,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             LATENCY_BUCKETS,
         ),
         batch_rows: histogram("sluice_batch_rows", "Rows per batch run", BATCH_BUCKETS),
+        cold_start_seconds: histogram(
+            "sluice_cold_start_seconds",
+            "Time to start the first replica of a model scaled to zero, for the request that \
+             woke it",
+            LATENCY_BUCKETS,
+        ),
         replicas: version_gauge(
             "sluice_model_replicas",
             "Replicas serving each loaded model version",
@@ -138,6 +146,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(m.cache_lookups.clone()),
         Box::new(m.default_outputs.clone()),
         Box::new(m.instances_replaced.clone()),
+        Box::new(m.cold_start_seconds.clone()),
     ] {
         m.registry.register(collector).expect("unique metric names");
     }
@@ -153,6 +162,7 @@ pub struct ModelMetrics {
     queue_seconds: Histogram,
     compute_seconds: Histogram,
     batch_rows: Histogram,
+    cold_start_seconds: Histogram,
 }
 
 impl ModelMetrics {
@@ -165,6 +175,7 @@ impl ModelMetrics {
             queue_seconds: METRICS.queue_seconds.with_label_values(&label),
             compute_seconds: METRICS.compute_seconds.with_label_values(&label),
             batch_rows: METRICS.batch_rows.with_label_values(&label),
+            cold_start_seconds: METRICS.cold_start_seconds.with_label_values(&label),
             model,
         }
     }
@@ -185,6 +196,11 @@ impl ModelMetrics {
     /// The model these metrics are of.
     pub fn model(&self) -> &str {
         &self.model
+    }
+
+    /// Records how long a model scaled to zero took to start a replica again.
+    pub fn record_cold_start(&self, took: Duration) {
+        self.cold_start_seconds.observe(took.as_secs_f64());
     }
 
     /// Records that a replica's worker died (it is replaced).

@@ -430,9 +430,14 @@ impl<R: BatchRunner> Batcher<R> {
         self.pool.slots().len()
     }
 
+    /// Whether the model was scaled to zero replicas on purpose: its next request starts one.
+    pub fn scaled_to_zero(&self) -> bool {
+        self.pool.target.load(Ordering::Relaxed) == 0
+    }
+
     /// Why the model cannot answer now: every replica died and none could be started again.
     pub fn unavailable(&self) -> Option<String> {
-        if self.replicas() > 0 {
+        if self.replicas() > 0 || self.scaled_to_zero() {
             return None;
         }
         let lost = self.pool.lost.lock().unwrap_or_else(|p| p.into_inner());
@@ -488,6 +493,9 @@ impl<R: BatchRunner> Batcher<R> {
         deadline: Instant,
     ) -> Result<Vec<Tensor>, BatchError> {
         let _in_flight = InFlight::enter(&self.pool.shared.in_flight);
+        if self.scaled_to_zero() {
+            self.wake(deadline).await?;
+        }
         let (reply, mut answer) = oneshot::channel();
         let started = Arc::new(AtomicBool::new(false));
         let pending = Pending {
@@ -518,14 +526,33 @@ impl<R: BatchRunner> Batcher<R> {
         }
     }
 
-    /// Changes the number of replicas to `replicas` (at least 1). New replicas are all
-    /// instantiated before any takes requests; if one cannot be, none is added and the
-    /// error says why. Removed ones stop taking requests at once and finish what they have
-    /// queued. No request is lost.
+    /// Starts a replica of a model scaled to zero for a request due by `deadline`. However
+    /// many requests wait, one replica is started (the first to take the lock starts it, the
+    /// others find it running); the start goes on if the request gives up, and a request it
+    /// cannot serve in time fails with `DeadlineExceeded`.
+    async fn wake(&self, deadline: Instant) -> Result<(), BatchError> {
+        let pool = self.pool.clone();
+        let waking = tokio::spawn(async move { pool.wake().await });
+        let failed = |error: String| {
+            unavailable(&format!(
+                "the model was scaled to zero and starting a replica failed: {error}"
+            ))
+        };
+        match tokio::time::timeout_at(deadline, waking).await {
+            Err(_) => Err(BatchError::DeadlineExceeded),
+            Ok(Ok(started)) => started.map_err(|e| failed(e.to_string())),
+            Ok(Err(task)) => Err(failed(task.to_string())),
+        }
+    }
+
+    /// Changes the number of replicas to `replicas`. New replicas are all instantiated before
+    /// any takes requests; if one cannot be, none is added and the error says why. Removed
+    /// ones stop taking requests at once and finish what they have queued. No request is
+    /// lost. At 0 the model is scaled to zero: nothing runs until a request comes, and that
+    /// request starts a replica.
     pub async fn scale(&self, replicas: usize) -> Result<(), LoadError> {
         let pool = &self.pool;
         let _one_change_at_a_time = pool.changing.lock().await;
-        let replicas = replicas.max(1);
         let missing = replicas.saturating_sub(self.replicas());
         let mut started = Vec::with_capacity(missing);
         for _ in 0..missing {
@@ -594,6 +621,22 @@ impl<R: BatchRunner> Pool<R> {
             }
         }
         Err(pending)
+    }
+
+    /// Starts one replica if the model is scaled to zero (see [`Batcher::wake`]).
+    async fn wake(self: &Arc<Self>) -> Result<(), LoadError> {
+        let _one_change_at_a_time = self.changing.lock().await;
+        if self.target.load(Ordering::Relaxed) > 0 {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let runner = self.start_runner().await?;
+        self.add(runner);
+        self.target.store(1, Ordering::Relaxed);
+        self.shared.metrics.record_cold_start(started.elapsed());
+        tracing::info!(model = %self.shared.metrics.model(), took_ms = started.elapsed().as_millis() as u64,
+            "a model scaled to zero started a replica for a request");
+        Ok(())
     }
 
     /// Makes a runner on a blocking thread (instantiation runs the model's `init`).

@@ -78,6 +78,8 @@ struct Setup {
     per_row: Duration,
     queue_capacity: usize,
     max_batch: u32,
+    /// How long starting a replica takes, for real (a blocking thread sleeps).
+    start_delay: Duration,
 }
 
 impl Default for Setup {
@@ -93,6 +95,7 @@ impl Default for Setup {
             per_row: Duration::from_micros(100),
             queue_capacity: 1000,
             max_batch: 64,
+            start_delay: Duration::ZERO,
         }
     }
 }
@@ -110,8 +113,9 @@ fn start_gated(setup: Setup) -> (Arc<Batcher<FakeRunner>>, Log, Arc<AtomicBool>)
     let make = {
         let log = log.clone();
         let starts_fail = starts_fail.clone();
-        let (fixed, per_row) = (setup.fixed, setup.per_row);
+        let (fixed, per_row, start_delay) = (setup.fixed, setup.per_row, setup.start_delay);
         move || {
+            std::thread::sleep(start_delay);
             if starts_fail.load(Ordering::SeqCst) {
                 return Err(LoadError::Internal("out of memory maps".into()));
             }
@@ -490,4 +494,56 @@ fn only_calls_that_have_been_fast_run_inline() {
         calls.record(Duration::from_micros(3));
     }
     assert!(calls.inline(), "and a model that is fast again comes back");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_model_scaled_to_zero_starts_one_replica_for_all_the_requests_that_wait() {
+    let (batcher, log) = start(Setup::default());
+    batcher.scale(0).await.unwrap();
+    assert_eq!(batcher.replicas(), 0);
+    assert!(batcher.scaled_to_zero());
+    assert_eq!(batcher.unavailable(), None, "scaled to zero is not down");
+    let calls: Vec<_> = (0..20)
+        .map(|i| {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { call(&batcher, &[i as f32]).await.unwrap() })
+        })
+        .collect();
+    for (i, handle) in calls.into_iter().enumerate() {
+        assert_eq!(handle.await.unwrap(), [i as f32 * 2.0]);
+    }
+    assert_eq!(batcher.replicas(), 1);
+    let used: std::collections::BTreeSet<usize> =
+        log.lock().unwrap().iter().map(|(id, _)| *id).collect();
+    assert_eq!(
+        used,
+        [1].into(),
+        "one replica started (id 0 was scaled away), not twenty"
+    );
+}
+
+/// On the real clock (a start blocks a thread, which the paused clock does not wait for): the
+/// start takes at least 200 ms, the request's deadline is 10 ms away.
+#[tokio::test]
+async fn a_cold_start_past_the_deadline_or_failing_is_an_error_and_the_start_goes_on() {
+    let (batcher, _, starts_fail) = start_gated(Setup {
+        start_delay: Duration::from_millis(200),
+        ..Setup::default()
+    });
+    batcher.scale(0).await.unwrap();
+    let soon = Instant::now() + Duration::from_millis(10);
+    let late = batcher.submit(x(&[1.0]), 1, soon).await.unwrap_err();
+    assert!(matches!(late, BatchError::DeadlineExceeded), "{late}");
+    // The start the late request began goes on, and serves the next one.
+    assert_eq!(call(&batcher, &[2.0]).await.unwrap(), [4.0]);
+    assert_eq!(batcher.replicas(), 1);
+    batcher.scale(0).await.unwrap();
+    starts_fail.store(true, Ordering::SeqCst);
+    let failed = call(&batcher, &[1.0]).await.unwrap_err();
+    assert!(
+        failed
+            .to_string()
+            .contains("scaled to zero and starting a replica failed"),
+        "{failed}"
+    );
 }

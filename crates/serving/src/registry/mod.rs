@@ -479,10 +479,16 @@ impl Registry {
     /// Changes the number of replicas of `model` without dropping requests. New replicas all
     /// start before any takes requests; if one cannot, none is added and the reason is
     /// returned. An autoscaled model is only scaled within its range (the autoscaler goes on
-    /// from the new count).
+    /// from the new count); one whose range starts at 0 may be scaled to zero.
     pub async fn scale(&self, model: &Model, replicas: usize) -> Result<(), RegistryError> {
-        let replicas = replicas.max(1);
-        if let Some(range) = model.replica_range()
+        let range = model.replica_range();
+        // Zero only for a model whose range allows it (it scales to zero when idle).
+        let replicas = if range.is_some_and(|r| r.min == 0) {
+            replicas
+        } else {
+            replicas.max(1)
+        };
+        if let Some(range) = range
             && range.clamp(replicas) != replicas
         {
             return Err(RegistryError::OutsideRange {
