@@ -65,6 +65,11 @@ async fn every_fault_fails_only_its_own_request() {
             "over its response limit of 1048576 bytes",
         ),
         (
+            "undeclared-input",
+            Code::Internal,
+            "the model reads input `z`, which its info() does not declare",
+        ),
+        (
             "huge-matmul",
             Code::Internal,
             "device memory budget exceeded: 17180393472 bytes of tensors requested, limit 67108864",
@@ -134,6 +139,34 @@ async fn every_fault_fails_only_its_own_request() {
         }
     }
     assert_eq!(healthy.await.unwrap(), 200);
+    server.shutdown().await;
+}
+
+/// A panic in `info()` refuses the load with the panic's message, as one in `init` does.
+#[tokio::test]
+async fn a_panic_in_info_refuses_the_load_with_the_panic_message() {
+    let mut server = TestServer::start(|server| server).await;
+    let status = server
+        .client
+        .load_model(LoadModelRequest {
+            component: Some(Component::Wasm(sample_component("faulty"))),
+            config: b"info-panic".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        status
+            .message()
+            .contains("faulty model: info() panics as configured"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        !status.message().contains("wasm backtrace"),
+        "no raw frames: {}",
+        status.message()
+    );
     server.shutdown().await;
 }
 

@@ -5,10 +5,16 @@ use crate::{Dtype, ModelError, ModelInfo, Tensor, TensorSpec};
 
 /// Finds the input called `name`, or fails with [`ModelError::InvalidInput`] naming it.
 pub fn input<'a>(inputs: &'a [Tensor], name: &str) -> Result<&'a Tensor, ModelError> {
-    inputs
-        .iter()
-        .find(|t| t.name == name)
-        .ok_or_else(|| ModelError::InvalidInput(format!("missing input tensor `{name}`")))
+    inputs.iter().find(|t| t.name == name).ok_or_else(|| {
+        // The host passes exactly the inputs `info()` declares, checked: one that is not there
+        // was never declared, which is the model's mistake, not the client's.
+        let given: Vec<String> = inputs.iter().map(|t| format!("`{}`", t.name)).collect();
+        ModelError::Internal(format!(
+            "the model reads input `{name}`, which its info() does not declare (it is given \
+             exactly the declared inputs: {}); add `{name}` to info().inputs",
+            given.join(", ")
+        ))
+    })
 }
 
 impl Tensor {
@@ -169,11 +175,14 @@ mod tests {
     }
 
     #[test]
-    fn missing_input_is_named() {
+    fn an_undeclared_input_is_named_as_the_models_mistake() {
         let inputs = vec![Tensor::from_f32("a", &[1], &[1.0])];
         assert!(input(&inputs, "a").is_ok());
         match input(&inputs, "b") {
-            Err(ModelError::InvalidInput(msg)) => assert!(msg.contains("`b`")),
+            Err(ModelError::Internal(msg)) => {
+                assert!(msg.contains("reads input `b`"), "{msg}");
+                assert!(msg.contains("declared inputs: `a`"), "{msg}");
+            }
             other => panic!("unexpected {other:?}"),
         }
     }

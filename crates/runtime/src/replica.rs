@@ -84,9 +84,13 @@ impl Replica {
             .bindings
             .sluice_model_predictor()
             .call_info(&mut instance.store);
-        result
-            .map(info_from_wit)
-            .map_err(|e| LoadError::InvalidInfo(format!("info() trapped: {}", error_chain(&e))))
+        let printed = instance.store.data().log.take_recent();
+        result.map(info_from_wit).map_err(|trap| {
+            // As for init and predict: the panic message the guest printed, not the frames.
+            let memory = instance.store.data_mut().limiter.exceeded.take();
+            let error = classify_trap(&trap, memory, &printed, &recipe.limits);
+            LoadError::InvalidInfo(format!("info() failed: {error}"))
+        })
     }
 
     /// Runs one batch and hands the inputs back with the result (so that a failed batch can

@@ -191,10 +191,14 @@ pub fn check_info(info: &ModelInfo) -> Result<(), String> {
             if specs[..i].iter().any(|s| s.name == spec.name) {
                 return Err(format!("{role} `{}` is declared twice", spec.name));
             }
-            if spec.shape.is_empty() || spec.shape.iter().any(|&d| d < -1) {
+            if spec.shape.first() != Some(&-1) || spec.shape.iter().any(|&d| d < -1) {
                 return Err(format!(
-                    "{role} `{}` has shape {:?}: it needs a batch dimension and sizes >= -1",
-                    spec.name, spec.shape
+                    "{role} `{}` has shape {:?}: the first dimension is the batch and must be -1 \
+                     (any number of rows), the others a size or -1 (any), e.g. [-1] or [-1, {}]; \
+                     an ONNX graph needs a dynamic batch axis when it is exported",
+                    spec.name,
+                    spec.shape,
+                    spec.shape.last().filter(|&&d| d > 0).unwrap_or(&4)
                 ));
             }
         }
@@ -361,5 +365,16 @@ mod tests {
         let mut bad = info();
         bad.inputs.push(bad.inputs[0].clone());
         assert!(check_info(&bad).unwrap_err().contains("declared twice"));
+        // A fixed first dimension is not a batch: refused at load, saying what is accepted.
+        let mut bad = info();
+        bad.inputs[0].shape = vec![4];
+        let error = check_info(&bad).unwrap_err();
+        assert!(
+            error.contains("the first dimension is the batch and must be -1"),
+            "{error}"
+        );
+        let mut variable = info();
+        variable.inputs[0].shape = vec![-1, -1];
+        assert!(check_info(&variable).is_ok(), "later dimensions may vary");
     }
 }

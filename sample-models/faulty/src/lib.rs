@@ -1,7 +1,8 @@
 //! A model that misbehaves on purpose, so the tests can prove that a fault fails only its own
 //! request. Its config is the name of the fault (UTF-8): `loop`, `oom`, `panic`, `recursion`,
-//! `wrong-shape`, `wrong-dtype`, `huge-output`, `straggler` or `huge-matmul`, or `init-loop`
-//! (whose `init` never returns, so the load's time limit must end it). It serves as `faulty-<fault>`,
+//! `wrong-shape`, `wrong-dtype`, `huge-output`, `straggler`, `huge-matmul` or
+//! `undeclared-input`, or `init-loop` (whose `init` never returns, so the load's time limit
+//! must end it) or `info-panic` (whose `info` panics, so the load must say why). It serves as `faulty-<fault>`,
 //! with input `x` FP32 `[-1, 1]` and output `y` FP32 `[-1, -1]`: it echoes `x`, except that a
 //! batch containing the value `1.0` triggers the fault. So a test can send a bad request and
 //! then a good one to the same model.
@@ -29,6 +30,10 @@ enum Fault {
     HugeOutput,
     /// Answers correctly, but only after 100 ms of work: slow only sometimes.
     Straggler,
+    /// Reads an input, `z`, that it does not declare: the model's own bug, not the client's.
+    UndeclaredInput,
+    /// Panics in `info`: the load fails, and must show the panic message.
+    InfoPanic,
     /// Asks the host for a `[65536, 1] × [1, 65536]` product: 512 KiB of operands, 16 GiB of
     /// result. The host must refuse it before computing anything.
     HugeMatmul,
@@ -63,10 +68,13 @@ impl Model for Faulty {
             "huge-output" => Fault::HugeOutput,
             "straggler" => Fault::Straggler,
             "huge-matmul" => Fault::HugeMatmul,
+            "undeclared-input" => Fault::UndeclaredInput,
+            "info-panic" => Fault::InfoPanic,
             other => {
                 return Err(ModelError::Internal(format!(
-                    "unknown fault `{other}`; expected init-loop, loop, oom, panic, recursion, \
-                     wrong-shape, wrong-dtype, huge-output, straggler or huge-matmul"
+                    "unknown fault `{other}`; expected init-loop, info-panic, loop, oom, panic, \
+                     recursion, wrong-shape, wrong-dtype, huge-output, straggler, huge-matmul \
+                     or undeclared-input"
                 )));
             }
         };
@@ -77,6 +85,9 @@ impl Model for Faulty {
     }
 
     fn info(&self) -> ModelInfo {
+        if matches!(self.fault, Fault::InfoPanic) {
+            panic!("faulty model: info() panics as configured");
+        }
         ModelInfo {
             name: self.name.clone(),
             version: "1".into(),
@@ -102,6 +113,10 @@ impl Model for Faulty {
                     }
                 }
                 Fault::Panic => panic!("faulty model: panic requested by the input"),
+                Fault::UndeclaredInput => {
+                    sluice_sdk::input(&inputs, "z")?;
+                }
+                Fault::InfoPanic => unreachable!("a model whose info() panics is never loaded"),
                 Fault::Recursion => {
                     black_box(recurse(0));
                 }

@@ -1,7 +1,8 @@
 //! Serves any ONNX graph inside the sandbox: the init config *is* the `.onnx` file, which
 //! tract (a pure-Rust ONNX engine) loads, optimizes and runs. `info()` reports the graph's real
 //! inputs and outputs. A dimension the graph leaves open (a batch dimension `N` or `None` in
-//! the exporter) is declared `-1`, and any batch size runs.
+//! the exporter) is declared `-1`, and any batch size runs; a graph whose batch dimension is
+//! fixed at 1 is declared `-1` with a `max_batch` of 1, so it is served one row per call.
 //!
 //! This is how a scikit-learn or PyTorch model is served without writing Rust:
 //! `sluice load --onnx model.onnx`.
@@ -15,6 +16,7 @@ pub struct OnnxRunner {
     state: tract_onnx::tract_core::model::TypedSimpleState,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
+    max_batch: u32,
 }
 
 fn internal(context: &str, error: impl std::fmt::Display) -> ModelError {
@@ -99,13 +101,13 @@ impl OnnxRunner {
                 .map(str::to_string)
                 .unwrap_or_else(|| typed.node(outlet.node).name.clone())
         };
-        let inputs = typed
+        let mut inputs = typed
             .input_outlets()
             .map_err(|e| internal("reading the inputs", e))?
             .iter()
             .map(|&o| spec(&typed, o, &typed.node(o.node).name))
             .collect::<Result<Vec<_>, _>>()?;
-        let outputs = typed
+        let mut outputs = typed
             .output_outlets()
             .map_err(|e| internal("reading the outputs", e))?
             .iter()
@@ -118,10 +120,20 @@ impl OnnxRunner {
         )
         .spawn()
         .map_err(|e| internal("planning the graph", e))?;
+        // The batch is the first dimension, open (-1) for sluice; fixed at 1 it still is,
+        // one row per call. Other sizes are left as they are, and the load says why.
+        let mut max_batch = 1024;
+        for spec in inputs.iter_mut().chain(outputs.iter_mut()) {
+            if spec.shape.first() == Some(&1) {
+                spec.shape[0] = -1;
+                max_batch = 1;
+            }
+        }
         Ok(OnnxRunner {
             state,
             inputs,
             outputs,
+            max_batch,
         })
     }
 
@@ -171,7 +183,7 @@ impl Model for OnnxRunner {
             version: "1".into(),
             inputs: self.inputs.clone(),
             outputs: self.outputs.clone(),
-            max_batch: 1024,
+            max_batch: self.max_batch,
         }
     }
 
