@@ -1,11 +1,12 @@
 //! The `sluice` command line: `serve` runs a server; `load`, `unload`, `models`, `predict`,
 //! `apps`, `feedback` and `bench` talk to one over gRPC; `inspect` looks inside a component
-//! file locally. The top of the crate graph: it depends on every layer, and nothing depends
-//! on it.
+//! file locally; `new` and `build` start and build a model project. The top of the crate
+//! graph: it depends on every layer, and nothing depends on it.
 //!
 //! Exit codes: 0 success, 1 failure (the message says why), 2 bad usage.
 
 mod apps;
+mod author;
 mod bench;
 mod client;
 mod inspect;
@@ -160,6 +161,10 @@ enum Command {
     },
     /// Show a component's imports, exports and model info without serving it.
     Inspect(inspect::InspectArgs),
+    /// Start a model project (Rust, with a native unit test) that `sluice build` builds.
+    New(author::NewArgs),
+    /// Build a model project into a component (wasm32-wasip2, release), and check it is a model.
+    Build(author::BuildArgs),
     /// Write the bundled sample models as a model repository (what `serve` with no flags serves).
     InitRepo {
         /// The directory to create or fill.
@@ -278,6 +283,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Apps { server, action } => apps::run(&server, action).await,
         Command::Feedback { server, feedback } => apps::feedback(&server, feedback).await,
         Command::Inspect(args) => inspect::run(args).await,
+        Command::New(args) => author::new(args),
+        Command::Build(args) => author::build(args),
         Command::InitRepo { dir, replicas } => {
             samples::write_sample_repository(&dir, replicas)
                 .map_err(|e| anyhow::anyhow!("writing {}: {e}", dir.display()))?;

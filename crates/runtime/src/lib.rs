@@ -281,6 +281,14 @@ impl Runtime {
                     .into(),
             ));
         }
+        if bytes.starts_with(b"\x7fELF") || bytes.starts_with(&[0xcf, 0xfa, 0xed, 0xfe]) {
+            return Err(LoadError::NotAComponent(
+                "this is a native shared library, built for this machine, not a WebAssembly \
+                 component: build the model with `sluice build` (or `cargo build --target \
+                 wasm32-wasip2`)"
+                    .into(),
+            ));
+        }
         if !wasmparser::Parser::is_component(bytes) {
             return Err(LoadError::NotAComponent(format!(
                 "the file does not start with the WebAssembly magic `\\0asm` ({} bytes)",
