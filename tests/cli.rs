@@ -279,6 +279,57 @@ fn inspect_shows_imports_exports_and_model_info() {
     assert!(String::from_utf8_lossy(&not_wasm.stderr).contains("not a WebAssembly component"));
 }
 
+/// `sluice inspect --input` predicts once, without a server, and checks the answer against the
+/// model's own declarations: a model whose output has the wrong shape is caught before it is
+/// ever served.
+#[test]
+fn inspect_with_an_input_self_checks_the_answer() {
+    let faulty = sample_wasm("faulty");
+    let dir = fresh_dir("inspect-self-check");
+    let inspect = |fault: &str, x: &str| {
+        let config = dir.join(format!("{fault}.cfg"));
+        std::fs::write(&config, fault).unwrap();
+        let input = format!(
+            r#"{{"inputs":[{{"name":"x","datatype":"FP32","shape":[2,1],"data":[{x}]}}]}}"#
+        );
+        Command::new(SLUICE)
+            .args(["inspect", faulty.to_str().unwrap(), "--config"])
+            .arg(&config)
+            .args(["--input", &input])
+            .env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR"))
+            .output()
+            .unwrap()
+    };
+    let good = inspect("wrong-shape", "0.5, 2");
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    assert!(
+        stdout(&good).contains("self-check passed"),
+        "{}",
+        stdout(&good)
+    );
+    assert!(
+        stdout(&good).contains(r#""data": [0.5,2.0]"#),
+        "{}",
+        stdout(&good)
+    );
+    // The value 1.0 makes this model answer one row too many.
+    let bad = inspect("wrong-shape", "1, 2");
+    assert_eq!(bad.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("the model's answer breaks its own info()"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("batch size 3, but the request had 2"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn init_repo_writes_the_samples_as_a_repository() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("init-repo");

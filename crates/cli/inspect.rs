@@ -1,8 +1,11 @@
 //! `sluice inspect`: what a component imports and exports, and, if it implements the model
-//! world, the model's own description, all without a server.
+//! world, the model's own description, all without a server; with `--input`, a self-check:
+//! one prediction, with the answer checked against what `info()` declares, as a server would.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
+use sluice_api::kserve_json::{self, JsonTensor};
 use sluice_runtime::{GraphSet, InstanceLimits, InstanceRecipe, Replica, Runtime, RuntimeConfig};
+use sluice_types::contract;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -14,6 +17,10 @@ pub(super) struct InspectArgs {
     /// The config to pass to init (some models describe themselves only once initialised).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Also run one prediction on these inputs (JSON, as for `sluice predict`) and check the
+    /// answer against the declared outputs.
+    #[arg(long)]
+    input: Option<String>,
 }
 
 pub(super) async fn run(args: InspectArgs) -> Result<()> {
@@ -23,10 +30,11 @@ pub(super) async fn run(args: InspectArgs) -> Result<()> {
         Some(path) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
         None => Vec::new(),
     };
-    tokio::task::spawn_blocking(move || inspect(&bytes, config)).await?
+    let input = args.input;
+    tokio::task::spawn_blocking(move || inspect(&bytes, config, input.as_deref())).await?
 }
 
-fn inspect(bytes: &[u8], config: Vec<u8>) -> Result<()> {
+fn inspect(bytes: &[u8], config: Vec<u8>, input: Option<&str>) -> Result<()> {
     let runtime = Runtime::new(RuntimeConfig::default())?;
     let surface = runtime.inspect(bytes)?;
     println!("imports:");
@@ -45,9 +53,12 @@ fn inspect(bytes: &[u8], config: Vec<u8>) -> Result<()> {
         graphs: GraphSet::default(),
         on_replace: Arc::new(|_, _| {}),
     };
-    let info = Replica::new(recipe)
-        .and_then(|mut replica| replica.info())
-        .context("the component implements the model world, but could not describe itself (pass --config if its init needs one)")?;
+    let mut replica = Replica::new(recipe).context(
+        "the component implements the model world, but its init failed (pass --config if it needs one)",
+    )?;
+    let info = replica
+        .info()
+        .context("the component implements the model world, but could not describe itself")?;
     println!("model: {} version {}", info.name, info.version);
     println!("max batch: {}", info.max_batch);
     for (role, specs) in [("input", &info.inputs), ("output", &info.outputs)] {
@@ -55,5 +66,21 @@ fn inspect(bytes: &[u8], config: Vec<u8>) -> Result<()> {
             println!("{role}: {} {} {:?}", s.name, s.dtype.name(), s.shape);
         }
     }
+    contract::check_info(&info)
+        .map_err(|e| anyhow!("a server would refuse to load this model: {e}"))?;
+    let Some(input) = input else {
+        return Ok(());
+    };
+    let tensors = kserve_json::parse_inputs(input).map_err(anyhow::Error::msg)?;
+    let (inputs, batch) = contract::check_inputs(&info, tensors)
+        .map_err(|e| anyhow!("the input does not fit the model's info(): {e}"))?;
+    let (_, answer) = replica.predict(inputs);
+    let outputs = answer.context("the prediction failed")?;
+    contract::check_outputs(&info, &outputs, batch).map_err(|e| {
+        anyhow!("the model's answer breaks its own info() (a server answers INTERNAL): {e}")
+    })?;
+    let outputs: Vec<JsonTensor> = outputs.iter().map(JsonTensor::from_tensor).collect();
+    println!("self-check passed; outputs:");
+    println!("{}", serde_json::to_string_pretty(&outputs)?);
     Ok(())
 }
