@@ -10,6 +10,8 @@ mod batching;
 mod chaos;
 /// The `sluice` binary end to end.
 mod cli;
+/// The live dashboard in headless Chromium, while load runs.
+mod dashboard;
 /// Misbehaving models fail only their own requests.
 mod faults;
 /// The GPU compute backend (lavapipe in CI) against the CPU backend.

@@ -193,6 +193,21 @@ impl ModelMetrics {
         }
     }
 
+    /// Its requests and latency histogram so far.
+    pub fn traffic(&self) -> Traffic {
+        use prometheus::core::Metric;
+        let latency = self.request_seconds.metric();
+        Traffic {
+            requests: self.requests.get(),
+            latency: latency
+                .get_histogram()
+                .get_bucket()
+                .iter()
+                .map(|b| (b.upper_bound(), b.cumulative_count()))
+                .collect(),
+        }
+    }
+
     /// The model these metrics are of.
     pub fn model(&self) -> &str {
         &self.model
@@ -219,6 +234,30 @@ impl ModelMetrics {
         self.compute_seconds.observe(compute.as_secs_f64());
         waits.for_each(|wait| self.queue_seconds.observe(wait.as_secs_f64()));
     }
+}
+
+/// What a model has answered since it was loaded (the live dashboard diffs two of these).
+pub struct Traffic {
+    /// Requests that reached it.
+    pub requests: u64,
+    /// The latency histogram: (upper bound in seconds, requests that took at most that).
+    pub latency: Vec<(f64, u64)>,
+}
+
+/// The reasons an application answers with its default output.
+const DEFAULT_REASONS: [&str; 2] = ["no-answer", "low-confidence"];
+
+/// Rows `app` has answered with its default output, all reasons together.
+pub fn default_outputs(app: &str) -> u64 {
+    DEFAULT_REASONS
+        .iter()
+        .map(|reason| {
+            METRICS
+                .default_outputs
+                .with_label_values(&[app, reason])
+                .get()
+        })
+        .sum()
 }
 
 /// Records a prediction-cache lookup for `model`; `result` is `hit`, `miss` or `coalesced`.

@@ -1,11 +1,13 @@
 //! The HTTP port (default 127.0.0.1:8000): KServe v2 REST with Triton's binary tensor data
 //! extension ([`kserve`]), the sluice application API in JSON under `/sluice/v1/apps`
-//! ([`apps`]), and Prometheus metrics at `/metrics`.
+//! ([`apps`]), Prometheus metrics at `/metrics`, and a live dashboard at `/dashboard`
+//! ([`dashboard`]).
 //!
 //! Errors are the protocol's JSON body `{"error": "..."}` with the HTTP status of their kind
 //! (see [`crate::status`]).
 
 mod apps;
+mod dashboard;
 mod kserve;
 
 use crate::Shared;
@@ -65,6 +67,7 @@ pub const MAX_BODY_BYTES: usize = crate::MAX_MESSAGE_BYTES;
 pub(crate) fn router(shared: Shared) -> Router {
     kserve::routes()
         .merge(apps::routes())
+        .merge(dashboard::routes())
         .route("/metrics", get(metrics))
         .layer(axum::middleware::map_response(json_refusals))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

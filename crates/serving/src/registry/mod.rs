@@ -180,6 +180,11 @@ pub struct Model {
 }
 
 impl Model {
+    /// Its requests and latency so far (for the live dashboard).
+    pub fn traffic(&self) -> metrics::Traffic {
+        self.metrics.traffic()
+    }
+
     /// The range its replicas are autoscaled in, if they are.
     pub fn replica_range(&self) -> Option<ReplicaRange> {
         let autoscaler = self.autoscaler.as_ref()?;
