@@ -391,7 +391,7 @@ fn usage_errors_exit_with_2() {
 /// `sluice new` makes a project outside the repository whose unit test runs natively, which
 /// `sluice build` builds and a server serves; and the mistakes that used to build into
 /// nothing servable are explained: no `cdylib`, no `export_model!`, a library built for the
-/// host.
+/// host; and `sluice build --watch` builds again when the source changes.
 #[test]
 fn a_new_project_tests_builds_and_serves_and_its_mistakes_are_explained() {
     let root = std::env::temp_dir().join(format!("sluice-new-{}", std::process::id()));
@@ -489,6 +489,34 @@ fn a_new_project_tests_builds_and_serves_and_its_mistakes_are_explained() {
     let stderr = String::from_utf8_lossy(&load.stderr);
     assert!(stderr.contains("native shared library"), "{stderr}");
     assert!(stderr.contains("sluice build"), "{stderr}");
+
+    // `--watch` builds at once, then again when the source changes.
+    let mut watching = Command::new(SLUICE)
+        .args(["build", "--watch"])
+        .current_dir(&project)
+        .env("CARGO_TARGET_DIR", &target)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines, built) = std::sync::mpsc::channel();
+    let stdout_of_watch = BufReader::new(watching.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stdout_of_watch.lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let next_build = || {
+        let line = built
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("a build within 2 minutes");
+        assert!(line.starts_with("built "), "{line}");
+    };
+    next_build();
+    edit("src/lib.rs", "max_batch: 128", "max_batch: 64");
+    next_build();
+    let _ = watching.kill();
+    let _ = watching.wait();
     std::fs::remove_dir_all(&root).unwrap();
 }
 
