@@ -226,3 +226,28 @@ async fn a_file_that_is_not_onnx_is_refused_with_the_reason() {
     );
     server.shutdown().await;
 }
+
+/// The two operators skl2onnx emits unless told not to (ZipMap for a classifier's
+/// probabilities, Scaler for a StandardScaler) are not in the sandboxed runner: the load says
+/// which export option avoids each, and that the native runner has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_the_sandbox_lacks_is_refused_with_the_export_option_that_avoids_it() {
+    let mut server = TestServer::start(|server| server).await;
+    for (file, option) in [
+        ("zipmap.onnx", r#"{"zipmap": False}"#),
+        ("scaler.onnx", r#"{"div": "div"}"#),
+    ] {
+        let mut request = load_request(file);
+        request.set_onnx_runner(OnnxRunner::Sandbox);
+        let status = server.client.load_model(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        for said in [option, "--onnx-runner native"] {
+            assert!(
+                status.message().contains(said),
+                "{file}: {}",
+                status.message()
+            );
+        }
+    }
+    server.shutdown().await;
+}

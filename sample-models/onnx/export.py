@@ -8,6 +8,9 @@ Writes, next to this file:
 - digits-cnn.onnx: a small convolutional network built with onnx.helper: 4 fixed 3x3 filters
   (edges and a blob) -> ReLU -> 2x2 max-pool -> a dense layer trained by scikit-learn's
   LogisticRegression on those features -> softmax; inputs [N, 64] reshaped to [N, 1, 8, 8];
+- scaler.onnx and zipmap.onnx: one ai.onnx.ml operator each (Scaler, ZipMap), what skl2onnx
+  emits without div="div" and zipmap=False; the sandboxed runner lacks both, and the tests
+  check that the load says which export option avoids them;
 - expected.json: for every held-out row (i % 5 == 0), each model's probabilities and label as
   onnxruntime computes them, and scikit-learn's own predictions for the pipeline.
 
@@ -107,6 +110,27 @@ cnn = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 cnn.ir_version = 8
 onnx.checker.check_model(cnn)
 (HERE / "digits-cnn.onnx").write_bytes(cnn.SerializeToString())
+
+# 3. The two ai.onnx.ml operators skl2onnx emits by default, one graph each.
+ML = helper.make_operatorsetid("ai.onnx.ml", 1)
+CORE = helper.make_operatorsetid("", 17)
+scaler = helper.make_graph(
+    [helper.make_node("Scaler", ["x"], ["y"], domain="ai.onnx.ml", offset=[0.5], scale=[2.0])],
+    "scaler",
+    [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1])],
+    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+)
+onnx.save(helper.make_model(scaler, opset_imports=[CORE, ML]), HERE / "scaler.onnx")
+probabilities_by_class = helper.make_sequence_type_proto(
+    helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
+)
+zipmap = helper.make_graph(
+    [helper.make_node("ZipMap", ["p"], ["z"], domain="ai.onnx.ml", classlabels_int64s=[0, 1])],
+    "zipmap",
+    [helper.make_tensor_value_info("p", TensorProto.FLOAT, [None, 2])],
+    [helper.make_value_info("z", probabilities_by_class)],
+)
+onnx.save(helper.make_model(zipmap, opset_imports=[CORE, ML]), HERE / "zipmap.onnx")
 
 # 3. What onnxruntime (and scikit-learn) answer on the held-out rows.
 expected = {

@@ -20,7 +20,34 @@ pub struct OnnxRunner {
 }
 
 fn internal(context: &str, error: impl std::fmt::Display) -> ModelError {
-    ModelError::Internal(format!("{context}: {error}"))
+    let message = format!("{context}: {error}");
+    let hint = export_hint(&message);
+    ModelError::Internal(format!("{message}{hint}"))
+}
+
+/// What to change when tract lacks an operator: the exporter's option that avoids it (for the
+/// two scikit-learn's exporter emits by default), or the native runner, which has them all.
+fn export_hint(message: &str) -> String {
+    let native = "or serve the graph natively (--onnx-runner native: ONNX Runtime has it)";
+    if message.contains("Unimplemented(ZipMap)") {
+        format!(
+            "; ZipMap is how skl2onnx returns a classifier's probabilities unless told not to: \
+             convert with options={{id(classifier): {{\"zipmap\": False}}}} to get a tensor, {native}"
+        )
+    } else if message.contains("Unimplemented(Scaler)") {
+        format!(
+            "; Scaler is how skl2onnx converts a StandardScaler unless told not to: convert with \
+             options={{id(scaler): {{\"div\": \"div\"}}}} (plain Sub and Div), {native}"
+        )
+    } else if let Some(start) = message.find("Unimplemented(") {
+        let op = &message[start + "Unimplemented(".len()..];
+        let op = &op[..op.find(')').unwrap_or(op.len())];
+        format!(
+            "; the sandboxed runner (tract) has no `{op}`: export the model without it, {native}"
+        )
+    } else {
+        String::new()
+    }
 }
 
 fn dtype_of(datum: DatumType) -> Option<Dtype> {
