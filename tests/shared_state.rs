@@ -1,6 +1,7 @@
 //! Servers sharing their state through a real Redis (`redis-server`, started by each test on
 //! a socket of its own): an application made on one is served by the others, feedback taken
-//! by one changes what the others select, concurrent feedback for one user on two servers
+//! by one changes what the others select, feedback on one is joined with the model that
+//! answered the query on another, concurrent feedback for one user on two servers
 //! loses no update, acknowledged feedback survives `kill -9` of Redis (append-only file,
 //! fsync'd on every write), and a server cut off from Redis keeps answering predictions,
 //! refuses feedback with UNAVAILABLE, and catches up once it can reach Redis again.
@@ -483,4 +484,57 @@ async fn models_loaded_through_one_server_are_loaded_scaled_pinned_and_unloaded_
             .is_err_and(|status| status.code() == tonic::Code::NotFound)
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_on_another_server_is_joined_with_the_models_that_answered() {
+    let redis = RedisServer::start("joined", false);
+    let digits = Digits::load_default().unwrap();
+    let mut a = replica(&redis.url()).await;
+    let mut b = replica(&redis.url()).await;
+    let exp3 = proto::policy::Kind::Exp3(proto::policy::Exp3 {
+        eta: Some(0.5),
+        gamma: Some(0.5),
+    });
+    register(
+        &mut a,
+        application("joined", &["digits-logreg", "digits-mlp"], 1000, exp3),
+    )
+    .await;
+    eventually("the application reaches B", async || {
+        try_predict(&mut b, "joined", &digits.holdout[0])
+            .await
+            .is_ok()
+    })
+    .await;
+    // Both servers draw from a generator seeded by the application's spec: B's draws are put
+    // ahead of A's, so that B choosing for itself would differ from what A chose.
+    for sample in &digits.holdout[..7] {
+        predict_app(&mut b, "joined", "warm-up", sample).await;
+    }
+    let records = || {
+        let listed = Command::new("redis-cli")
+            .arg("-s")
+            .arg(redis.socket())
+            .args(["--scan", "--pattern", "sluice:query:joined:*:alice"])
+            .output()
+            .expect("redis-cli (it comes with redis-server)");
+        String::from_utf8_lossy(&listed.stdout).lines().count()
+    };
+    // (B's first query, waiting for the application, was alice's too.)
+    let earlier = records();
+    for (i, sample) in digits.holdout[10..20].iter().enumerate() {
+        let answer = predict_app(&mut a, "joined", "alice", sample).await;
+        assert_eq!(answer.models_queried.len(), 1, "{answer:?}");
+        // The record is written in the background: wait until Redis has it.
+        eventually("A's record of the query in Redis", async || {
+            records() == earlier + i + 1
+        })
+        .await;
+        let outcome = feedback(&mut b, "joined", "alice", sample).await;
+        assert_eq!(
+            outcome.chosen, answer.models_queried,
+            "feedback on B is joined with the model that answered on A"
+        );
+    }
 }
