@@ -64,43 +64,80 @@ pub fn decode(name: String, datatype: &str, shape: &[u64], data: &str) -> Result
 /// The little-endian bytes of `data` (JSON text: a flat or nested list) as elements of
 /// `dtype`, checked to be exactly as many as `shape` holds.
 pub fn decode_data(name: &str, dtype: Dtype, shape: &[u32], data: &str) -> Result<Vec<u8>, String> {
-    let declared = shape
-        .iter()
-        .try_fold(1u64, |acc, &d| acc.checked_mul(u64::from(d)));
-    let capacity = declared
-        .and_then(|n| usize::try_from(n).ok())
-        .map_or(0, |n| n.saturating_mul(dtype.element_size().unwrap_or(0)))
-        .min(1 << 20);
-    let mut leaves = Leaves {
-        dtype,
-        out: Vec::with_capacity(capacity),
-        count: 0,
-        refused: None,
-    };
+    let seed = DataSeed { name, dtype, shape };
     let mut parser = serde_json::Deserializer::from_str(data);
-    let parsed = (&mut leaves)
-        .deserialize(&mut parser)
-        .and_then(|()| parser.end());
-    if let Some(refused) = leaves.refused {
-        return Err(format!(
-            "tensor `{name}`: element {} ({refused}) is not a valid {}",
-            leaves.count,
-            dtype.name()
-        ));
+    let decoded = seed.deserialize(&mut parser).and_then(|decoded| {
+        parser.end()?;
+        Ok(decoded)
+    });
+    decoded.map_err(|e| format!("tensor `{name}`: data: {e}"))?
+}
+
+/// Decodes a tensor's `data` where it stands in a larger document (one pass: no raw text is
+/// cut out first), once its name, datatype and shape are known. A malformed document is the
+/// deserializer's error; an element that is not of the datatype, or a count that is not the
+/// shape's, is the inner error, naming the tensor and the element.
+pub struct DataSeed<'a> {
+    name: &'a str,
+    dtype: Dtype,
+    shape: &'a [u32],
+}
+
+impl<'a> DataSeed<'a> {
+    /// A seed for the tensor `name`; `None` when the datatype or shape is not one sluice takes
+    /// (the caller keeps the raw text, and [`decode`] says what is wrong).
+    pub fn new(name: &'a str, datatype: &str, shape: &'a [u32]) -> Option<DataSeed<'a>> {
+        Some(DataSeed {
+            name,
+            dtype: Dtype::parse(datatype)?,
+            shape,
+        })
     }
-    parsed.map_err(|e| format!("tensor `{name}`: data: {e}"))?;
-    if declared != Some(leaves.count) {
-        return Err(match declared {
-            Some(n) => format!(
-                "tensor `{name}`: shape {shape:?} holds {n} elements but data has {}",
-                leaves.count
-            ),
-            None => {
-                format!("tensor `{name}`: shape {shape:?} holds more elements than can be counted")
-            }
-        });
+
+    /// The datatype the elements are decoded as.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
     }
-    Ok(leaves.out)
+}
+
+impl<'de> DeserializeSeed<'de> for DataSeed<'_> {
+    type Value = Result<Vec<u8>, String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        let DataSeed { name, dtype, shape } = self;
+        let declared = shape
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(u64::from(d)));
+        let capacity = declared
+            .and_then(|n| usize::try_from(n).ok())
+            .map_or(0, |n| n.saturating_mul(dtype.element_size().unwrap_or(0)))
+            .min(1 << 20);
+        let mut leaves = Leaves {
+            dtype,
+            out: Vec::with_capacity(capacity),
+            count: 0,
+            refused: None,
+        };
+        (&mut leaves).deserialize(deserializer)?;
+        if let Some((index, refused)) = leaves.refused {
+            return Ok(Err(format!(
+                "tensor `{name}`: element {index} ({refused}) is not a valid {}",
+                dtype.name()
+            )));
+        }
+        if declared != Some(leaves.count) {
+            return Ok(Err(match declared {
+                Some(n) => format!(
+                    "tensor `{name}`: shape {shape:?} holds {n} elements but data has {}",
+                    leaves.count
+                ),
+                None => format!(
+                    "tensor `{name}`: shape {shape:?} holds more elements than can be counted"
+                ),
+            }));
+        }
+        Ok(Ok(leaves.out))
+    }
 }
 
 impl JsonTensor {
@@ -121,18 +158,22 @@ impl JsonTensor {
 }
 
 /// The visitor of a `data` list: every leaf, however deeply nested, is appended as `dtype`'s
-/// bytes; the first leaf that is not one stops the parse (`refused` says what it was).
+/// bytes; after the first leaf that is not one (`refused` says what it was) the rest is read
+/// and dropped, so that the document around `data` is still parsed to its end.
 struct Leaves {
     dtype: Dtype,
     out: Vec<u8>,
     count: u64,
-    refused: Option<String>,
+    /// The first element that is not of the datatype: its index, and what it was.
+    refused: Option<(u64, String)>,
 }
 
 impl Leaves {
-    fn refuse<E: serde::de::Error>(&mut self, what: impl fmt::Display) -> Result<(), E> {
-        self.refused = Some(what.to_string());
-        Err(E::custom("refused element"))
+    fn refuse<E>(&mut self, what: impl fmt::Display) -> Result<(), E> {
+        if self.refused.is_none() {
+            self.refused = Some((self.count, what.to_string()));
+        }
+        Ok(())
     }
 
     fn accept<E>(&mut self) -> Result<(), E> {
@@ -141,6 +182,9 @@ impl Leaves {
     }
 
     fn integer<E: serde::de::Error>(&mut self, v: i128) -> Result<(), E> {
+        if self.refused.is_some() {
+            return Ok(());
+        }
         let fits = match self.dtype {
             Dtype::Fp32 | Dtype::Fp64 => return self.float(v as f64),
             Dtype::Int32 => push_le(&mut self.out, i32::try_from(v).ok().map(i32::to_le_bytes)),
@@ -153,6 +197,9 @@ impl Leaves {
     }
 
     fn float<E: serde::de::Error>(&mut self, v: f64) -> Result<(), E> {
+        if self.refused.is_some() {
+            return Ok(());
+        }
         match self.dtype {
             Dtype::Fp32 => self.out.extend((v as f32).to_le_bytes()),
             Dtype::Fp64 => self.out.extend(v.to_le_bytes()),
@@ -207,7 +254,7 @@ impl<'de> Visitor<'de> for &mut Leaves {
     }
 
     fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
-        if self.dtype != Dtype::Boolean {
+        if self.dtype != Dtype::Boolean || self.refused.is_some() {
             return self.refuse(v);
         }
         self.out.push(u8::from(v));
@@ -215,6 +262,9 @@ impl<'de> Visitor<'de> for &mut Leaves {
     }
 
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        if self.refused.is_some() {
+            return Ok(());
+        }
         let Some(len) = (self.dtype == Dtype::Bytes)
             .then(|| u32::try_from(v.len()).ok())
             .flatten()
@@ -230,8 +280,13 @@ impl<'de> Visitor<'de> for &mut Leaves {
         self.refuse("null")
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, _map: A) -> Result<(), A::Error> {
-        self.refuse("an object")
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.refuse::<A::Error>("an object")?;
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(())
     }
 }
 

@@ -123,17 +123,86 @@ async fn ready(
     Ok(Json(json!({ "name": path.name, "ready": true })))
 }
 
-#[derive(Deserialize)]
+/// One input of an inference request.
 struct InferInput<'a> {
     name: String,
-    #[serde(borrow)]
-    datatype: std::borrow::Cow<'a, str>,
+    datatype: String,
     shape: Vec<u64>,
-    #[serde(default)]
     parameters: serde_json::Map<String, Value>,
-    /// The elements as JSON text, decoded once the datatype is known (absent with binary data).
-    #[serde(borrow)]
-    data: Option<&'a RawValue>,
+    data: InputData<'a>,
+}
+
+/// An input's `data`: decoded as it was parsed when its name, datatype and shape came first
+/// (as Triton's clients send them), else kept as JSON text to decode once they are known.
+enum InputData<'a> {
+    /// None given (the data is binary, after the JSON).
+    Absent,
+    /// Decoded in the one pass over the body as this datatype (or why it could not be).
+    Decoded(Dtype, std::result::Result<Vec<u8>, String>),
+    /// The text, for fields that came in another order.
+    Raw(&'a RawValue),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for InferInput<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        deserializer.deserialize_map(InputVisitor(std::marker::PhantomData))
+    }
+}
+
+struct InputVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> serde::de::Visitor<'de> for InputVisitor<'a> {
+    type Value = InferInput<'a>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an input tensor {\"name\", \"datatype\", \"shape\", \"data\"}")
+    }
+
+    fn visit_map<M: serde::de::MapAccess<'de>>(
+        self,
+        mut map: M,
+    ) -> std::result::Result<Self::Value, M::Error> {
+        use serde::de::Error;
+        let (mut name, mut datatype, mut shape, mut parameters) = (None, None, None, None);
+        let mut data = InputData::Absent;
+        let mut dims: Option<Vec<u32>> = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "name" => name = Some(map.next_value::<String>()?),
+                "datatype" => datatype = Some(map.next_value::<String>()?),
+                "shape" => {
+                    let given: Vec<u64> = map.next_value()?;
+                    dims = given.iter().map(|&d| u32::try_from(d).ok()).collect();
+                    shape = Some(given);
+                }
+                "parameters" => parameters = Some(map.next_value()?),
+                "data" => {
+                    let seed = match (&name, &datatype, &dims) {
+                        (Some(name), Some(datatype), Some(dims)) => {
+                            kserve_json::DataSeed::new(name, datatype, dims)
+                        }
+                        _ => None,
+                    };
+                    data = match seed {
+                        Some(seed) => InputData::Decoded(seed.dtype(), map.next_value_seed(seed)?),
+                        None => InputData::Raw(map.next_value()?),
+                    };
+                }
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(InferInput {
+            name: name.ok_or_else(|| M::Error::missing_field("name"))?,
+            datatype: datatype.ok_or_else(|| M::Error::missing_field("datatype"))?,
+            shape: shape.ok_or_else(|| M::Error::missing_field("shape"))?,
+            parameters: parameters.unwrap_or_default(),
+            data,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -289,11 +358,22 @@ fn decode_inputs(inputs: Vec<InferInput<'_>>, mut binary: &[u8]) -> Result<Vec<T
                     data: data.to_vec(),
                 }
             }
-            None => {
-                let data = input.data.map_or("[]", RawValue::get);
-                kserve_json::decode(input.name, &input.datatype, &input.shape, data)
-                    .map_err(bad_request)?
-            }
+            None => match input.data {
+                InputData::Decoded(dtype, data) => Tensor {
+                    data: data.map_err(bad_request)?,
+                    dtype,
+                    shape: shape_to_u32(&input.name, &input.shape).map_err(bad_request)?,
+                    name: input.name,
+                },
+                InputData::Raw(data) => {
+                    kserve_json::decode(input.name, &input.datatype, &input.shape, data.get())
+                        .map_err(bad_request)?
+                }
+                InputData::Absent => {
+                    kserve_json::decode(input.name, &input.datatype, &input.shape, "[]")
+                        .map_err(bad_request)?
+                }
+            },
         };
         tensors.push(tensor);
     }
@@ -404,4 +484,47 @@ async fn unload(
     authorize(&shared, &headers, peer.addr())?;
     kserve::repository_unload(&shared, &name).await?;
     Ok(Json(json!({})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs(body: &str) -> std::result::Result<Vec<Tensor>, String> {
+        let request: InferRequest = serde_json::from_str(body).map_err(|e| e.to_string())?;
+        decode_inputs(request.inputs, &[]).map_err(|e| e.0.message)
+    }
+
+    /// `data` is decoded in the one pass when name, datatype and shape come first, and kept as
+    /// text to decode after when they come later: the same tensor, and the same errors.
+    #[test]
+    fn data_decodes_alike_in_either_field_order() {
+        let first = r#"{"inputs":[{"name":"x","datatype":"INT32","shape":[2],"data":[1,2]}]}"#;
+        let last = r#"{"inputs":[{"data":[1,2],"shape":[2],"datatype":"INT32","name":"x"}]}"#;
+        let (a, b) = (inputs(first).unwrap(), inputs(last).unwrap());
+        assert_eq!(a, b);
+        assert_eq!(a[0].data, [1, 0, 0, 0, 2, 0, 0, 0]);
+        for order in [
+            r#"{"inputs":[{"name":"x","datatype":"INT32","shape":[3],"data":[1,"a",{"b":1}]}]}"#,
+            r#"{"inputs":[{"data":[1,"a",{"b":1}],"name":"x","datatype":"INT32","shape":[3]}]}"#,
+        ] {
+            let error = inputs(order).unwrap_err();
+            assert!(
+                error.contains(r#"tensor `x`: element 1 ("a") is not a valid INT32"#),
+                "{error}"
+            );
+        }
+        let short = r#"{"inputs":[{"name":"x","datatype":"FP32","shape":[3],"data":[1]}]}"#;
+        assert!(
+            inputs(short)
+                .unwrap_err()
+                .contains("holds 3 elements but data has 1")
+        );
+        let missing = r#"{"inputs":[{"name":"x","shape":[1],"data":[1]}]}"#;
+        assert!(
+            inputs(missing)
+                .unwrap_err()
+                .contains("missing field `datatype`")
+        );
+    }
 }
