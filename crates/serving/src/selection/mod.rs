@@ -305,6 +305,10 @@ impl Applications {
         user: &str,
         deadline: tokio::time::Instant,
     ) -> Result<states::SharedState, StoreError> {
+        // The embedded store answers from local disk: no timer on the query's path for it.
+        if !self.store.is_shared() {
+            return self.states.get(app, user).await;
+        }
         match tokio::time::timeout_at(deadline, self.states.get(app, user)).await {
             Ok(Ok(state)) => Ok(state),
             Ok(Err(error)) if error.kind() != ErrorKind::Unavailable => Err(error),

@@ -197,15 +197,6 @@ impl Store {
         })
     }
 
-    /// Where the state is, for the logs (`redb:PATH`-like, or the Redis URL without
-    /// credentials).
-    pub fn describe(&self) -> String {
-        match &self.backend {
-            Backend::Local(_) => "embedded".into(),
-            Backend::Shared(shared) => shared.url().to_string(),
-        }
-    }
-
     /// Applies to `follower`, for as long as it lives, the changes other servers make (with
     /// the embedded store there are none, and nothing is started). Falling behind is a
     /// resync; a change that cannot be applied now (the store is unreachable again) is

@@ -188,10 +188,6 @@ impl SharedStore {
         })
     }
 
-    pub(super) fn url(&self) -> &str {
-        &self.inner.url
-    }
-
     fn connection(&self) -> ConnectionManager {
         self.inner.connection.clone()
     }
