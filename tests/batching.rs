@@ -198,12 +198,7 @@ async fn full_queues_refuse_at_once_and_expired_requests_are_not_run() {
 
 /// The value of `metric` for `faulty-loop` in the server's Prometheus text.
 async fn gauge(server: &TestServer, metric: &str) -> Option<i64> {
-    let text = reqwest::get(format!("{}/metrics", server.http_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics().await;
     let prefix = format!("{metric}{{model=\"faulty-loop\",");
     text.lines()
         .find(|line| line.starts_with(&prefix))
@@ -426,12 +421,7 @@ async fn an_idle_model_scales_to_zero_and_the_next_requests_start_one_replica() 
         1,
         "one cold start, not eight"
     );
-    let metrics = reqwest::get(format!("{}/metrics", server.http_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("sluice_cold_start_seconds_count{model=\"dozing\"} 1"),
         "{metrics}"

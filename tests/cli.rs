@@ -7,6 +7,15 @@ use std::process::{Child, Command, Output, Stdio};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
+/// `serve` on ports of the system's choosing, both.
+const SERVE_ON_ANY_PORTS: [&str; 5] = [
+    "serve",
+    "--listen",
+    "127.0.0.1:0",
+    "--http-listen",
+    "127.0.0.1:0",
+];
+
 fn sample_wasm(name: &str) -> PathBuf {
     Path::new(sluice_samples::SAMPLE_WASM_DIR).join(format!("{name}.wasm"))
 }
@@ -57,13 +66,7 @@ impl Server {
     fn spawn(mut command: Command, state_dir: &Path, extra: &[&str]) -> Server {
         let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
         let mut child = command
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-            ])
+            .args(SERVE_ON_ANY_PORTS)
             .args(["--sample-replicas", "1"])
             .arg("--cache-dir")
             .arg(&cache)
@@ -526,13 +529,7 @@ fn a_new_project_tests_builds_and_serves_and_its_mistakes_are_explained() {
 fn serve_with_shared_state_needs_a_redis_it_can_reach() {
     let serve = |state: &str| {
         Command::new(SLUICE)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-            ])
+            .args(SERVE_ON_ANY_PORTS)
             .args(["--state", state])
             .output()
             .unwrap()

@@ -5,7 +5,7 @@
 //! `target/tmp/dashboard.png` (the one in `docs/` was taken this way).
 
 use crate::selection::{application, exp4, feedback, register};
-use crate::support::{TestServer, digits_request};
+use crate::support::{TestServer, digits_request, post_json};
 use base64::Engine;
 use serde_json::{Value, json};
 use sluice_samples::SAMPLE_MODELS;
@@ -61,15 +61,7 @@ impl Browser {
                 "--window-size=1280,900"
             ]}
         }}});
-        let created: Value = http
-            .post(format!("{base}/session"))
-            .json(&capabilities)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let created = post_json(&http, &format!("{base}/session"), &capabilities).await;
         let session = created["value"]["sessionId"]
             .as_str()
             .unwrap_or_else(|| panic!("no session: {created}"))
@@ -84,17 +76,7 @@ impl Browser {
 
     async fn post(&self, command: &str, body: Value) -> Value {
         let url = format!("{}/session/{}/{command}", self.base, self.session);
-        let answer: Value = self
-            .http
-            .post(url)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        answer["value"].clone()
+        post_json(&self.http, &url, &body).await["value"].clone()
     }
 
     async fn open(&self, url: &str) {

@@ -225,12 +225,7 @@ async fn instances_are_replaced_after_max_calls_and_keep_answering() {
             .await
             .expect("every call is answered, across replacements");
     }
-    let metrics = reqwest::get(format!("{}/metrics", server.http_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     let replaced = r#"sluice_instances_replaced_total{model="recycled",reason="max-calls"} 3"#;
     assert!(
         metrics.lines().any(|l| l == replaced),

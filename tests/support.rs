@@ -184,6 +184,16 @@ impl TestServer {
             .unwrap_or_else(|| panic!("model `{name}` is not listed"))
     }
 
+    /// What `GET /metrics` says now.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.http_url()))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("the metrics' text")
+    }
+
     /// A new connection to the server, for other gRPC clients.
     pub async fn channel(&self) -> Channel {
         Channel::from_shared(self.server.url())
@@ -333,4 +343,20 @@ pub fn link_or_copy(from: &Path, to: &Path) {
     std::fs::hard_link(from, to)
         .or_else(|_| std::fs::copy(from, to).map(drop))
         .unwrap_or_else(|e| panic!("{} to {}: {e}", from.display(), to.display()));
+}
+
+/// POSTs `body` as JSON to `url` and returns the JSON answer, whatever its status.
+pub async fn post_json(
+    http: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> serde_json::Value {
+    http.post(url)
+        .json(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: the answer is not JSON: {e}"))
 }
