@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+pub(crate) const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
 /// `serve` on ports of the system's choosing, both.
 const SERVE_ON_ANY_PORTS: [&str; 5] = [
@@ -20,18 +20,21 @@ fn sample_wasm(name: &str) -> PathBuf {
     Path::new(sluice_samples::SAMPLE_WASM_DIR).join(format!("{name}.wasm"))
 }
 
-fn repo_file(path: &str) -> PathBuf {
+pub(crate) fn repo_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
 /// A `sluice serve` process, stopped with SIGTERM when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    url: String,
+    /// The gRPC port's URL.
+    pub(crate) url: String,
+    /// The HTTP port's URL.
+    pub(crate) http_url: String,
 }
 
 /// An empty directory under the test target folder.
-fn fresh_dir(name: &str) -> PathBuf {
+pub(crate) fn fresh_dir(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -45,7 +48,7 @@ impl Server {
     }
 
     /// [`Server::start`] with more flags for `serve`.
-    fn start_with(state_dir: &Path, extra: &[&str]) -> Server {
+    pub(crate) fn start_with(state_dir: &Path, extra: &[&str]) -> Server {
         Self::spawn(Command::new(SLUICE), state_dir, extra)
     }
 
@@ -63,7 +66,7 @@ impl Server {
     }
 
     /// Runs `command` with `serve` and its flags, and waits until it listens.
-    fn spawn(mut command: Command, state_dir: &Path, extra: &[&str]) -> Server {
+    pub(crate) fn spawn(mut command: Command, state_dir: &Path, extra: &[&str]) -> Server {
         let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-cache");
         let mut child = command
             .args(SERVE_ON_ANY_PORTS)
@@ -92,13 +95,15 @@ impl Server {
         } else {
             "http"
         };
+        let http_addr = http_line.trim().trim_start_matches("http on ");
         Server {
             url: format!("{scheme}://{addr}"),
+            http_url: format!("{scheme}://{http_addr}"),
             child,
         }
     }
 
-    fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         Command::new(SLUICE)
             .args(args)
             .env("SLUICE_SERVER", &self.url)
@@ -107,7 +112,7 @@ impl Server {
     }
 
     /// SIGTERM, then the exit status of the drained server.
-    fn stop(&mut self) -> std::process::ExitStatus {
+    pub(crate) fn stop(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         self.child.wait().unwrap()
@@ -121,7 +126,7 @@ impl Drop for Server {
     }
 }
 
-fn stdout(output: &Output) -> String {
+pub(crate) fn stdout(output: &Output) -> String {
     assert!(
         output.status.success(),
         "exit {:?}: {}",

@@ -45,3 +45,5 @@ mod selection;
 mod shared_state;
 /// TLS on both ports.
 mod tls;
+/// Request traces exported over OTLP, one span per layer.
+mod traces;

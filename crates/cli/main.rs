@@ -12,6 +12,7 @@ mod client;
 mod inspect;
 mod samples;
 mod serve;
+mod traces;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -133,6 +133,8 @@ pub(super) struct ServeArgs {
     /// Allow admin calls from any peer that presents this token (default: loopback only).
     #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    #[command(flatten)]
+    traces: crate::traces::TraceArgs,
 }
 
 /// The bundled components that serve ONNX graphs (for `load --onnx` and the repository).
@@ -187,6 +189,7 @@ impl From<Compute> for sluice_compute::ComputeChoice {
 }
 
 pub(super) async fn run(args: ServeArgs) -> Result<()> {
+    let exporting = crate::traces::start(&args.traces)?;
     let cache_dir = if args.no_cache {
         None
     } else {
@@ -341,6 +344,10 @@ pub(super) async fn run(args: ServeArgs) -> Result<()> {
     server
         .serve(listener, http_listener, shutdown_signal())
         .await?;
+    if let Some(exporting) = exporting {
+        // The exporter's last batch goes out over a channel that runs on this runtime.
+        tokio::task::spawn_blocking(|| exporting.stop()).await?;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -22,6 +22,7 @@ mod kserve;
 pub mod messages;
 pub mod status;
 pub mod tls;
+mod traces;
 
 pub use connections::ConnectionLimits;
 pub use error::ApiError;

@@ -9,7 +9,7 @@ use super::guest_log::GuestLog;
 use sluice_compute::shapes::{Op, output_bytes};
 use sluice_compute::{Backend, ComputeError, DeviceTensor, decode_le_f32};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -27,7 +27,26 @@ pub(crate) struct StoreState {
     pub(crate) log: GuestLog,
     /// When the call running now reaches its time limit (graph runs stop there).
     pub(crate) call_deadline: Option<Instant>,
+    /// The host calls of the call running now, while its replica records them (for the spans
+    /// of a traced request); `None` otherwise, and then nothing is timed.
+    pub(crate) host_calls: Option<Vec<HostCall>>,
 }
+
+/// One call a model made into the host during a predict: a `compute` operation or a `wasi:nn`
+/// graph run, with when it started and how long it took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostCall {
+    /// What ran: `compute.matmul`, `compute.conv2d`, ..., or `wasi-nn.compute`.
+    pub operation: &'static str,
+    /// When it started.
+    pub started: Instant,
+    /// How long it took.
+    pub took: Duration,
+}
+
+/// The most host calls one predict records; a model that makes more (a loop of small
+/// operations) has only its first ones in its trace.
+pub const MAX_HOST_CALLS_RECORDED: usize = 128;
 
 impl StoreState {
     pub(crate) fn new(
@@ -55,7 +74,31 @@ impl StoreState {
             held_bytes: 0,
             log,
             call_deadline: None,
+            host_calls: None,
         }
+    }
+
+    /// Runs a host call, timing it when the replica records host calls.
+    pub(crate) fn timed<T>(
+        &mut self,
+        operation: &'static str,
+        call: impl FnOnce(&mut Self) -> T,
+    ) -> T {
+        if self.host_calls.is_none() {
+            return call(self);
+        }
+        let started = Instant::now();
+        let result = call(self);
+        if let Some(calls) = &mut self.host_calls
+            && calls.len() < MAX_HOST_CALLS_RECORDED
+        {
+            calls.push(HostCall {
+                operation,
+                started,
+                took: started.elapsed(),
+            });
+        }
+        result
     }
 
     /// Whether `bytes` more of host-side tensors fit the instance's budget.
@@ -111,6 +154,7 @@ impl StoreState {
     /// Runs a two-operand operation (`output` sizes its result for the budget check).
     fn binary(
         &mut self,
+        operation: &'static str,
         a: Resource<DeviceTensor>,
         b: Resource<DeviceTensor>,
         output: impl FnOnce(&[usize], &[usize]) -> Result<usize, ComputeError>,
@@ -120,25 +164,30 @@ impl StoreState {
             &DeviceTensor,
         ) -> Result<DeviceTensor, ComputeError>,
     ) -> wasmtime::Result<Result<Resource<DeviceTensor>, String>> {
-        let (a, b) = (self.tensor(&a)?, self.tensor(&b)?);
-        let result = self
-            .fits_output(output(a.shape(), b.shape()))
-            .and_then(|()| op(self.compute.as_ref(), a, b));
-        self.keep(result)
+        self.timed(operation, |state| {
+            let (a, b) = (state.tensor(&a)?, state.tensor(&b)?);
+            let result = state
+                .fits_output(output(a.shape(), b.shape()))
+                .and_then(|()| op(state.compute.as_ref(), a, b));
+            state.keep(result)
+        })
     }
 
     /// Runs a one-operand operation (`output` sizes its result for the budget check).
     fn unary(
         &mut self,
+        operation: &'static str,
         x: Resource<DeviceTensor>,
         output: impl FnOnce(&[usize]) -> Result<usize, ComputeError>,
         op: impl FnOnce(&dyn Backend, &DeviceTensor) -> Result<DeviceTensor, ComputeError>,
     ) -> wasmtime::Result<Result<Resource<DeviceTensor>, String>> {
-        let x = self.tensor(&x)?;
-        let result = self
-            .fits_output(output(x.shape()))
-            .and_then(|()| op(self.compute.as_ref(), x));
-        self.keep(result)
+        self.timed(operation, |state| {
+            let x = state.tensor(&x)?;
+            let result = state
+                .fits_output(output(x.shape()))
+                .and_then(|()| op(state.compute.as_ref(), x));
+            state.keep(result)
+        })
     }
 }
 
@@ -191,6 +240,7 @@ impl Host for StoreState {
         b: Resource<DeviceTensor>,
     ) -> wasmtime::Result<Result<Resource<DeviceTensor>, String>> {
         self.binary(
+            "compute.matmul",
             a,
             b,
             |a, b| output_bytes(Op::Matmul(a, b)),
@@ -204,6 +254,7 @@ impl Host for StoreState {
         b: Resource<DeviceTensor>,
     ) -> wasmtime::Result<Result<Resource<DeviceTensor>, String>> {
         self.binary(
+            "compute.add",
             a,
             b,
             |a, b| output_bytes(Op::Add(a, b)),
@@ -216,6 +267,7 @@ impl Host for StoreState {
         x: Resource<DeviceTensor>,
     ) -> wasmtime::Result<Result<Resource<DeviceTensor>, String>> {
         self.unary(
+            "compute.relu",
             x,
             |x| output_bytes(Op::Elementwise(x)),
             |backend, x| backend.relu(x),
@@ -227,6 +279,7 @@ impl Host for StoreState {
         x: Resource<DeviceTensor>,
     ) -> wasmtime::Result<Result<Resource<DeviceTensor>, String>> {
         self.unary(
+            "compute.softmax",
             x,
             |x| output_bytes(Op::Elementwise(x)),
             |backend, x| backend.softmax(x),
@@ -241,6 +294,7 @@ impl Host for StoreState {
     ) -> wasmtime::Result<Result<Resource<DeviceTensor>, String>> {
         let pad = pad as usize;
         self.binary(
+            "compute.conv2d",
             x,
             filters,
             |x, f| output_bytes(Op::Conv2d(x, f, pad)),
@@ -255,6 +309,7 @@ impl Host for StoreState {
     ) -> wasmtime::Result<Result<Resource<DeviceTensor>, String>> {
         let size = size as usize;
         self.unary(
+            "compute.max_pool",
             x,
             |x| output_bytes(Op::MaxPool(x, size)),
             |backend, x| backend.max_pool(x, size),
@@ -268,6 +323,7 @@ impl Host for StoreState {
     ) -> wasmtime::Result<Result<Resource<DeviceTensor>, String>> {
         let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
         self.unary(
+            "compute.reshape",
             x,
             |x| output_bytes(Op::Reshape(x, &shape)),
             |backend, x| backend.reshape(x, &shape),

@@ -26,6 +26,7 @@ mod replica;
 
 pub(crate) use error::error_chain;
 pub use error::{CallError, LoadError};
+pub use host::{HostCall, MAX_HOST_CALLS_RECORDED};
 pub use replica::{InstanceRecipe, Replacement, ReplacementObserver, Replica};
 
 use host::StoreState;

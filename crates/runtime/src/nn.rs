@@ -195,7 +195,9 @@ impl inference::HostGraphExecutionContext for StoreState {
                 data,
             });
         }
-        let outputs = match graph.run(&tensors, self.call_deadline) {
+        let deadline = self.call_deadline;
+        let ran = self.timed("wasi-nn.compute", |_| graph.run(&tensors, deadline));
+        let outputs = match ran {
             Ok(outputs) => outputs,
             // Stopped at the call's time limit: the call ends as the epoch would have ended
             // it, a timeout, and the instance is replaced.

@@ -8,7 +8,7 @@
 use crate::bindings::Model as ModelBindings;
 use crate::bindings::sluice::model::types::{ModelError, Tensor as WitTensor};
 use crate::convert::{info_from_wit, tensors_from_wit, tensors_to_wit};
-use crate::host::StoreState;
+use crate::host::{HostCall, StoreState};
 use crate::{
     CallError, GraphSet, InstanceLimits, LoadError, ModelComponent, deadline_ticks, error_chain,
 };
@@ -51,6 +51,10 @@ pub struct Replica {
     instance: Option<Instance>,
     /// Calls the current instance has run.
     calls: u64,
+    /// Whether calls record the host calls they make ([`Replica::take_host_calls`]).
+    recording: bool,
+    /// The host calls of the last call, when recording.
+    host_calls: Vec<HostCall>,
 }
 
 impl Replica {
@@ -61,7 +65,21 @@ impl Replica {
             recipe,
             instance: Some(instance),
             calls: 0,
+            recording: false,
+            host_calls: Vec::new(),
         })
+    }
+
+    /// Makes the next calls record the host calls they make (`compute` operations and graph
+    /// runs, with their times), or stop recording. Off, nothing is timed.
+    pub fn record_host_calls(&mut self, on: bool) {
+        self.recording = on;
+    }
+
+    /// The host calls the last call made, if it was recorded (at most
+    /// [`crate::MAX_HOST_CALLS_RECORDED`]).
+    pub fn take_host_calls(&mut self) -> Vec<HostCall> {
+        std::mem::take(&mut self.host_calls)
     }
 
     /// Changes the name this replica and its instances log under (known only after `info`).
@@ -113,10 +131,17 @@ impl Replica {
             ),
         };
         arm_time_limit(&mut instance.store, self.recipe.limits.call_timeout);
+        instance.store.data_mut().host_calls = self.recording.then(Vec::new);
         let result = instance
             .bindings
             .sluice_model_predictor()
             .call_predict(&mut instance.store, inputs);
+        self.host_calls = instance
+            .store
+            .data_mut()
+            .host_calls
+            .take()
+            .unwrap_or_default();
         let printed = instance.store.data().log.take_recent();
         self.calls += 1;
         let answer = match result {

@@ -12,7 +12,8 @@
 //! - [`lifecycle`]: models loaded through the API, recorded so that they survive restarts;
 //! - [`onnx`]: ONNX graphs served with no guest code, by a bundled runner component;
 //! - [`settings`]: a model's limits and batching, and requests for them;
-//! - [`metrics`]: Prometheus counters and histograms, a leaf every module above calls.
+//! - [`metrics`]: Prometheus counters and histograms, a leaf every module above calls;
+//! - [`telemetry`]: request traces (OpenTelemetry spans), another leaf, off unless enabled.
 //!
 //! Nothing here knows a protocol: errors say their [`sluice_types::ErrorKind`], and the
 //! frontend maps it to a status.
@@ -28,6 +29,7 @@ pub mod repository;
 pub mod selection;
 pub mod settings;
 pub mod store;
+pub mod telemetry;
 
 pub use settings::ModelLimits;
 

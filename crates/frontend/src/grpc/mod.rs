@@ -100,7 +100,9 @@ pub(crate) async fn serve(
     if let Some(identity) = &tls {
         builder = builder.tls_config(identity.grpc_config())?;
     }
-    let mut builder = builder.layer(Limited::<Grpc>::new(connections));
+    let mut builder = builder
+        .layer(Limited::<Grpc>::new(connections))
+        .layer(crate::traces::Traced::grpc());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<SluiceServer<sluice::SluiceApi>>()

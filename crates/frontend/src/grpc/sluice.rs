@@ -9,8 +9,10 @@ use crate::messages::apps::{
 };
 use crate::messages::models::{entry_status, load_spec, model_status};
 use crate::messages::non_empty;
+use opentelemetry::KeyValue;
 use sluice_api::convert::{tensor_from_proto, tensor_to_proto};
 use sluice_api::proto::{self, sluice_server::Sluice};
+use sluice_serving::telemetry;
 use sluice_types::Tensor;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -61,6 +63,7 @@ impl Sluice for SluiceApi {
             .registry
             .get(&request.model, non_empty(request.version.as_str()))
             .map_err(status)?;
+        telemetry::annotate(|| vec![KeyValue::new("sluice.model", model.name.clone())]);
         let inputs = tensors_from_proto(request.inputs)?;
         let deadline = (request.timeout_ms > 0).then(|| {
             tokio::time::Instant::now() + std::time::Duration::from_millis(request.timeout_ms)
@@ -260,6 +263,7 @@ impl Sluice for SluiceApi {
     ) -> Result<Response<proto::PredictAppResponse>, Status> {
         let request = request.into_inner();
         let app = required(&request.app, "app")?;
+        telemetry::annotate(|| vec![KeyValue::new("sluice.application", app.to_string())]);
         let inputs = tensors_from_proto(request.inputs)?;
         let answer = self
             .shared

@@ -11,9 +11,11 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use opentelemetry::KeyValue;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_api::kserve_json::JsonTensor;
+use sluice_serving::telemetry;
 use sluice_types::Tensor;
 use std::sync::Arc;
 
@@ -79,6 +81,7 @@ async fn predict_app(
     Path(app): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>> {
+    telemetry::annotate(|| vec![KeyValue::new("sluice.application", app.clone())]);
     let mut request = AppRequest::parse(&body)?;
     let inputs = request.tensors()?;
     let answer = shared

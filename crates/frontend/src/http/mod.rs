@@ -127,6 +127,7 @@ pub(crate) async fn serve(
         None => None,
     };
     let app = router(shared)
+        .layer(crate::traces::Traced::http())
         .layer(Limited::<Http>::new(connections.clone()))
         .into_make_service_with_connect_info::<Peer>();
     match tls {

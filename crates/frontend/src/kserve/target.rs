@@ -5,9 +5,11 @@
 
 use super::app_outputs;
 use crate::error::ApiError;
+use opentelemetry::KeyValue;
 use sluice_serving::registry::{Model, Registry, RegistryError};
 use sluice_serving::selection::Applications;
 use sluice_serving::selection::app::{ApplicationSpec, split_link};
+use sluice_serving::telemetry;
 use sluice_types::names::quoted;
 use sluice_types::{Tensor, TensorSpec};
 use std::sync::Arc;
@@ -148,6 +150,12 @@ impl InferTarget {
         inputs: Vec<Tensor>,
         parameters: AppParameters,
     ) -> Result<Inferred, ApiError> {
+        telemetry::annotate(|| match &self {
+            InferTarget::Model(model) => vec![KeyValue::new("sluice.model", model.name.clone())],
+            InferTarget::App(spec) => {
+                vec![KeyValue::new("sluice.application", spec.name.clone())]
+            }
+        });
         match self {
             InferTarget::Model(model) => Ok(Inferred {
                 outputs: model.predict(inputs, None).await?,

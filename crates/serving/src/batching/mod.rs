@@ -16,9 +16,11 @@ pub mod sizer;
 
 use crate::metrics::ModelMetrics;
 use crate::settings::ModelLimits;
+use crate::telemetry;
+use opentelemetry::KeyValue;
 use queue::DeadlineQueue;
 use sizer::BatchSizer;
-use sluice_runtime::{CallError, LoadError, Replica};
+use sluice_runtime::{CallError, HostCall, LoadError, Replica};
 use sluice_types::{ErrorKind, HasKind, ModelInfo, Tensor, contract};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -125,6 +127,15 @@ pub trait BatchRunner: Send + 'static {
         &mut self,
         inputs: Vec<Tensor>,
     ) -> impl Future<Output = (Vec<Tensor>, Result<Vec<Tensor>, CallError>)> + Send;
+
+    /// Makes the next runs record the host calls they make (a batch holds a traced
+    /// request), or stop.
+    fn record_host_calls(&mut self, _on: bool) {}
+
+    /// The host calls the last run made, if it recorded them.
+    fn take_host_calls(&mut self) -> Vec<HostCall> {
+        Vec::new()
+    }
 }
 
 /// Calls whose recent mean is below this run on the async thread itself (see
@@ -208,6 +219,19 @@ impl BatchRunner for ReplicaRunner {
         self.calls.record(took);
         (inputs, result)
     }
+
+    fn record_host_calls(&mut self, on: bool) {
+        if let Some(replica) = &mut self.replica {
+            replica.record_host_calls(on);
+        }
+    }
+
+    fn take_host_calls(&mut self) -> Vec<HostCall> {
+        self.replica
+            .as_mut()
+            .map(Replica::take_host_calls)
+            .unwrap_or_default()
+    }
 }
 
 /// Makes a new runner when replicas are added.
@@ -222,6 +246,8 @@ struct Pending {
     started: Arc<AtomicBool>,
     /// When it was queued (for the queue-time metric).
     enqueued: Instant,
+    /// The request's trace, if it is traced: its queue wait and batch are recorded under it.
+    trace: Option<opentelemetry::Context>,
     reply: oneshot::Sender<Result<Vec<Tensor>, BatchError>>,
 }
 
@@ -318,6 +344,8 @@ struct Shared {
     rows: AtomicU64,
     /// Requests submitted and not yet answered (queued or running).
     in_flight: AtomicUsize,
+    /// Replicas started so far: each is numbered in traces by its order of start.
+    replicas_started: AtomicUsize,
 }
 
 /// Counters of what a model's replicas have run.
@@ -408,6 +436,7 @@ impl<R: BatchRunner> Batcher<R> {
                 batches: AtomicU64::new(0),
                 rows: AtomicU64::new(0),
                 in_flight: AtomicUsize::new(0),
+                replicas_started: AtomicUsize::new(0),
             }),
             changing: tokio::sync::Mutex::new(()),
             target: AtomicUsize::new(runners.len()),
@@ -494,7 +523,12 @@ impl<R: BatchRunner> Batcher<R> {
     ) -> Result<Vec<Tensor>, BatchError> {
         let _in_flight = InFlight::enter(&self.pool.shared.in_flight);
         if self.scaled_to_zero() {
-            self.wake(deadline).await?;
+            let span = telemetry::LayerSpan::start("cold start", Vec::new);
+            let woken = span.run(self.wake(deadline)).await;
+            if let Err(error) = &woken {
+                span.fail(error);
+            }
+            woken?;
         }
         let (reply, mut answer) = oneshot::channel();
         let started = Arc::new(AtomicBool::new(false));
@@ -503,6 +537,7 @@ impl<R: BatchRunner> Batcher<R> {
             rows,
             started: started.clone(),
             enqueued: Instant::now(),
+            trace: telemetry::current(),
             reply,
         };
         if self.pool.dispatch(deadline, pending).is_err() {
@@ -584,7 +619,14 @@ impl<R: BatchRunner> Pool<R> {
             shared.config.slo,
         );
         let slot = Arc::new(Slot::new(shared.queue_capacity, sizer.size()));
-        let worker = tokio::spawn(run_worker(slot.clone(), runner, sizer, shared.clone()));
+        let replica = shared.replicas_started.fetch_add(1, Ordering::Relaxed);
+        let worker = tokio::spawn(run_worker(
+            slot.clone(),
+            runner,
+            sizer,
+            shared.clone(),
+            replica,
+        ));
         self.slots
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -724,7 +766,9 @@ async fn run_worker<R: BatchRunner>(
     mut runner: R,
     mut sizer: BatchSizer,
     shared: Arc<Shared>,
+    replica: usize,
 ) {
+    let mut recording = false;
     loop {
         loop {
             {
@@ -761,8 +805,31 @@ async fn run_worker<R: BatchRunner>(
         slot.busy_rows.store(rows, Ordering::Relaxed);
         let started = Instant::now();
         let waits: Vec<Duration> = batch.iter().map(|p| started - p.enqueued).collect();
-        run_batch(&mut runner, batch, &shared).await;
+        let traced = batch.iter().any(|p| p.trace.is_some());
+        if traced != recording {
+            runner.record_host_calls(traced);
+            recording = traced;
+        }
+        let traces: Vec<(opentelemetry::Context, Instant)> = batch
+            .iter()
+            .filter_map(|p| Some((p.trace.clone()?, p.enqueued)))
+            .collect();
+        let requests = batch.len();
+        let ran = run_batch(&mut runner, batch, &shared).await;
         let latency = started.elapsed();
+        if traced {
+            let batch = TracedBatch {
+                replica,
+                rows,
+                requests,
+                started,
+                ran,
+                host_calls: runner.take_host_calls(),
+            };
+            traces
+                .iter()
+                .for_each(|(trace, enqueued)| batch.record(trace, *enqueued));
+        }
         shared
             .metrics
             .record_batch(rows, latency, waits.into_iter());
@@ -821,7 +888,11 @@ fn take_batch(slot: &Slot, size: usize) -> Vec<Pending> {
 /// Runs a batch and answers its callers. If the batch fails and held several requests, each
 /// is retried alone, so that one bad request (or one that makes the model trap) fails only
 /// itself.
-async fn run_batch<R: BatchRunner>(runner: &mut R, batch: Vec<Pending>, shared: &Shared) {
+async fn run_batch<R: BatchRunner>(
+    runner: &mut R,
+    batch: Vec<Pending>,
+    shared: &Shared,
+) -> BatchRun {
     let info = &shared.info;
     let rows: Vec<usize> = batch.iter().map(|p| p.rows).collect();
     let total = rows.iter().sum();
@@ -831,23 +902,35 @@ async fn run_batch<R: BatchRunner>(runner: &mut R, batch: Vec<Pending>, shared: 
         replies.push(pending.reply);
         requests.push(pending.inputs);
     }
+    let call_started = Instant::now();
     let (inputs, result) = runner.run(rows::concat(requests)).await;
+    let call_ended = Instant::now();
+    let mut ran = BatchRun {
+        call_started,
+        call_ended,
+        answered: call_ended,
+        failure: None,
+    };
     let result = result
         .map_err(BatchError::from)
         .and_then(|outputs| checked(info, outputs, total));
     match result.and_then(|outputs| rows::split(outputs, &rows).map_err(BatchError::InvalidOutput))
     {
         Ok(parts) => {
+            ran.answered = Instant::now();
             for (reply, part) in replies.into_iter().zip(parts) {
                 let _ = reply.send(within_limit(part, shared.max_response_bytes));
             }
         }
         Err(error) if replies.len() == 1 || inputs.is_empty() => {
+            ran.answered = Instant::now();
             for reply in replies {
                 let _ = reply.send(Err(error.clone()));
             }
+            ran.failure = Some(error);
         }
-        Err(_) => {
+        Err(error) => {
+            ran.failure = Some(error);
             let parts = rows::split(inputs, &rows).unwrap_or_default();
             for ((reply, part), n) in replies.into_iter().zip(parts).zip(rows) {
                 if reply.is_closed() {
@@ -857,8 +940,78 @@ async fn run_batch<R: BatchRunner>(runner: &mut R, batch: Vec<Pending>, shared: 
                 let result = result
                     .map_err(BatchError::from)
                     .and_then(|outputs| checked(info, outputs, n));
+                ran.answered = Instant::now();
                 let _ = reply.send(result.and_then(|o| within_limit(o, shared.max_response_bytes)));
             }
+        }
+    }
+    ran
+}
+
+/// How a batch's call into the model went (for the spans of the traced requests in it).
+struct BatchRun {
+    call_started: Instant,
+    call_ended: Instant,
+    /// When the last answer was sent (a traced request's batch ends there).
+    answered: Instant,
+    /// Why the batch failed; when it held several requests, each was then retried alone.
+    failure: Option<BatchError>,
+}
+
+/// A batch that held traced requests, as their traces show it.
+struct TracedBatch {
+    replica: usize,
+    rows: usize,
+    requests: usize,
+    started: Instant,
+    ran: BatchRun,
+    host_calls: Vec<HostCall>,
+}
+
+impl TracedBatch {
+    /// Records, under one traced request, its wait in the queue, the batch, the guest call and
+    /// the host calls the guest made.
+    fn record(&self, trace: &opentelemetry::Context, enqueued: Instant) {
+        let replica = KeyValue::new("sluice.replica", self.replica as i64);
+        let queue = vec![replica.clone()];
+        telemetry::record(
+            trace,
+            "queue",
+            enqueued.into_std(),
+            self.started.into_std(),
+            queue,
+        );
+        let batch = telemetry::record(
+            trace,
+            "batch",
+            self.started.into_std(),
+            self.ran.answered.into_std(),
+            vec![
+                replica,
+                KeyValue::new("sluice.batch.rows", self.rows as i64),
+                KeyValue::new("sluice.batch.requests", self.requests as i64),
+            ],
+        );
+        let ran = &self.ran;
+        let call = telemetry::record(
+            &batch,
+            "guest predict",
+            ran.call_started.into_std(),
+            ran.call_ended.into_std(),
+            Vec::new(),
+        );
+        if let Some(failure) = &ran.failure {
+            telemetry::record_failure(&call, failure);
+        }
+        for host_call in &self.host_calls {
+            let ended = host_call.started + host_call.took;
+            telemetry::record(
+                &call,
+                host_call.operation,
+                host_call.started,
+                ended,
+                Vec::new(),
+            );
         }
     }
 }

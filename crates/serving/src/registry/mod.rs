@@ -17,7 +17,9 @@ use crate::batching::{
 };
 use crate::metrics::{self, ModelMetrics};
 use crate::settings::ModelLimits;
+use crate::telemetry;
 use graphs::GraphReservation;
+use opentelemetry::KeyValue;
 use sluice_graphs::GraphError;
 use sluice_runtime::{InstanceRecipe, LoadError, Replica, Runtime};
 use sluice_types::names::{check_name, quoted};
@@ -232,7 +234,16 @@ impl Model {
         deadline: Option<Instant>,
     ) -> Result<Vec<Tensor>, RegistryError> {
         let started = std::time::Instant::now();
-        let result = self.checked_predict(inputs, deadline).await;
+        let span = telemetry::LayerSpan::start("model", || {
+            vec![
+                KeyValue::new("sluice.model", self.name.clone()),
+                KeyValue::new("sluice.model.version", self.version.clone()),
+            ]
+        });
+        let result = span.run(self.checked_predict(inputs, deadline)).await;
+        if let Err(error) = &result {
+            span.fail(error);
+        }
         let failure = result.as_ref().err().map(HasKind::kind);
         self.metrics.record_request(started.elapsed(), failure);
         result

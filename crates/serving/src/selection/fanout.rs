@@ -8,6 +8,8 @@ use crate::batching::BatchError;
 use crate::cache::{CacheKey, InputDigest, Lookup, PredictionCache};
 use crate::metrics;
 use crate::registry::{Registry, RegistryError};
+use crate::telemetry;
+use opentelemetry::KeyValue;
 use sluice_runtime::CallError;
 use sluice_types::Tensor;
 use std::future::Future;
@@ -91,11 +93,17 @@ pub(super) fn answer_job(
             version: model.version.clone(),
             input: query.digest,
         };
-        let (result, lookup) = cache
-            .get_or_compute(key, query.bypass_cache, || {
-                model.predict(query.inputs.to_vec(), None)
-            })
-            .await;
+        let span = telemetry::LayerSpan::start("cache", || {
+            vec![KeyValue::new("sluice.model", model.name.clone())]
+        });
+        let computed = cache.get_or_compute(key, query.bypass_cache, || {
+            model.predict(query.inputs.to_vec(), None)
+        });
+        let (result, lookup) = span.run(computed).await;
+        span.set(|| vec![KeyValue::new("sluice.cache.lookup", lookup.label())]);
+        if let Err(error) = &result {
+            span.fail(&**error);
+        }
         metrics::record_cache(&model.name, lookup.label());
         let answer = result
             .map_err(|e| match &*e {
@@ -126,7 +134,7 @@ pub(super) async fn ask_until(
     let (sender, mut receiver) = mpsc::channel(links.len().max(1));
     for (slot, link) in links.iter().enumerate() {
         let sender = sender.clone();
-        let job = answer_job(registry, cache, link, query.clone());
+        let job = telemetry::in_current_context(answer_job(registry, cache, link, query.clone()));
         tokio::spawn(async move {
             let answer = job.await;
             let _ = sender.send((slot, answer)).await;

@@ -32,10 +32,12 @@ mod states;
 use crate::cache::{InputDigest, PredictionCache, digest_inputs};
 use crate::registry::Registry;
 use crate::store::{Change, Follower, Store, StoreError};
+use crate::telemetry;
 use app::ApplicationSpec;
 use catalog::Catalog;
 pub use error::SelectionError;
 use fanout::{Failure, Query, ask_until};
+use opentelemetry::KeyValue;
 pub use policy::{ArmState, Policy, PolicyConfig, Prediction, SelectionState};
 use recent::RecentQueries;
 use sluice_types::{ErrorKind, HasKind, Tensor, contract};
@@ -260,6 +262,26 @@ impl Applications {
         inputs: Vec<Tensor>,
         bypass_cache: bool,
     ) -> Result<AppAnswer, SelectionError> {
+        let span = telemetry::LayerSpan::start("selection", || {
+            vec![KeyValue::new("sluice.application", app_name.to_string())]
+        });
+        let answer = span
+            .run(self.select_and_ask(&span, app_name, user, inputs, bypass_cache))
+            .await;
+        if let Err(error) = &answer {
+            span.fail(error);
+        }
+        answer
+    }
+
+    async fn select_and_ask(
+        &self,
+        span: &telemetry::LayerSpan,
+        app_name: &str,
+        user: &str,
+        inputs: Vec<Tensor>,
+        bypass_cache: bool,
+    ) -> Result<AppAnswer, SelectionError> {
         let (app, rows) = self.queried(app_name, user, &inputs)?;
         let spec = &app.spec;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(spec.slo_ms);
@@ -273,6 +295,14 @@ impl Applications {
         };
         let digest = digest_inputs(&inputs);
         let chosen: Vec<String> = chosen.iter().map(|&i| spec.models[i].clone()).collect();
+        span.set(|| {
+            let models: Vec<opentelemetry::StringValue> =
+                chosen.iter().map(|m| m.clone().into()).collect();
+            vec![
+                KeyValue::new("sluice.policy", spec.policy.name()),
+                KeyValue::new("sluice.models", opentelemetry::Value::Array(models.into())),
+            ]
+        });
         self.recent.remember(app_name, user, digest, chosen.clone());
         if self.store.is_shared() {
             self.share_query(app_name, user, digest, chosen.clone());
