@@ -112,6 +112,16 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
     }
 }
 
+/// Asserts that `span` has the attribute `key` with the value `expected`.
+fn has(span: &Span, key: &str, expected: &str) {
+    assert_eq!(
+        attribute(span, key).as_deref(),
+        Some(expected),
+        "`{}`'s `{key}`",
+        span.name
+    );
+}
+
 /// The one span named `name` among `spans`.
 fn named<'a>(spans: &'a [Span], name: &str) -> &'a Span {
     let found: Vec<&Span> = spans.iter().filter(|s| s.name == name).collect();
@@ -134,6 +144,22 @@ fn is_child(child: &Span, parent: &Span) {
         child.name,
         parent.name
     );
+}
+
+/// POSTs JSON `body` to `url` under the caller's span `traceparent`.
+async fn post_traced(
+    http: &reqwest::Client,
+    url: &str,
+    traceparent: &str,
+    body: &[u8],
+) -> reqwest::Response {
+    http.post(url)
+        .header("traceparent", traceparent)
+        .header("content-type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"))
 }
 
 /// A caller's span: W3C `traceparent`, sampled or not.
@@ -172,17 +198,11 @@ async fn requests_become_traces_with_a_span_per_layer_under_the_callers_span() {
     .unwrap();
     let http = reqwest::Client::new();
     let body = std::fs::read(repo_file("docs/examples/digit-0.json")).unwrap();
+    let predict = format!("{}/sluice/v1/apps/traced/predict", server.http_url);
 
     // An application request over HTTP, under a caller's sampled span.
     let (trace_id, caller) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
-    let answer = http
-        .post(format!("{}/sluice/v1/apps/traced/predict", server.http_url))
-        .header("traceparent", traceparent(trace_id, caller, true))
-        .header("content-type", "application/json")
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let answer = post_traced(&http, &predict, &traceparent(trace_id, caller, true), &body).await;
     assert!(
         answer.status().is_success(),
         "{}",
@@ -200,41 +220,23 @@ async fn requests_become_traces_with_a_span_per_layer_under_the_callers_span() {
         hex_decode(caller),
         "the root joins the caller's span"
     );
-    assert_eq!(
-        attribute(root, "sluice.application").as_deref(),
-        Some("traced")
-    );
-    assert_eq!(
-        attribute(root, "http.response.status_code").as_deref(),
-        Some("200")
-    );
+    has(root, "sluice.application", "traced");
+    has(root, "http.response.status_code", "200");
     let selection = named(&spans, "selection");
     is_child(selection, root);
-    assert_eq!(
-        attribute(selection, "sluice.policy").as_deref(),
-        Some("exp3")
-    );
-    assert_eq!(
-        attribute(selection, "sluice.models").as_deref(),
-        Some("digits-mlp")
-    );
+    has(selection, "sluice.policy", "exp3");
+    has(selection, "sluice.models", "digits-mlp");
     let cache = named(&spans, "cache");
     is_child(cache, selection);
-    assert_eq!(
-        attribute(cache, "sluice.cache.lookup").as_deref(),
-        Some("miss")
-    );
+    has(cache, "sluice.cache.lookup", "miss");
     let model = named(&spans, "model");
     is_child(model, cache);
-    assert_eq!(
-        attribute(model, "sluice.model").as_deref(),
-        Some("digits-mlp")
-    );
+    has(model, "sluice.model", "digits-mlp");
     let queue = named(&spans, "queue");
     is_child(queue, model);
     let batch = named(&spans, "batch");
     is_child(batch, model);
-    assert_eq!(attribute(batch, "sluice.batch.rows").as_deref(), Some("1"));
+    has(batch, "sluice.batch.rows", "1");
     assert!(attribute(batch, "sluice.replica").is_some());
     let guest = named(&spans, "guest predict");
     is_child(guest, batch);
@@ -250,12 +252,7 @@ async fn requests_become_traces_with_a_span_per_layer_under_the_callers_span() {
 
     // The same query again: the cache answers, and the trace says so.
     let again = "5bf92f3577b34da6a3ce929d0e0e4737";
-    http.post(format!("{}/sluice/v1/apps/traced/predict", server.http_url))
-        .header("traceparent", traceparent(again, caller, true))
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    post_traced(&http, &predict, &traceparent(again, caller, true), &body).await;
     let spans = receiver
         .trace(again, |spans| {
             spans.iter().any(|s| s.name.starts_with("POST "))
@@ -292,31 +289,24 @@ async fn requests_become_traces_with_a_span_per_layer_under_the_callers_span() {
         .await;
     let root = named(&spans, "sluice.v1.Sluice/Predict");
     assert_eq!(root.parent_span_id, hex_decode(caller));
-    assert_eq!(attribute(root, "rpc.system").as_deref(), Some("grpc"));
-    assert_eq!(
-        attribute(root, "sluice.model").as_deref(),
-        Some("digits-mlp")
-    );
+    has(root, "rpc.system", "grpc");
+    has(root, "sluice.model", "digits-mlp");
     let batch = named(&spans, "batch");
     is_child(batch, named(&spans, "model"));
-    assert_eq!(attribute(batch, "sluice.batch.rows").as_deref(), Some("2"));
+    has(batch, "sluice.batch.rows", "2");
 
     // A caller that did not sample its trace: nothing of it is exported.
     let unsampled = "7bf92f3577b34da6a3ce929d0e0e4739";
-    http.post(format!("{}/v2/models/digits-mlp/infer", server.http_url))
-        .header("traceparent", traceparent(unsampled, caller, false))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    post_traced(
+        &http,
+        &format!("{}/v2/models/digits-mlp/infer", server.http_url),
+        &traceparent(unsampled, caller, false),
+        &body,
+    )
+    .await;
     // One more sampled request after it: once its spans are in, the earlier ones would be.
     let last = "8bf92f3577b34da6a3ce929d0e0e473a";
-    http.post(format!("{}/sluice/v1/apps/traced/predict", server.http_url))
-        .header("traceparent", traceparent(last, caller, true))
-        .body(std::fs::read(repo_file("docs/examples/digit-0.json")).unwrap())
-        .send()
-        .await
-        .unwrap();
+    post_traced(&http, &predict, &traceparent(last, caller, true), &body).await;
     receiver
         .trace(last, |spans| {
             spans.iter().any(|s| s.name.starts_with("POST "))

@@ -127,6 +127,18 @@ impl LayerSpan {
         }
     }
 
+    /// [`LayerSpan::run`] for work that can fail: a failure marks the span failed.
+    pub async fn run_or_fail<T, E: HasKind + Display>(
+        &self,
+        work: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let result = self.run(work).await;
+        if let Err(error) = &result {
+            self.fail(error);
+        }
+        result
+    }
+
     /// Runs `work` with this span as the current one, so that the spans it makes are its
     /// children.
     pub fn run<F: Future>(&self, work: F) -> InContext<F> {
@@ -148,12 +160,10 @@ impl Drop for LayerSpan {
 /// Runs `work`, wherever it is polled (a spawned task, say), in the context of the traced
 /// request this task serves now.
 pub fn in_current_context<F: Future>(work: F) -> InContext<F> {
-    in_context(current(), work)
-}
-
-/// Runs `work` in `context` (`None`: as it is).
-pub fn in_context<F: Future>(context: Option<Context>, work: F) -> InContext<F> {
-    InContext { work, context }
+    InContext {
+        work,
+        context: current(),
+    }
 }
 
 pin_project_lite::pin_project! {

@@ -524,11 +524,7 @@ impl<R: BatchRunner> Batcher<R> {
         let _in_flight = InFlight::enter(&self.pool.shared.in_flight);
         if self.scaled_to_zero() {
             let span = telemetry::LayerSpan::start("cold start", Vec::new);
-            let woken = span.run(self.wake(deadline)).await;
-            if let Err(error) = &woken {
-                span.fail(error);
-            }
-            woken?;
+            span.run_or_fail(self.wake(deadline)).await?;
         }
         let (reply, mut answer) = oneshot::channel();
         let started = Arc::new(AtomicBool::new(false));

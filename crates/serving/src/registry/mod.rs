@@ -240,10 +240,9 @@ impl Model {
                 KeyValue::new("sluice.model.version", self.version.clone()),
             ]
         });
-        let result = span.run(self.checked_predict(inputs, deadline)).await;
-        if let Err(error) = &result {
-            span.fail(error);
-        }
+        let result = span
+            .run_or_fail(self.checked_predict(inputs, deadline))
+            .await;
         let failure = result.as_ref().err().map(HasKind::kind);
         self.metrics.record_request(started.elapsed(), failure);
         result

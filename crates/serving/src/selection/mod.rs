@@ -265,13 +265,8 @@ impl Applications {
         let span = telemetry::LayerSpan::start("selection", || {
             vec![KeyValue::new("sluice.application", app_name.to_string())]
         });
-        let answer = span
-            .run(self.select_and_ask(&span, app_name, user, inputs, bypass_cache))
-            .await;
-        if let Err(error) = &answer {
-            span.fail(error);
-        }
-        answer
+        span.run_or_fail(self.select_and_ask(&span, app_name, user, inputs, bypass_cache))
+            .await
     }
 
     async fn select_and_ask(
