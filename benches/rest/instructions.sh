@@ -9,6 +9,9 @@
 #
 # Usage: benches/rest/instructions.sh          (builds the release binary first)
 #        SLUICE=path/to/sluice N=2000 benches/rest/instructions.sh
+# Settings: SERVE_ARGS (more `sluice serve` flags, e.g. `--otlp-endpoint URL`), SETTLE_S
+# (seconds to wait after the requests before dumping, so that work the server does after
+# answering, such as exporting spans, is counted; default 0).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v valgrind >/dev/null || { echo "needs valgrind: apt-get install valgrind" >&2; exit 1; }
@@ -23,7 +26,7 @@ WORK=$(mktemp -d)
 trap 'kill $SERVER 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
 serve() {  # serve [WRAPPER...]: a server on $WORK/cache; sets SERVER, GRPC and HTTP
     "$@" "$SLUICE" serve --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --no-state --no-samples \
-        --cache-dir "$WORK/cache" >"$WORK/stdout" 2>"$WORK/log" &
+        --cache-dir "$WORK/cache" ${SERVE_ARGS:-} >"$WORK/stdout" 2>"$WORK/log" &
     SERVER=$!
     for _ in $(seq 1200); do grep -q "^http on" "$WORK/stdout" 2>/dev/null && break; sleep 0.1; done
     GRPC=http://$(sed -n 's/^listening on //p' "$WORK/stdout")
@@ -58,6 +61,7 @@ send infer 50; send live 50               # warm up
 for what in live infer; do
     callgrind_control --zero "$SERVER" >/dev/null
     send "$what" "$N"
+    sleep "${SETTLE_S:-0}"
     callgrind_control --dump="$what" "$SERVER" >/dev/null
 done
 for part in 1 2; do

@@ -7,9 +7,10 @@
 #
 # Usage: benches/rest/run.sh            (builds the release binary first)
 #        SLUICE=path/to/sluice benches/rest/run.sh
-# Settings: SECONDS_EACH (default 8), ROUNDS (default 5), PIN (default 1: the server on
-# core 0 and wrk on core 1, with taskset, so that the two do not trade cores between runs;
-# unpinned, on 2 cores, one binary's rounds ranged from 45% to 88%).
+# Settings: SECONDS_EACH (default 8), ROUNDS (default 5), SERVE_ARGS (more `sluice serve`
+# flags, e.g. `--otlp-endpoint URL`), PIN (default 1: the server on core 0 and wrk on core
+# 1, with taskset, so that the two do not trade cores between runs; unpinned, on 2 cores, one
+# binary's rounds ranged from 45% to 88%).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v wrk >/dev/null || { echo "needs wrk: apt-get install wrk" >&2; exit 1; }
@@ -26,7 +27,7 @@ fi
 WORK=$(mktemp -d)
 trap 'kill $SERVER 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
 "${SERVER_CPU[@]}" "$SLUICE" serve --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --no-state \
-    --cache-dir "$WORK/cache" --sample-replicas 1 >"$WORK/stdout" 2>"$WORK/log" &
+    --cache-dir "$WORK/cache" --sample-replicas 1 ${SERVE_ARGS:-} >"$WORK/stdout" 2>"$WORK/log" &
 SERVER=$!
 for _ in $(seq 600); do grep -q "^http on" "$WORK/stdout" 2>/dev/null && break; sleep 0.1; done
 HTTP=$(sed -n 's/^http on //p' "$WORK/stdout")
