@@ -43,7 +43,7 @@ pub(crate) fn fresh_dir(name: &str) -> PathBuf {
 
 impl Server {
     /// Serves the bundled samples, keeping applications and learned state in `state_dir`.
-    fn start(state_dir: &Path) -> Server {
+    pub(crate) fn start(state_dir: &Path) -> Server {
         Self::start_with(state_dir, &[])
     }
 
@@ -394,138 +394,6 @@ fn idle_connections_cannot_take_every_open_file_of_the_server() {
 fn usage_errors_exit_with_2() {
     let output = Command::new(SLUICE).args(["predict"]).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
-}
-
-/// `sluice new` makes a project outside the repository whose unit test runs natively, which
-/// `sluice build` builds and a server serves; and the mistakes that used to build into
-/// nothing servable are explained: no `cdylib`, no `export_model!`, a library built for the
-/// host; and `sluice build --watch` builds again when the source changes.
-#[test]
-fn a_new_project_tests_builds_and_serves_and_its_mistakes_are_explained() {
-    let root = std::env::temp_dir().join(format!("sluice-new-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root).unwrap();
-    let project = root.join("my-model");
-    // The project's build is kept between runs (its dependencies take a while the first time).
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("new-project-target");
-    let run = |program: &str, args: &[&str], dir: &Path| {
-        Command::new(program)
-            .args(args)
-            .current_dir(dir)
-            .env("CARGO_TARGET_DIR", &target)
-            .output()
-            .unwrap()
-    };
-    let ok = |output: &Output, what: &str| {
-        assert!(
-            output.status.success(),
-            "{what}: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
-    ok(&run(SLUICE, &["new", "my-model"], &root), "sluice new");
-    let tested = run("cargo", &["test"], &project);
-    ok(&tested, "cargo test in the new project");
-    assert!(
-        stdout(&tested).contains("y_is_a_x_plus_b ... ok"),
-        "{}",
-        stdout(&tested)
-    );
-    ok(&run(SLUICE, &["build"], &project), "sluice build");
-    let wasm = target.join("wasm32-wasip2/release/my_model.wasm");
-    let state = fresh_dir("new-project-state");
-    let server = Server::start(&state);
-    let config = project.join("model.cfg");
-    ok(
-        &server.run(&[
-            "load",
-            wasm.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ]),
-        "sluice load",
-    );
-    let answer = server.run(&[
-        "predict",
-        "my-model",
-        "--input",
-        r#"{"inputs":[{"name":"x","datatype":"FP32","shape":[1,3],"data":[1,2,3]}]}"#,
-    ]);
-    ok(&answer, "sluice predict");
-    let answer: serde_json::Value = serde_json::from_str(&stdout(&answer)).unwrap();
-    assert_eq!(
-        answer["outputs"][0]["data"],
-        serde_json::json!([3.0, 5.0, 7.0])
-    );
-
-    let edit = |file: &str, from: &str, to: &str| {
-        let path = project.join(file);
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains(from), "{file} has no `{from}`");
-        std::fs::write(&path, text.replace(from, to)).unwrap();
-    };
-    let refused = |why: &str| {
-        let built = run(SLUICE, &["build"], &project);
-        let stderr = String::from_utf8_lossy(&built.stderr).into_owned();
-        assert!(!built.status.success(), "built despite {why}");
-        stderr
-    };
-    edit("Cargo.toml", r#"["cdylib", "rlib"]"#, r#"["rlib"]"#);
-    let stderr = refused("no cdylib");
-    assert!(stderr.contains(r#"has no crate-type "cdylib""#), "{stderr}");
-    edit("Cargo.toml", r#"["rlib"]"#, r#"["cdylib", "rlib"]"#);
-    edit("src/lib.rs", "sluice_sdk::export_model!(Affine);", "");
-    let stderr = refused("no export_model!");
-    assert!(
-        stderr.contains("sluice_sdk::export_model!(YourModel);"),
-        "{stderr}"
-    );
-    edit(
-        "src/lib.rs",
-        "\n\n#[cfg(test)]",
-        "\nsluice_sdk::export_model!(Affine);\n\n#[cfg(test)]",
-    );
-    // Built for the host, as `cargo build` does without the target.
-    ok(
-        &run("cargo", &["build", "--release"], &project),
-        "cargo build (native)",
-    );
-    let native = target.join("release/libmy_model.so");
-    let load = server.run(&["load", native.to_str().unwrap(), "--name", "native"]);
-    assert!(!load.status.success());
-    let stderr = String::from_utf8_lossy(&load.stderr);
-    assert!(stderr.contains("native shared library"), "{stderr}");
-    assert!(stderr.contains("sluice build"), "{stderr}");
-
-    // `--watch` builds at once, then again when the source changes.
-    let mut watching = Command::new(SLUICE)
-        .args(["build", "--watch"])
-        .current_dir(&project)
-        .env("CARGO_TARGET_DIR", &target)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (lines, built) = std::sync::mpsc::channel();
-    let stdout_of_watch = BufReader::new(watching.stdout.take().unwrap());
-    std::thread::spawn(move || {
-        for line in stdout_of_watch.lines().map_while(Result::ok) {
-            let _ = lines.send(line);
-        }
-    });
-    let next_build = || {
-        let line = built
-            .recv_timeout(std::time::Duration::from_secs(120))
-            .expect("a build within 2 minutes");
-        assert!(line.starts_with("built "), "{line}");
-    };
-    next_build();
-    edit("src/lib.rs", "max_batch: 128", "max_batch: 64");
-    next_build();
-    let _ = watching.kill();
-    let _ = watching.wait();
-    std::fs::remove_dir_all(&root).unwrap();
 }
 
 /// `serve --state` takes a Redis URL only, and stops at once, saying why, when Redis cannot be

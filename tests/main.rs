@@ -43,6 +43,8 @@ mod rest;
 mod selection;
 /// Servers sharing applications and learned state through a real Redis.
 mod shared_state;
+/// `sluice new`'s templates, from a new project to a served model.
+mod templates;
 /// TLS on both ports.
 mod tls;
 /// Request traces exported over OTLP, one span per layer.

@@ -1,7 +1,9 @@
-//! A model author's commands: `sluice new` writes a model project that builds and serves
-//! outside this repository, and `sluice build` builds one for the right target with the right
-//! flags, explaining the mistakes that would otherwise build "successfully" into nothing
-//! servable (no `cdylib`, no `export_model!`).
+//! A model author's commands: `sluice new` writes a model project from a template (Rust,
+//! Rust around a `wasi:nn` graph, an ONNX export, Python) that builds and serves outside this
+//! repository, and `sluice build` builds a Rust or Python one with the right tools, target
+//! and flags, explaining the mistakes that would otherwise build "successfully" into nothing
+//! servable (no `cdylib`, no `export_model!`, no `Predictor`). The templates' files are in
+//! `templates/`, embedded in the binary.
 
 use anyhow::{Context, Result, bail};
 use sluice_runtime::{LoadError, Runtime, RuntimeConfig};
@@ -22,8 +24,8 @@ pub(super) struct NewArgs {
     /// The project's directory (created); its last component names the crate.
     dir: PathBuf,
     /// What to start from.
-    #[arg(long, default_value = "rust", value_parser = ["rust"])]
-    template: String,
+    #[arg(long, value_enum, default_value = "rust")]
+    template: Template,
     /// The sluice SDK as a path dependency (a checkout's `guest-sdk` directory; default: the
     /// checkout this `sluice` was built from).
     #[arg(long, conflicts_with = "sdk_git")]
@@ -36,77 +38,157 @@ pub(super) struct NewArgs {
 /// Flags of `sluice build`.
 #[derive(Debug, clap::Args)]
 pub(super) struct BuildArgs {
-    /// The model project (its Cargo.toml's directory).
+    /// The model project: a Rust one (its Cargo.toml's directory) or a Python one (app.py
+    /// and wit/).
     #[arg(default_value = ".")]
     dir: PathBuf,
-    /// Build again whenever `src/` or `Cargo.toml` changes.
+    /// Build again whenever the project's sources change.
     #[arg(long)]
     watch: bool,
+    /// Copy the component here too (e.g. `repository/NAME/1/model.wasm`).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
-/// The new project's `src/lib.rs`: the model of docs/model-authors.md, with a native test.
-const RUST_LIB: &str = r#"//! A sluice model: y = a·x + b for every element; `a` and `b` come from the config ("a,b").
-
-use sluice_sdk::{Dtype, Model, ModelError, ModelInfo, Tensor, TensorSpec};
-
-pub struct Affine {
-    a: f32,
-    b: f32,
+/// What `sluice new` starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum Template {
+    /// A model in Rust (y = a·x + b), with a native unit test.
+    Rust,
+    /// Rust around an ONNX graph the host runs natively through `wasi:nn`.
+    RustWasiNn,
+    /// No guest code: a scikit-learn model exported to ONNX, served by a bundled runner.
+    Onnx,
+    /// A model in Python, built with componentize-py.
+    Python,
 }
 
-impl Model for Affine {
-    fn init(config: &[u8]) -> Result<Self, ModelError> {
-        let text = std::str::from_utf8(config)
-            .map_err(|_| ModelError::Internal("config is not UTF-8".into()))?;
-        let (a, b) = text
-            .trim()
-            .split_once(',')
-            .ok_or_else(|| ModelError::Internal(format!("config must be `a,b`, got `{text}`")))?;
-        let parse = |s: &str| {
-            s.trim()
-                .parse::<f32>()
-                .map_err(|e| ModelError::Internal(format!("config `{s}`: {e}")))
-        };
-        Ok(Affine {
-            a: parse(a)?,
-            b: parse(b)?,
-        })
-    }
+/// A file of a template, its text before `NAME` is replaced.
+struct TemplateFile {
+    path: &'static str,
+    contents: &'static [u8],
+}
 
-    fn info(&self) -> ModelInfo {
-        ModelInfo {
-            name: "NAME".into(),
-            version: "1".into(),
-            // The first dimension is the batch: -1, any number of rows.
-            inputs: vec![TensorSpec::new("x", Dtype::Fp32, &[-1, 3])],
-            outputs: vec![TensorSpec::new("y", Dtype::Fp32, &[-1, 3])],
-            max_batch: 128,
+/// `include_bytes!` of a template file, under the path it gets in the new project.
+macro_rules! template_file {
+    ($path:literal, $source:literal) => {
+        TemplateFile {
+            path: $path,
+            contents: include_bytes!($source),
+        }
+    };
+}
+
+/// sluice's WIT world, which a Python model is built against (Rust models get it from the SDK).
+const WIT_FILES: [TemplateFile; 5] = [
+    template_file!("wit/world.wit", "../../wit/world.wit"),
+    template_file!("wit/types.wit", "../../wit/types.wit"),
+    template_file!("wit/compute.wit", "../../wit/compute.wit"),
+    template_file!("wit/predictor.wit", "../../wit/predictor.wit"),
+    template_file!(
+        "wit/deps/wasi-nn/wasi-nn.wit",
+        "../../wit/deps/wasi-nn/wasi-nn.wit"
+    ),
+];
+
+/// One 8x8 digit as a KServe JSON request (`sluice predict NAME --input-file input.json`).
+const DIGIT_REQUEST: TemplateFile =
+    template_file!("input.json", "../../docs/examples/digit-0.json");
+
+impl Template {
+    /// The files of the template, apart from a Rust project's `Cargo.toml` and the WIT.
+    fn files(self) -> Vec<TemplateFile> {
+        match self {
+            Template::Rust => vec![
+                template_file!("src/lib.rs", "templates/rust/src/lib.rs"),
+                TemplateFile {
+                    path: "model.cfg",
+                    contents: b"2,1\n",
+                },
+                TemplateFile {
+                    path: ".gitignore",
+                    contents: b"/target\n",
+                },
+            ],
+            Template::RustWasiNn => vec![
+                template_file!("src/lib.rs", "templates/rust-wasi-nn/src/lib.rs"),
+                template_file!(
+                    "repository/NAME/1/config.toml",
+                    "templates/rust-wasi-nn/config.toml"
+                ),
+                // The graph: the scikit-learn digits pipeline the `onnx` template exports.
+                template_file!(
+                    "repository/NAME/1/classifier.onnx",
+                    "../../sample-models/onnx/digits-sklearn.onnx"
+                ),
+                DIGIT_REQUEST,
+                TemplateFile {
+                    path: ".gitignore",
+                    contents: b"/target\n/repository/*/*/model.wasm\n",
+                },
+            ],
+            Template::Onnx => vec![
+                template_file!("export.py", "templates/onnx/export.py"),
+                template_file!("requirements.txt", "templates/onnx/requirements.txt"),
+                DIGIT_REQUEST,
+                TemplateFile {
+                    path: ".gitignore",
+                    contents: b"/.venv\n/*.onnx\n",
+                },
+            ],
+            Template::Python => vec![
+                template_file!("app.py", "templates/python/app.py"),
+                template_file!("model.py", "templates/python/model.py"),
+                template_file!("test_model.py", "templates/python/test_model.py"),
+                template_file!("requirements.txt", "templates/python/requirements.txt"),
+                TemplateFile {
+                    path: "model.cfg",
+                    contents: b"2,1\n",
+                },
+                TemplateFile {
+                    path: ".gitignore",
+                    contents: b"/.venv\n/*.wasm\n__pycache__/\n",
+                },
+            ],
         }
     }
 
-    fn predict(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ModelError> {
-        let x = sluice_sdk::input(&inputs, "x")?;
-        let y: Vec<f32> = x.to_f32()?.iter().map(|v| self.a * v + self.b).collect();
-        Ok(vec![Tensor::from_f32("y", &x.shape, &y)])
+    /// Whether the project depends on the Rust SDK.
+    fn is_rust(self) -> bool {
+        matches!(self, Template::Rust | Template::RustWasiNn)
+    }
+
+    /// What to run next in the new project (`dir`, the model `name`).
+    fn next_steps(self, dir: &Path, name: &str) -> String {
+        let dir = dir.display();
+        let lib = name.replace('-', "_");
+        match self {
+            Template::Rust => format!(
+                "  cd {dir}\n  cargo test          # the model, natively\n  sluice build        # \
+                 the component\n  sluice load target/{WASM_TARGET}/release/{lib}.wasm --config \
+                 model.cfg   # on a running `sluice serve`"
+            ),
+            Template::RustWasiNn => format!(
+                "  cd {dir}\n  cargo test          # the code around the graph, natively\n  sluice \
+                 build --out repository/{name}/1/model.wasm\n  sluice serve --repository \
+                 repository --onnxruntime PATH/TO/libonnxruntime.so   # in another terminal\n  \
+                 sluice predict {name} --input-file input.json"
+            ),
+            Template::Onnx => format!(
+                "  cd {dir}\n  python3 -m venv .venv && .venv/bin/pip install -r requirements.txt\n  \
+                 .venv/bin/python export.py   # trains, checks and writes {name}.onnx\n  sluice \
+                 load --onnx {name}.onnx       # on a running `sluice serve`\n  sluice predict \
+                 {name} --input-file input.json"
+            ),
+            Template::Python => format!(
+                "  cd {dir}\n  python3 -m venv .venv && .venv/bin/pip install -r requirements.txt\n  \
+                 python3 -m unittest   # the model, natively\n  sluice build          # \
+                 {name}.wasm, with componentize-py\n  sluice load {name}.wasm --config model.cfg   \
+                 # on a running `sluice serve`"
+            ),
+        }
     }
 }
-
-sluice_sdk::export_model!(Affine);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Runs natively: `cargo test`.
-    #[test]
-    fn y_is_a_x_plus_b() {
-        let mut model = Affine::init(b"2,1").unwrap();
-        let x = Tensor::from_f32("x", &[1, 3], &[1.0, 2.0, 3.0]);
-        let y = model.predict(vec![x]).unwrap();
-        assert_eq!(y[0].to_f32().unwrap(), [3.0, 5.0, 7.0]);
-    }
-}
-"#;
 
 /// `sluice new`.
 pub(super) fn new(args: NewArgs) -> Result<()> {
@@ -116,7 +198,6 @@ pub(super) fn new(args: NewArgs) -> Result<()> {
         sdk,
         sdk_git,
     } = args;
-    debug_assert_eq!(template, "rust");
     let name = dir
         .file_name()
         .and_then(|n| n.to_str())
@@ -135,6 +216,45 @@ pub(super) fn new(args: NewArgs) -> Result<()> {
     if dir.exists() {
         bail!("{} exists already; give a new directory", dir.display());
     }
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    if template.is_rust() {
+        files.push((
+            "Cargo.toml".into(),
+            rust_manifest(&name, sdk, sdk_git)?.into(),
+        ));
+    } else if sdk.is_some() || sdk_git.is_some() {
+        bail!("--sdk and --sdk-git are for the Rust templates: this one has no Rust SDK");
+    }
+    if template == Template::Python {
+        files.extend(WIT_FILES.iter().map(|f| (f.path.into(), f.contents.into())));
+    }
+    for file in template.files() {
+        let contents = match std::str::from_utf8(file.contents) {
+            // Text: the placeholder becomes the model's name (in paths too). A graph is data.
+            Ok(text) if !file.path.ends_with(".onnx") => text.replace("NAME", &name).into(),
+            _ => file.contents.to_vec(),
+        };
+        files.push((file.path.replace("NAME", &name), contents));
+    }
+    for (path, contents) in files {
+        let path = dir.join(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!(
+        "created {} (model `{name}`). Next:\n{}",
+        dir.display(),
+        template.next_steps(&dir, &name)
+    );
+    Ok(())
+}
+
+/// A Rust model project's `Cargo.toml`, with the SDK from `sdk` (a path), `sdk_git` (a URL)
+/// or this checkout.
+fn rust_manifest(name: &str, sdk: Option<PathBuf>, sdk_git: Option<String>) -> Result<String> {
     let dependency = match (sdk, sdk_git) {
         (_, Some(url)) => format!("{{ git = \"{url}\" }}"),
         (Some(path), None) => format!("{{ path = \"{}\" }}", std::path::absolute(&path)?.display()),
@@ -146,7 +266,7 @@ pub(super) fn new(args: NewArgs) -> Result<()> {
              give the SDK with --sdk PATH/TO/sluice/guest-sdk or --sdk-git URL"
         ),
     };
-    let manifest = format!(
+    Ok(format!(
         r#"[package]
 name = "{name}"
 version = "0.1.0"
@@ -164,41 +284,45 @@ opt-level = 3
 lto = true
 panic = "abort"
 "#
-    );
-    std::fs::create_dir_all(dir.join("src"))
-        .with_context(|| format!("creating {}", dir.display()))?;
-    let files = [
-        ("Cargo.toml", manifest),
-        (
-            "src/lib.rs",
-            RUST_LIB.replace("\"NAME\"", &format!("\"{name}\"")),
-        ),
-        ("model.cfg", "2,1\n".to_string()),
-        (".gitignore", "/target\n".to_string()),
-    ];
-    for (file, text) in files {
-        std::fs::write(dir.join(file), text)
-            .with_context(|| format!("writing {}", dir.join(file).display()))?;
-    }
-    println!(
-        "created {dir} (model `{name}`). Next:\n  cd {dir}\n  cargo test          # the model, natively\n  sluice build        # the component\n  sluice load target/{WASM_TARGET}/release/{lib}.wasm --config model.cfg   # on a running `sluice serve`",
-        dir = dir.display(),
-        lib = name.replace('-', "_"),
-    );
-    Ok(())
+    ))
 }
 
 /// `sluice build`.
 pub(super) fn build(args: BuildArgs) -> Result<()> {
+    let project = Project::in_dir(&args.dir)?;
+    let build = || -> Result<()> {
+        let wasm = project.build()?;
+        let bytes = std::fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;
+        project.check_component(&wasm, &bytes)?;
+        let shown = match &args.out {
+            Some(out) => {
+                if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("creating {}", parent.display()))?;
+                }
+                std::fs::copy(&wasm, out)
+                    .with_context(|| format!("copying {} to {}", wasm.display(), out.display()))?;
+                out.clone()
+            }
+            None => wasm,
+        };
+        println!(
+            "built {} ({} KiB); load it with `sluice load {} --config CONFIG`",
+            shown.display(),
+            bytes.len() / 1024,
+            shown.display()
+        );
+        Ok(())
+    };
     if !args.watch {
-        return build_once(&args.dir).map(drop);
+        return build();
     }
     let mut built_at = None;
     loop {
-        let changed = newest_change(&args.dir);
+        let changed = project.newest_change();
         if built_at.is_none_or(|at| changed > at) {
             built_at = Some(changed);
-            if let Err(e) = build_once(&args.dir) {
+            if let Err(e) = build() {
                 eprintln!("error: {e:#}");
             }
             eprintln!(
@@ -210,36 +334,128 @@ pub(super) fn build(args: BuildArgs) -> Result<()> {
     }
 }
 
-/// The latest modification time of `Cargo.toml` and anything under `src/`.
-fn newest_change(dir: &Path) -> SystemTime {
-    fn walk(path: &Path, newest: &mut SystemTime) {
-        if let Ok(meta) = std::fs::metadata(path) {
-            if let Ok(modified) = meta.modified() {
-                *newest = (*newest).max(modified);
-            }
-            if meta.is_dir()
-                && let Ok(entries) = std::fs::read_dir(path)
-            {
-                entries.flatten().for_each(|e| walk(&e.path(), newest));
-            }
-        }
-    }
-    let mut newest = SystemTime::UNIX_EPOCH;
-    walk(&dir.join("Cargo.toml"), &mut newest);
-    walk(&dir.join("src"), &mut newest);
-    newest
+/// A model project `sluice build` can build, told apart by its files.
+enum Project {
+    /// A Cargo package (`Cargo.toml`).
+    Rust { dir: PathBuf },
+    /// componentize-py's layout: `app.py` against the WIT in `wit/`; the component is named
+    /// after the directory.
+    Python { dir: PathBuf, name: String },
 }
 
-/// Builds the project in `dir` for [`WASM_TARGET`] and checks that the result is a model
-/// component; returns its path.
-fn build_once(dir: &Path) -> Result<PathBuf> {
-    let manifest_path = dir.join("Cargo.toml");
-    let text = std::fs::read_to_string(&manifest_path).with_context(|| {
-        format!(
-            "reading {}: run `sluice build` in a model project (`sluice new NAME` makes one)",
-            manifest_path.display()
+impl Project {
+    fn in_dir(dir: &Path) -> Result<Project> {
+        if dir.join("Cargo.toml").exists() {
+            return Ok(Project::Rust {
+                dir: dir.to_path_buf(),
+            });
+        }
+        if dir.join("app.py").exists() {
+            if !dir.join("wit").is_dir() {
+                bail!(
+                    "{}: a Python model is built against sluice's WIT, which is not in wit/ \
+                     (`sluice new NAME --template python` writes it)",
+                    dir.display()
+                );
+            }
+            let name = std::path::absolute(dir)?
+                .file_name()
+                .and_then(|n| n.to_str())
+                .context("the project's directory has no name")?
+                .to_string();
+            return Ok(Project::Python {
+                dir: dir.to_path_buf(),
+                name,
+            });
+        }
+        if dir.join("export.py").exists() {
+            bail!(
+                "{}: an ONNX project is not built into a component: run `.venv/bin/python \
+                 export.py`, then serve the graph with `sluice load --onnx FILE.onnx`",
+                dir.display()
+            );
+        }
+        bail!(
+            "{} has no Cargo.toml (a Rust model) or app.py (a Python model): run `sluice build` \
+             in a model project (`sluice new NAME` makes one)",
+            dir.display()
         )
-    })?;
+    }
+
+    /// Builds the component; returns where it is.
+    fn build(&self) -> Result<PathBuf> {
+        match self {
+            Project::Rust { dir } => build_rust(dir),
+            Project::Python { dir, name } => build_python(dir, name),
+        }
+    }
+
+    /// Checks that `bytes` (built at `wasm`) is a model component, saying what is missing
+    /// in this kind of project if it is not.
+    fn check_component(&self, wasm: &Path, bytes: &[u8]) -> Result<()> {
+        let runtime = Runtime::new(RuntimeConfig::default())?;
+        match runtime.load_component(bytes) {
+            Ok(_) => Ok(()),
+            Err(LoadError::MissingPredictor { detail, .. }) => {
+                let remedy = match self {
+                    Project::Rust { .. } => {
+                        "end src/lib.rs with `sluice_sdk::export_model!(YourModel);`"
+                    }
+                    Project::Python { .. } => {
+                        "define `class Predictor(exports.Predictor)` in app.py"
+                    }
+                };
+                bail!(
+                    "{} is a component but not a model ({detail}): {remedy}",
+                    wasm.display()
+                )
+            }
+            Err(other) => Err(other).context(format!("checking {}", wasm.display())),
+        }
+    }
+
+    /// The latest modification time of the project's sources.
+    fn newest_change(&self) -> SystemTime {
+        let mut newest = SystemTime::UNIX_EPOCH;
+        match self {
+            Project::Rust { dir } => {
+                newest_under(&dir.join("Cargo.toml"), &mut newest);
+                newest_under(&dir.join("src"), &mut newest);
+            }
+            Project::Python { dir, .. } => {
+                newest_under(&dir.join("wit"), &mut newest);
+                for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                    if entry.path().extension().is_some_and(|e| e == "py") {
+                        newest_under(&entry.path(), &mut newest);
+                    }
+                }
+            }
+        }
+        newest
+    }
+}
+
+/// Raises `newest` to the modification time of `path` and of everything under it.
+fn newest_under(path: &Path, newest: &mut SystemTime) {
+    if let Ok(meta) = std::fs::metadata(path) {
+        if let Ok(modified) = meta.modified() {
+            *newest = (*newest).max(modified);
+        }
+        if meta.is_dir()
+            && let Ok(entries) = std::fs::read_dir(path)
+        {
+            entries
+                .flatten()
+                .for_each(|e| newest_under(&e.path(), newest));
+        }
+    }
+}
+
+/// Builds the Cargo package in `dir` for [`WASM_TARGET`]; returns the `.wasm`.
+fn build_rust(dir: &Path) -> Result<PathBuf> {
+    let manifest_path = dir.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest_path)
+        .with_context(|| format!("reading {}", manifest_path.display()))?;
     let manifest: toml::Table = text
         .parse()
         .with_context(|| format!("parsing {}", manifest_path.display()))?;
@@ -280,30 +496,45 @@ fn build_once(dir: &Path) -> Result<PathBuf> {
     if !status.success() {
         bail!("cargo build failed (its errors are above)");
     }
-    let target_dir = target_dir(dir)?;
-    let wasm = target_dir
+    let wasm = target_dir(dir)?
         .join(WASM_TARGET)
         .join("release")
         .join(format!("{lib_name}.wasm"));
-    let bytes =
-        std::fs::read(&wasm).with_context(|| format!("cargo built no {}", wasm.display()))?;
-    let runtime = Runtime::new(RuntimeConfig::default())?;
-    match runtime.load_component(&bytes) {
-        Ok(_) => {}
-        Err(LoadError::MissingPredictor { detail, .. }) => bail!(
-            "{} is a component but not a model ({detail}): end src/lib.rs with \
-             `sluice_sdk::export_model!(YourModel);`",
-            wasm.display()
-        ),
-        Err(other) => return Err(other).context(format!("checking {}", wasm.display())),
+    if !wasm.exists() {
+        bail!("cargo built no {}", wasm.display());
     }
-    println!(
-        "built {} ({} KiB); load it with `sluice load {} --config CONFIG`",
-        wasm.display(),
-        bytes.len() / 1024,
-        wasm.display()
-    );
     Ok(wasm)
+}
+
+/// The componentize-py release the Python template pins (its `requirements.txt`).
+const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
+
+/// Builds `dir/app.py` with componentize-py (the project's `.venv`, else `PATH`) into
+/// `dir/NAME.wasm`.
+fn build_python(dir: &Path, name: &str) -> Result<PathBuf> {
+    let in_venv = dir.join(".venv/bin/componentize-py");
+    let program = if in_venv.exists() {
+        in_venv
+    } else {
+        PathBuf::from("componentize-py")
+    };
+    let wasm = dir.join(format!("{name}.wasm"));
+    let status = Command::new(&program)
+        .args(["-d", "wit", "-w", "model", "componentize", "app", "-p", "."])
+        .arg("-o")
+        .arg(format!("{name}.wasm"))
+        .current_dir(dir)
+        .status();
+    match status {
+        Ok(status) if status.success() => Ok(wasm),
+        Ok(_) => bail!("componentize-py failed (its errors are above)"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "componentize-py is not installed: in {}, run `python3 -m venv .venv && \
+             .venv/bin/pip install {COMPONENTIZE_PY}` (the template's requirements.txt)",
+            dir.display()
+        ),
+        Err(e) => Err(e).context(format!("running {}", program.display())),
+    }
 }
 
 /// Where cargo puts the project's artifacts (`CARGO_TARGET_DIR`, a workspace's, or `target/`).
