@@ -354,3 +354,34 @@ fn the_python_template_tests_builds_and_serves() {
         "py-model",
     );
 }
+
+/// `sluice new --sdk-git URL` makes a project whose SDK dependency cargo resolves from that
+/// repository: here this checkout, as a `file://` URL (what it has committed).
+#[test]
+fn a_project_with_the_sdk_as_a_git_dependency_resolves() {
+    let scratch = Scratch::new("new-git-sdk");
+    let url = format!("file://{}", env!("CARGO_MANIFEST_DIR"));
+    ok(
+        &run(SLUICE, &["new", "git-model", "--sdk-git", &url], &scratch.0),
+        "sluice new --sdk-git",
+    );
+    let project = scratch.0.join("git-model");
+    let manifest = std::fs::read_to_string(project.join("Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains(&format!("sluice-sdk = {{ git = \"{url}\" }}")),
+        "{manifest}"
+    );
+    let metadata = run("cargo", &["metadata", "--format-version", "1"], &project);
+    let metadata: serde_json::Value = serde_json::from_str(&stdout(&metadata)).unwrap();
+    let sdk = metadata["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "sluice-sdk")
+        .unwrap_or_else(|| panic!("no sluice-sdk among the resolved packages"));
+    assert!(
+        sdk["source"].as_str().unwrap().starts_with("git+file://"),
+        "{}",
+        sdk["source"]
+    );
+}
