@@ -27,6 +27,8 @@ mod layers;
 mod limits;
 /// Loading, unloading, versions and admin authorization through the API.
 mod loading;
+/// Many models under a memory budget: starting at zero, eviction, least recently used first.
+mod memory_budget;
 /// ONNX graphs served by the ONNX runner.
 mod onnx;
 /// Overload: bounded queues and recovery.

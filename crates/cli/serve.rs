@@ -97,6 +97,12 @@ pub(super) struct ServeArgs {
     /// scales beyond it are refused with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = sluice_serving::registry::DEFAULT_MAX_INSTANCES)]
     max_instances: usize,
+    /// Memory the models' instances and compiled code may hold, e.g. `8GiB` or `512MiB`;
+    /// past it, idle models that may scale to zero (min_replicas = 0) lose their replicas,
+    /// least recently used first, and start one again on their next request. `none`: no
+    /// budget. Default: half the memory of the host (or of its cgroup, if less).
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory_budget)]
+    memory_budget: Option<MemoryBudget>,
     /// A model loaded with a replica range (--min-replicas/--max-replicas, or min_replicas and
     /// max_replicas in its config.toml) loses a replica once one has been spare this long.
     #[arg(long, default_value_t = sluice_serving::autoscale::DEFAULT_SCALE_DOWN_AFTER.as_secs())]
@@ -147,6 +153,42 @@ fn onnx_runners() -> OnnxRunners {
 
 /// Opens ONNX Runtime for models' graphs: a library named with --onnxruntime (or
 /// ORT_DYLIB_PATH) must open; without one, its absence only disables native graphs.
+/// `serve --memory-budget`.
+#[derive(Debug, Clone, Copy)]
+enum MemoryBudget {
+    None,
+    Bytes(u64),
+}
+
+fn parse_memory_budget(text: &str) -> Result<MemoryBudget, String> {
+    if text == "none" {
+        return Ok(MemoryBudget::None);
+    }
+    let size: bytesize::ByteSize = text
+        .parse()
+        .map_err(|e| format!("{e}: give a size such as 8GiB or 512MiB, or `none`"))?;
+    Ok(MemoryBudget::Bytes(size.as_u64()))
+}
+
+/// Half the memory of the host, or of the cgroup the server runs in when that is less (a
+/// container's limit); no budget when neither can be read.
+fn default_memory_budget() -> MemoryBudget {
+    let host = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        });
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok());
+    match host.into_iter().chain(cgroup).min() {
+        Some(bytes) => MemoryBudget::Bytes(bytes / 2),
+        None => MemoryBudget::None,
+    }
+}
+
 fn graph_engine(
     library: Option<&std::path::Path>,
     threads: usize,
@@ -207,12 +249,18 @@ pub(super) async fn run(args: ServeArgs) -> Result<()> {
         args.graph_threads,
         args.graph_memory_mib,
     )?;
-    let registry = Arc::new(
-        Registry::new(Arc::new(runtime))
-            .with_max_instances(args.max_instances)
-            .with_scale_down_after(Duration::from_secs(args.scale_down_after_s))
-            .with_graph_engine(graphs),
-    );
+    let mut registry = Registry::new(Arc::new(runtime))
+        .with_max_instances(args.max_instances)
+        .with_scale_down_after(Duration::from_secs(args.scale_down_after_s))
+        .with_graph_engine(graphs);
+    match args.memory_budget.unwrap_or_else(default_memory_budget) {
+        MemoryBudget::Bytes(bytes) => {
+            tracing::info!(bytes, "memory budget");
+            registry = registry.with_memory_budget(bytes);
+        }
+        MemoryBudget::None => tracing::info!("no memory budget"),
+    }
+    let registry = Arc::new(registry);
     let default_limits = ModelLimits {
         call_timeout: Duration::from_millis(args.call_timeout_ms),
         memory_bytes: args.memory_mib << 20,

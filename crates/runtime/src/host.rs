@@ -101,6 +101,11 @@ impl StoreState {
         result
     }
 
+    /// The memory the instance holds: its linear memory and its tensors on the host.
+    pub(crate) fn resident_bytes(&self) -> usize {
+        self.limiter.linear_bytes.saturating_add(self.held_bytes)
+    }
+
     /// Whether `bytes` more of host-side tensors fit the instance's budget.
     pub(crate) fn fits(&self, bytes: usize) -> Result<(), ComputeError> {
         let requested = self.held_bytes.saturating_add(bytes);
@@ -347,6 +352,9 @@ pub(crate) struct InstanceLimiter {
     pub(crate) memory_bytes: usize,
     /// Set when a growth was refused; taken by the replica after the call.
     pub(crate) exceeded: Option<String>,
+    /// Bytes of linear memory the instance has now, over all its memories (each memory's
+    /// creation is a growth from 0).
+    pub(crate) linear_bytes: usize,
 }
 
 impl InstanceLimiter {
@@ -354,6 +362,7 @@ impl InstanceLimiter {
         InstanceLimiter {
             memory_bytes,
             exceeded: None,
+            linear_bytes: 0,
         }
     }
 }
@@ -375,6 +384,7 @@ impl wasmtime::ResourceLimiter for InstanceLimiter {
             // allocator abort with a less helpful message.
             wasmtime::bail!(message);
         }
+        self.linear_bytes = self.linear_bytes.saturating_add(desired - current);
         Ok(true)
     }
 

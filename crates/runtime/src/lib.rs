@@ -35,7 +35,7 @@ use sluice_compute::Backend;
 use sluice_graphs::Graph;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use wasmtime::component::types::ComponentItem;
@@ -128,6 +128,17 @@ pub struct ModelComponent {
     pre: Arc<bindings::ModelPre<StoreState>>,
     /// Hex SHA-256 of the component bytes.
     pub sha256: String,
+    /// The runtime's count of live instances, which this component's instances join.
+    live_instances: Arc<AtomicUsize>,
+}
+
+impl ModelComponent {
+    /// Bytes of the compiled code in memory (code, data and metadata of its image), shared
+    /// by every clone and every load of the same bytes.
+    pub fn code_bytes(&self) -> usize {
+        let image = self.pre.instance_pre().component().image_range();
+        (image.end as usize).saturating_sub(image.start as usize)
+    }
 }
 
 /// What a component imports and exports, by name.
@@ -151,6 +162,8 @@ pub struct Runtime {
     resident: Mutex<HashMap<String, Weak<bindings::ModelPre<StoreState>>>>,
     /// Components prepared from their bytes (compiled, or read precompiled, and linked).
     prepared: AtomicU64,
+    /// Instances alive now, of every component.
+    live_instances: Arc<AtomicUsize>,
 }
 
 impl Runtime {
@@ -180,7 +193,26 @@ impl Runtime {
             ticker_stop,
             resident: Mutex::default(),
             prepared: AtomicU64::new(0),
+            live_instances: Arc::default(),
         })
+    }
+
+    fn component(
+        &self,
+        pre: Arc<bindings::ModelPre<StoreState>>,
+        sha256: String,
+    ) -> ModelComponent {
+        ModelComponent {
+            pre,
+            sha256,
+            live_instances: self.live_instances.clone(),
+        }
+    }
+
+    /// Model instances alive now, over every component and replica (a counter: reading it
+    /// costs one atomic load however many models are loaded).
+    pub fn live_instances(&self) -> usize {
+        self.live_instances.load(Ordering::Relaxed)
     }
 
     fn resident(
@@ -214,7 +246,7 @@ impl Runtime {
     pub fn load_component(&self, bytes: &[u8]) -> Result<ModelComponent, LoadError> {
         let sha256 = hex(&Sha256::digest(bytes));
         if let Some(pre) = self.resident().get(&sha256).and_then(Weak::upgrade) {
-            return Ok(ModelComponent { pre, sha256 });
+            return Ok(self.component(pre, sha256));
         }
         let component = self.compile(bytes, &sha256)?;
         let exports = component.component_type();
@@ -244,13 +276,13 @@ impl Runtime {
         let mut resident = self.resident();
         // Two first loads of the same bytes may race: the one that finishes first is shared.
         if let Some(pre) = resident.get(&sha256).and_then(Weak::upgrade) {
-            return Ok(ModelComponent { pre, sha256 });
+            return Ok(self.component(pre, sha256));
         }
         resident.retain(|_, pre| pre.strong_count() > 0);
         self.prepared.fetch_add(1, Ordering::Relaxed);
         let pre = Arc::new(pre);
         resident.insert(sha256.clone(), Arc::downgrade(&pre));
-        Ok(ModelComponent { pre, sha256 })
+        Ok(self.component(pre, sha256))
     }
 
     /// Lists a component's imports and exports without instantiating it.

@@ -15,6 +15,7 @@ use crate::{
 use sluice_compute::Backend;
 use sluice_types::{ModelInfo, Tensor};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap};
 
@@ -43,6 +44,23 @@ pub struct InstanceRecipe {
 struct Instance {
     store: Store<StoreState>,
     bindings: ModelBindings,
+    _live: LiveInstance,
+}
+
+/// One in the runtime's count of live instances, for as long as the instance lives.
+struct LiveInstance(Arc<AtomicUsize>);
+
+impl LiveInstance {
+    fn new(count: &Arc<AtomicUsize>) -> LiveInstance {
+        count.fetch_add(1, Ordering::Relaxed);
+        LiveInstance(count.clone())
+    }
+}
+
+impl Drop for LiveInstance {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A model instance that survives the faults of the calls it runs.
@@ -80,6 +98,14 @@ impl Replica {
     /// [`crate::MAX_HOST_CALLS_RECORDED`]).
     pub fn take_host_calls(&mut self) -> Vec<HostCall> {
         std::mem::take(&mut self.host_calls)
+    }
+
+    /// The memory its instance holds now: linear memory and host-side tensors (0 while it
+    /// has none, between a fault and the next call).
+    pub fn resident_bytes(&self) -> usize {
+        self.instance
+            .as_ref()
+            .map_or(0, |instance| instance.store.data().resident_bytes())
     }
 
     /// Changes the name this replica and its instances log under (known only after `info`).
@@ -218,7 +244,11 @@ fn instantiate(recipe: &InstanceRecipe) -> Result<Instance, LoadError> {
         .call_init(&mut store, &recipe.config);
     let printed = store.data().log.take_recent();
     match init {
-        Ok(Ok(())) => Ok(Instance { store, bindings }),
+        Ok(Ok(())) => Ok(Instance {
+            store,
+            bindings,
+            _live: LiveInstance::new(&recipe.component.live_instances),
+        }),
         Ok(Err(ModelError::InvalidInput(m) | ModelError::Internal(m))) => {
             Err(LoadError::InitFailed(m))
         }

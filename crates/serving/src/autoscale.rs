@@ -59,6 +59,17 @@ impl ReplicaRange {
     }
 }
 
+/// The replicas a load asks to start with: `replicas`, where 0 means 1, except with a range
+/// from 0, where 0 starts the model with none (registered, not resident: its first request
+/// starts a replica).
+pub fn starting_replicas(replicas: usize, range: Option<ReplicaRange>) -> usize {
+    if range.is_some_and(|range| range.min == 0) {
+        replicas
+    } else {
+        replicas.max(1)
+    }
+}
+
 /// One sample of a model.
 #[derive(Clone, Copy, Debug)]
 pub struct Sample {

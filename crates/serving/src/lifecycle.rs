@@ -8,7 +8,7 @@
 //! defaults again at restart), and the bytes that were sent: a path becomes the file's bytes,
 //! and an ONNX graph stays a graph, not a copy of the runner.
 
-use crate::autoscale::ReplicaRange;
+use crate::autoscale::{ReplicaRange, starting_replicas};
 use crate::batching::BatchingConfig;
 use crate::onnx::{OnnxError, OnnxGraph, OnnxRunner, OnnxRunners};
 use crate::registry::{LoadRequest, Model, Registry, RegistryError};
@@ -262,7 +262,7 @@ impl Lifecycle {
             kind,
             code_sha256: sha256_hex(&code),
             config_sha256: sha256_hex(&spec.config),
-            replicas: spec.replicas.max(1),
+            replicas: starting_replicas(spec.replicas, spec.autoscale),
             autoscale: spec.autoscale,
             limits: spec.limits,
             batching: spec.batching,

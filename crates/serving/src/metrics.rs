@@ -2,7 +2,8 @@
 //! error kind, latency (total, queue, compute) and batch sizes per model; replicas, queued and
 //! in-flight requests per model version (what an autoscaler scales on); prediction-cache hits
 //! and misses per model; default outputs per application; cold starts of models scaled to
-//! zero. One process-wide registry, as Prometheus exporters usually have.
+//! zero, and evictions and resident memory under the memory budget. One process-wide
+//! registry, as Prometheus exporters usually have.
 //!
 //! A leaf: the layers call it with labels of their own (names, an [`ErrorKind`], a reason) and
 //! it calls nothing of theirs.
@@ -40,6 +41,8 @@ struct Metrics {
     default_outputs: IntCounterVec,
     instances_replaced: IntCounterVec,
     cold_start_seconds: HistogramVec,
+    evictions: IntCounterVec,
+    resident_bytes: IntGaugeVec,
 }
 
 fn version_gauge(name: &str, help: &str) -> IntGaugeVec {
@@ -107,6 +110,19 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "sluice_in_flight_requests",
             "Requests each loaded model version holds (queued or running), at the scrape",
         ),
+        resident_bytes: version_gauge(
+            "sluice_model_resident_bytes",
+            "Memory each loaded model version's replicas hold, as the memory budget estimates \
+             it (0: not resident), at the scrape",
+        ),
+        evictions: IntCounterVec::new(
+            Opts::new(
+                "sluice_evictions_total",
+                "Models scaled to zero because the server held more than its memory budget",
+            ),
+            &["model"],
+        )
+        .expect("valid counter"),
         cache_lookups: IntCounterVec::new(
             Opts::new(
                 "sluice_cache_lookups_total",
@@ -147,6 +163,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(m.default_outputs.clone()),
         Box::new(m.instances_replaced.clone()),
         Box::new(m.cold_start_seconds.clone()),
+        Box::new(m.evictions.clone()),
+        Box::new(m.resident_bytes.clone()),
     ] {
         m.registry.register(collector).expect("unique metric names");
     }
@@ -216,6 +234,14 @@ impl ModelMetrics {
     /// Records how long a model scaled to zero took to start a replica again.
     pub fn record_cold_start(&self, took: Duration) {
         self.cold_start_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Records that the memory budget scaled the model to zero.
+    pub fn record_eviction(&self) {
+        METRICS
+            .evictions
+            .with_label_values(&[self.model.as_ref()])
+            .inc();
     }
 
     /// Records that a replica's worker died (it is replaced).
@@ -297,12 +323,19 @@ pub struct VersionGauges {
     pub queued: usize,
     /// Requests queued or running.
     pub in_flight: usize,
+    /// Memory its replicas hold, by the memory budget's estimate.
+    pub resident_bytes: u64,
 }
 
 /// The text exposition of every metric, with the per-version gauges set from `versions`
 /// (one entry per loaded version).
 pub fn render(versions: impl Iterator<Item = VersionGauges>) -> String {
-    for gauge in [&METRICS.replicas, &METRICS.queued, &METRICS.in_flight] {
+    for gauge in [
+        &METRICS.replicas,
+        &METRICS.queued,
+        &METRICS.in_flight,
+        &METRICS.resident_bytes,
+    ] {
         gauge.reset();
     }
     for v in versions {
@@ -319,6 +352,10 @@ pub fn render(versions: impl Iterator<Item = VersionGauges>) -> String {
             .in_flight
             .with_label_values(&labels)
             .set(v.in_flight as i64);
+        METRICS
+            .resident_bytes
+            .with_label_values(&labels)
+            .set(v.resident_bytes as i64);
     }
     let mut text = Vec::new();
     prometheus::TextEncoder::new()

@@ -164,6 +164,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
             replicas: model.replicas(),
             queued: load.queued,
             in_flight: load.in_flight,
+            resident_bytes: model.resident_bytes(),
         })
     });
     (

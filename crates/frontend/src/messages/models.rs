@@ -6,7 +6,7 @@ use super::non_empty;
 use crate::error::ApiError;
 use sluice_api::convert::spec_to_proto;
 use sluice_api::proto::{self, load_model_request::Component};
-use sluice_serving::autoscale::ReplicaRange;
+use sluice_serving::autoscale::{ReplicaRange, starting_replicas};
 use sluice_serving::batching::{BatchMode, BatchingConfig};
 use sluice_serving::lifecycle::{ComponentSource, LoadSpec};
 use sluice_serving::onnx::OnnxRunner;
@@ -128,14 +128,15 @@ pub fn load_spec(request: proto::LoadModelRequest) -> Result<LoadSpec, ApiError>
             ));
         }
     };
+    let autoscale = ReplicaRange::new(request.min_replicas as usize, request.max_replicas as usize)
+        .map_err(ApiError::invalid_argument)?;
     Ok(LoadSpec {
         source,
         config: request.config,
         name: non_empty(request.name),
         version: non_empty(request.version),
-        replicas: request.replicas.max(1) as usize,
-        autoscale: ReplicaRange::new(request.min_replicas as usize, request.max_replicas as usize)
-            .map_err(ApiError::invalid_argument)?,
+        replicas: starting_replicas(request.replicas as usize, autoscale),
+        autoscale,
         limits: limits_request(request.limits),
         batching: batching_request(request.batching).map_err(ApiError::invalid_argument)?,
     })

@@ -8,6 +8,7 @@
 //! is answered).
 
 mod graphs;
+mod residency;
 
 pub use graphs::{DEFAULT_GRAPH_MEMORY_BYTES, GraphEngine, GraphRequest, GraphSource};
 
@@ -20,6 +21,7 @@ use crate::settings::ModelLimits;
 use crate::telemetry;
 use graphs::GraphReservation;
 use opentelemetry::KeyValue;
+use residency::Residency;
 use sluice_graphs::GraphError;
 use sluice_runtime::{InstanceRecipe, LoadError, Replica, Runtime};
 use sluice_types::names::{check_name, quoted};
@@ -179,6 +181,8 @@ pub struct Model {
     batcher: Batcher<ReplicaRunner>,
     /// Sizes the replicas by load, when the model has a range.
     autoscaler: Option<Mutex<Autoscaler>>,
+    /// What it costs to keep resident, and when it was last used (for the memory budget).
+    residency: Residency,
 }
 
 impl Model {
@@ -196,6 +200,23 @@ impl Model {
     /// Number of replicas taking requests.
     pub fn replicas(&self) -> usize {
         self.batcher.replicas()
+    }
+
+    /// Memory one replica holds, as its first instance did after `init` (linear memory and
+    /// host-side tensors): the estimate the memory budget counts per replica.
+    pub fn instance_bytes(&self) -> u64 {
+        self.residency.instance_bytes
+    }
+
+    /// Memory its compiled code takes (shared with every version of the same component).
+    pub fn code_bytes(&self) -> u64 {
+        self.residency.code_bytes
+    }
+
+    /// The memory its replicas hold by that estimate: 0 when it has none (scaled to zero,
+    /// or evicted under the memory budget).
+    pub fn resident_bytes(&self) -> u64 {
+        self.residency.instance_bytes * self.replicas() as u64
     }
 
     /// The requests it holds now (queued, in flight).
@@ -234,6 +255,7 @@ impl Model {
         deadline: Option<Instant>,
     ) -> Result<Vec<Tensor>, RegistryError> {
         let started = std::time::Instant::now();
+        self.residency.touch();
         let span = telemetry::LayerSpan::start("model", || {
             vec![
                 KeyValue::new("sluice.model", self.name.clone()),
@@ -367,6 +389,8 @@ pub struct Registry {
     retired: Mutex<Vec<Retired>>,
     /// How long an autoscaled model must have a replica to spare before one is removed.
     scale_down_after: Duration,
+    /// Bytes the models' instances and code may hold before idle ones are evicted.
+    memory_budget: Option<u64>,
 }
 
 impl Registry {
@@ -379,7 +403,82 @@ impl Registry {
             models: RwLock::default(),
             retired: Mutex::default(),
             scale_down_after: DEFAULT_SCALE_DOWN_AFTER,
+            memory_budget: None,
         }
+    }
+
+    /// Keeps what the models hold (their replicas' instances and their compiled code, as
+    /// [`Model::resident_bytes`] and [`Model::code_bytes`] estimate it) within `bytes`:
+    /// past it, models that may scale to zero and hold no request lose their replicas,
+    /// least recently used first (see [`Registry::enforce_memory_budget`]).
+    pub fn with_memory_budget(mut self, bytes: u64) -> Self {
+        self.memory_budget = Some(bytes);
+        self
+    }
+
+    /// The memory budget, if there is one.
+    pub fn memory_budget(&self) -> Option<u64> {
+        self.memory_budget
+    }
+
+    /// What the loaded models hold by the budget's estimate: every resident replica, and the
+    /// code of every distinct component once.
+    pub fn resident_bytes(&self) -> u64 {
+        let models = self.read();
+        let loaded = || models.values().flat_map(|versions| &versions.loaded);
+        let mut code: BTreeMap<&str, u64> = BTreeMap::new();
+        for model in loaded() {
+            code.insert(&model.sha256, model.code_bytes());
+        }
+        loaded().map(|m| m.resident_bytes()).sum::<u64>() + code.values().sum::<u64>()
+    }
+
+    /// If the models hold more than the memory budget, scales to zero the least recently
+    /// used of those that may scale to zero (`min_replicas = 0`) and hold no request, as few
+    /// as it takes to fit; returns them (name, version). Their code stays loaded, and their
+    /// next request starts a replica. Runs every [`autoscale::TICK`] with the autoscaler.
+    pub async fn enforce_memory_budget(&self) -> Vec<(String, String)> {
+        let Some(budget) = self.memory_budget else {
+            return Vec::new();
+        };
+        let resident = self.resident_bytes();
+        if resident <= budget {
+            return Vec::new();
+        }
+        let candidates: Vec<Arc<Model>> = self
+            .read()
+            .values()
+            .flat_map(|versions| versions.loaded.iter())
+            .filter(|model| {
+                model.replicas() > 0
+                    && model.replica_range().is_some_and(|range| range.min == 0)
+                    && model.load().in_flight == 0
+            })
+            .cloned()
+            .collect();
+        let costs: Vec<residency::Candidate> = candidates
+            .iter()
+            .map(|model| residency::Candidate {
+                bytes: model.resident_bytes(),
+                last_used: model.residency.last_used(),
+            })
+            .collect();
+        let mut evicted = Vec::new();
+        for index in residency::evictions(&costs, resident, budget) {
+            let model = &candidates[index];
+            match self.scale(model, 0).await {
+                Ok(()) => {
+                    model.metrics.record_eviction();
+                    tracing::info!(model = %model.name, version = %model.version,
+                        freed_bytes = costs[index].bytes, resident, budget,
+                        "evicted under the memory budget");
+                    evicted.push((model.name.clone(), model.version.clone()));
+                }
+                Err(error) => tracing::warn!(model = %model.name, version = %model.version,
+                    %error, "could not evict under the memory budget"),
+            }
+        }
+        evicted
     }
 
     /// Removes a replica of an autoscaled model once one has been spare for `delay` (default
@@ -390,7 +489,8 @@ impl Registry {
     }
 
     /// Sizes the replicas of the models loaded with a [`ReplicaRange`] by their load, every
-    /// [`autoscale::TICK`], for as long as the registry lives (see [`crate::autoscale`]).
+    /// [`autoscale::TICK`], for as long as the registry lives (see [`crate::autoscale`]), and
+    /// then keeps to the memory budget, if there is one.
     pub fn start_autoscaler(self: &Arc<Self>) {
         let registry = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -402,6 +502,7 @@ impl Registry {
                     return;
                 };
                 registry.autoscale_once().await;
+                registry.enforce_memory_budget().await;
             }
         });
     }
@@ -474,12 +575,9 @@ impl Registry {
         change: impl FnOnce() -> String,
         adding: usize,
     ) -> Result<(), RegistryError> {
-        let running: usize = self
-            .read()
-            .values()
-            .flat_map(|versions| &versions.loaded)
-            .map(|model| model.replicas())
-            .sum();
+        // The runtime's count, not a sum over the models: a check per load must not cost a
+        // pass over thousands of them.
+        let running = self.runtime.live_instances();
         let total = running.saturating_add(adding);
         if total > self.max_instances {
             return Err(RegistryError::TooManyInstances {
@@ -537,6 +635,8 @@ impl Registry {
         if let Some(range) = request.autoscale {
             request.replicas = range.clamp(request.replicas);
         }
+        // Asked to start with none: the first replica answers `info()`, then goes.
+        let start_at_zero = request.replicas == 0 && request.autoscale.is_some();
         let replicas = request.replicas.max(1);
         self.check_instances(|| format!("loading {replicas} replicas"), replicas)?;
         let known = request.name.clone().zip(request.version.clone());
@@ -554,19 +654,24 @@ impl Registry {
                 "the load task failed: {e}"
             ))))
         });
-        let mut models = self.write();
-        if let Some(loading) = loading {
-            loading.finish(&mut models, built.as_ref().err());
-        }
-        let model = Arc::new(built?);
-        let versions = models.entry(model.name.clone()).or_default();
-        let replaced: Vec<Arc<Model>> = versions
-            .loaded
-            .extract_if(.., |m| m.version == model.version)
-            .collect();
-        versions.loaded.push(model.clone());
-        drop(models);
+        let (model, replaced) = {
+            let mut models = self.write();
+            if let Some(loading) = loading {
+                loading.finish(&mut models, built.as_ref().err());
+            }
+            let model = Arc::new(built?);
+            let versions = models.entry(model.name.clone()).or_default();
+            let replaced: Vec<Arc<Model>> = versions
+                .loaded
+                .extract_if(.., |m| m.version == model.version)
+                .collect();
+            versions.loaded.push(model.clone());
+            (model, replaced)
+        };
         self.drain(replaced);
+        if start_at_zero {
+            model.batcher.scale(0).await?;
+        }
         tracing::info!(model = %model.name, version = %model.version, replicas = model.replicas(),
             sha256 = %model.sha256, "model loaded");
         Ok(model)
@@ -806,6 +911,7 @@ fn build_model(
     scale_down_after: Duration,
 ) -> Result<Model, RegistryError> {
     let component = runtime.load_component(&request.component)?;
+    let code_bytes = component.code_bytes() as u64;
     let (graph_set, graph_memory) = graphs.load_set(&request.graphs)?;
     let sha256 = component.sha256.clone();
     // Until info() names the model, its first instance logs under the operator's name or the
@@ -836,6 +942,7 @@ fn build_model(
     let metrics = Arc::new(ModelMetrics::new(recipe.model.clone()));
     let factory: RunnerFactory<ReplicaRunner> =
         Arc::new(move || Replica::new(recipe.clone()).map(ReplicaRunner::new));
+    let residency = Residency::new(first.resident_bytes() as u64, code_bytes);
     let mut runners = vec![ReplicaRunner::new(first)];
     for _ in 1..request.replicas.max(1) {
         runners.push(factory()?);
@@ -862,5 +969,6 @@ fn build_model(
         autoscaler: request
             .autoscale
             .map(|range| Mutex::new(Autoscaler::new(range, scale_down_after))),
+        residency,
     })
 }

@@ -30,7 +30,7 @@ use crate::registry::{GraphRequest, GraphSource, LoadRequest, Registry};
 use crate::settings::ModelLimits;
 use config::{ModelConfigFile, Overrides};
 use notify::Watcher;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -328,9 +328,13 @@ impl Repository {
                 }
             }
         }
+        let present: HashSet<(&str, &str)> = present
+            .iter()
+            .map(|(model, version, _)| (model.as_str(), version.as_str()))
+            .collect();
         let gone: Vec<(String, String)> = seen
             .keys()
-            .filter(|(m, v)| !present.iter().any(|(pm, pv, _)| pm == m && pv == v))
+            .filter(|(m, v)| !present.contains(&(m.as_str(), v.as_str())))
             .cloned()
             .collect();
         for key in gone {
