@@ -13,21 +13,26 @@ use sluice_train::Digits;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The logistic regression as `name`, starting with `replicas`, in `autoscale` if given.
+fn logreg(name: &str, replicas: usize, autoscale: Option<ReplicaRange>) -> LoadRequest {
+    LoadRequest {
+        component: sample_component("digits_logreg"),
+        config: std::fs::read(sluice_train::params_path("digits-logreg")).unwrap(),
+        graphs: Vec::new(),
+        name: Some(name.into()),
+        version: None,
+        replicas,
+        autoscale,
+        limits: ModelLimits::default(),
+        batching: BatchingConfig::default(),
+    }
+}
+
 /// What one replica of the logistic regression holds, and its code, as the budget counts.
 async fn one_variants_costs() -> (u64, u64) {
     let registry = registry_with(sluice_runtime::RuntimeConfig::default().compute, |r| r);
     let model = registry
-        .load(LoadRequest {
-            component: sample_component("digits_logreg"),
-            config: std::fs::read(sluice_train::params_path("digits-logreg")).unwrap(),
-            graphs: Vec::new(),
-            name: Some("budget-probe".into()),
-            version: None,
-            replicas: 1,
-            autoscale: None,
-            limits: ModelLimits::default(),
-            batching: BatchingConfig::default(),
-        })
+        .load(logreg("budget-probe", 1, None))
         .await
         .unwrap();
     (model.instance_bytes(), model.code_bytes())
@@ -147,21 +152,13 @@ async fn idle_variants_are_evicted_least_recently_used_first_and_still_answer() 
 #[tokio::test]
 async fn only_a_model_that_may_scale_to_zero_starts_at_zero() {
     let registry = registry_with(sluice_runtime::RuntimeConfig::default().compute, |r| r);
-    let load = |autoscale: Option<ReplicaRange>, name: &str| LoadRequest {
-        component: sample_component("digits_logreg"),
-        config: std::fs::read(sluice_train::params_path("digits-logreg")).unwrap(),
-        graphs: Vec::new(),
-        name: Some(name.into()),
-        version: None,
-        replicas: 0,
-        autoscale,
-        limits: ModelLimits::default(),
-        batching: BatchingConfig::default(),
-    };
-    let fixed = registry.load(load(None, "zero-fixed")).await.unwrap();
+    let fixed = registry.load(logreg("zero-fixed", 0, None)).await.unwrap();
     assert_eq!(fixed.replicas(), 1);
     let range = ReplicaRange::new(0, 2).unwrap();
-    let ranged = registry.load(load(range, "zero-ranged")).await.unwrap();
+    let ranged = registry
+        .load(logreg("zero-ranged", 0, range))
+        .await
+        .unwrap();
     assert_eq!(ranged.replicas(), 0);
     assert_eq!(ranged.resident_bytes(), 0);
 }
