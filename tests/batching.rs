@@ -427,3 +427,50 @@ async fn an_idle_model_scales_to_zero_and_the_next_requests_start_one_replica() 
         "{metrics}"
     );
 }
+
+/// A cold start slower than a request's deadline fails that request with `DEADLINE_EXCEEDED`
+/// when its deadline passes, not after the start; the start goes on, and a request that can
+/// wait is answered by the replica it started (one cold start for both).
+#[tokio::test]
+async fn a_cold_start_past_a_requests_deadline_fails_it_and_goes_on_for_the_next() {
+    let mut server = TestServer::start(|server| server).await;
+    // Its init takes 500 ms; it starts with no replica.
+    server
+        .client
+        .load_model(LoadModelRequest {
+            component: Some(Component::Wasm(sample_component("faulty"))),
+            config: b"slow-init".to_vec(),
+            replicas: 0,
+            min_replicas: 0,
+            max_replicas: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(server.model("faulty-slow-init").await.replicas, 0);
+    let request = |timeout_ms: u64| PredictRequest {
+        model: "faulty-slow-init".into(),
+        inputs: vec![fp32("x", &[1, 1], &[0.5])],
+        timeout_ms,
+        ..Default::default()
+    };
+    let status = server.client.predict(request(50)).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    // Refused while the replica was still starting (had it waited for the start, the
+    // replica would be serving by now).
+    assert_eq!(server.model("faulty-slow-init").await.replicas, 0);
+    let answer = server
+        .client
+        .predict(request(5_000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(f32_values(output(&answer, "y")), [0.5]);
+    assert_eq!(server.model("faulty-slow-init").await.replicas, 1);
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains("sluice_cold_start_seconds_count{model=\"faulty-slow-init\"} 1"),
+        "{metrics}"
+    );
+    server.shutdown().await;
+}

@@ -2,7 +2,8 @@
 //! request. Its config is the name of the fault (UTF-8): `loop`, `oom`, `panic`, `recursion`,
 //! `wrong-shape`, `wrong-dtype`, `huge-output`, `straggler`, `huge-matmul` or
 //! `undeclared-input`, or `init-loop` (whose `init` never returns, so the load's time limit
-//! must end it) or `info-panic` (whose `info` panics, so the load must say why). It serves as `faulty-<fault>`,
+//! must end it), `info-panic` (whose `info` panics, so the load must say why) or `slow-init`
+//! (whose `init` takes 500 ms, and which then behaves: a slow cold start). It serves as `faulty-<fault>`,
 //! with input `x` FP32 `[-1, 1]` and output `y` FP32 `[-1, -1]`: it echoes `x`, except that a
 //! batch containing the value `1.0` triggers the fault. So a test can send a bad request and
 //! then a good one to the same model.
@@ -34,6 +35,8 @@ enum Fault {
     UndeclaredInput,
     /// Panics in `info`: the load fails, and must show the panic message.
     InfoPanic,
+    /// Takes 500 ms in `init`, then echoes every batch: each new instance is slow to start.
+    SlowInit,
     /// Asks the host for a `[65536, 1] × [1, 65536]` product: 512 KiB of operands, 16 GiB of
     /// result. The host must refuse it before computing anything.
     HugeMatmul,
@@ -70,11 +73,18 @@ impl Model for Faulty {
             "huge-matmul" => Fault::HugeMatmul,
             "undeclared-input" => Fault::UndeclaredInput,
             "info-panic" => Fault::InfoPanic,
+            "slow-init" => {
+                let started = std::time::Instant::now();
+                while started.elapsed() < std::time::Duration::from_millis(500) {
+                    black_box(0);
+                }
+                Fault::SlowInit
+            }
             other => {
                 return Err(ModelError::Internal(format!(
-                    "unknown fault `{other}`; expected init-loop, info-panic, loop, oom, panic, \
-                     recursion, wrong-shape, wrong-dtype, huge-output, straggler, huge-matmul \
-                     or undeclared-input"
+                    "unknown fault `{other}`; expected init-loop, info-panic, slow-init, loop, \
+                     oom, panic, recursion, wrong-shape, wrong-dtype, huge-output, straggler, \
+                     huge-matmul or undeclared-input"
                 )));
             }
         };
@@ -117,6 +127,7 @@ impl Model for Faulty {
                     sluice_sdk::input(&inputs, "z")?;
                 }
                 Fault::InfoPanic => unreachable!("a model whose info() panics is never loaded"),
+                Fault::SlowInit => {}
                 Fault::Recursion => {
                     black_box(recurse(0));
                 }
