@@ -62,6 +62,18 @@ fn ok(output: &Output, what: &str) {
     );
 }
 
+/// Runs `program` in `dir`, which must succeed and print `expected` (on stdout or stderr).
+fn runs_and_says(program: &str, args: &[&str], dir: &Path, expected: &str) {
+    let output = run(program, args, dir);
+    ok(&output, &format!("{program} {}", args.join(" ")));
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(printed.contains(expected), "no `{expected}` in:\n{printed}");
+}
+
 /// The steps a Python template prints: `python3 -m venv .venv`, then its requirements.
 fn install_requirements(project: &Path) {
     ok(
@@ -134,13 +146,7 @@ fn the_rust_template_tests_builds_and_serves_and_its_mistakes_are_explained() {
     let scratch = Scratch::new("new-rust");
     let project = scratch.new_project("my-model", "rust");
     let target = projects_target();
-    let tested = run("cargo", &["test"], &project);
-    ok(&tested, "cargo test in the new project");
-    assert!(
-        stdout(&tested).contains("y_is_a_x_plus_b ... ok"),
-        "{}",
-        stdout(&tested)
-    );
+    runs_and_says("cargo", &["test"], &project, "y_is_a_x_plus_b ... ok");
     ok(&run(SLUICE, &["build"], &project), "sluice build");
     let wasm = target.join("wasm32-wasip2/release/my_model.wasm");
     let state = fresh_dir("new-project-state");
@@ -223,13 +229,11 @@ fn the_rust_template_tests_builds_and_serves_and_its_mistakes_are_explained() {
 fn the_wasi_nn_template_serves_its_graph_from_its_repository() {
     let scratch = Scratch::new("new-wasi-nn");
     let project = scratch.new_project("digits-nn", "rust-wasi-nn");
-    let tested = run("cargo", &["test"], &project);
-    ok(&tested, "cargo test in the new project");
-    assert!(
-        stdout(&tested)
-            .contains("pixels_out_of_range_are_named_and_confidence_is_the_top_probability ... ok"),
-        "{}",
-        stdout(&tested)
+    runs_and_says(
+        "cargo",
+        &["test"],
+        &project,
+        "pixels_out_of_range_are_named_and_confidence_is_the_top_probability ... ok",
     );
     ok(
         &run(
@@ -291,12 +295,11 @@ fn the_onnx_template_exports_a_graph_that_serves() {
     let scratch = Scratch::new("new-onnx");
     let project = scratch.new_project("digits-sk", "onnx");
     install_requirements(&project);
-    let exported = run(".venv/bin/python", &["export.py"], &project);
-    ok(&exported, "python export.py");
-    assert!(
-        stdout(&exported).contains("the graph agrees on all 360 rows"),
-        "{}",
-        stdout(&exported)
+    runs_and_says(
+        ".venv/bin/python",
+        &["export.py"],
+        &project,
+        "the graph agrees on all 360 rows",
     );
     let onnxruntime = crate::support::assets().join("libonnxruntime.so");
     let server = Server::start_with(
@@ -337,13 +340,7 @@ fn the_python_template_tests_builds_and_serves() {
             && stderr.contains(".venv/bin/pip install componentize-py==0.25.1"),
         "{stderr}"
     );
-    let tested = run("python3", &["-m", "unittest"], &project);
-    ok(&tested, "python3 -m unittest");
-    assert!(
-        String::from_utf8_lossy(&tested.stderr).contains("Ran 2 tests"),
-        "{}",
-        String::from_utf8_lossy(&tested.stderr)
-    );
+    runs_and_says("python3", &["-m", "unittest"], &project, "Ran 2 tests");
     install_requirements(&project);
     ok(&run(SLUICE, &["build"], &project), "sluice build");
     let server = Server::start(&fresh_dir("new-python-state"));

@@ -255,7 +255,7 @@ impl Model {
         deadline: Option<Instant>,
     ) -> Result<Vec<Tensor>, RegistryError> {
         let started = std::time::Instant::now();
-        self.residency.touch();
+        self.residency.touch(started);
         let span = telemetry::LayerSpan::start("model", || {
             vec![
                 KeyValue::new("sluice.model", self.name.clone()),

@@ -12,7 +12,7 @@
 
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::time::Instant;
+use std::time::Instant;
 
 /// What one model version costs to keep resident, and when it was last asked for.
 pub(super) struct Residency {
@@ -34,13 +34,13 @@ impl Residency {
             code_bytes,
             last_used: AtomicU64::new(0),
         };
-        residency.touch();
+        residency.touch(Instant::now());
         residency
     }
 
-    /// Records a request now.
-    pub(super) fn touch(&self) {
-        let since = Instant::now().saturating_duration_since(*EPOCH);
+    /// Records a request that arrived `at` (the time the request path reads anyway).
+    pub(super) fn touch(&self, at: Instant) {
+        let since = at.saturating_duration_since(*EPOCH);
         self.last_used
             .store(since.as_nanos() as u64, Ordering::Relaxed);
     }
