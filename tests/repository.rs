@@ -226,6 +226,16 @@ async fn the_directory_is_watched() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(version, "2");
+    // Once the change is synced, the watch stays quiet: the sync's own reads of the
+    // directories are no change (they once made every sync schedule the next).
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let syncs = repository.syncs();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        repository.syncs(),
+        syncs,
+        "the watch synced with nothing changed"
+    );
     server.shutdown().await;
 }
 

@@ -33,6 +33,7 @@ use notify::Watcher;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 use thiserror::Error;
 
@@ -135,6 +136,19 @@ pub struct Repository {
     onnx_runners: OnnxRunners,
     /// The fingerprint of every version last synced, loaded or failed.
     seen: tokio::sync::Mutex<BTreeMap<(String, String), Fingerprint>>,
+    /// Syncs run so far (the watch's and the API's).
+    syncs: AtomicU64,
+}
+
+/// Whether a file event under the repository may change what it serves. Opening and reading
+/// (`Access` events, which inotify reports too) do not: the sync itself opens every directory,
+/// and counting those would make each sync schedule the next, forever.
+fn is_change(event: &notify::Event) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match event.kind {
+        EventKind::Access(kind) => kind == AccessKind::Close(AccessMode::Write),
+        _ => true,
+    }
 }
 
 /// Orders version labels numerically when both are numbers, else as text.
@@ -212,6 +226,7 @@ impl Repository {
             batching,
             onnx_runners: OnnxRunners::default(),
             seen: tokio::sync::Mutex::default(),
+            syncs: AtomicU64::new(0),
         }
     }
 
@@ -305,8 +320,14 @@ impl Repository {
         crate::to_completion(async move { repository.sync_now().await }).await
     }
 
+    /// How many syncs have run (each scans every version directory).
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
     async fn sync_now(&self) -> Result<SyncReport, RepositoryError> {
         let mut seen = self.seen.lock().await;
+        self.syncs.fetch_add(1, Ordering::Relaxed);
         let present = self.scan()?;
         let mut report = SyncReport::default();
         for (model, version, dir) in &present {
@@ -374,7 +395,7 @@ impl Repository {
         let (changed, mut changes) = tokio::sync::mpsc::channel::<()>(1);
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok() {
+                if event.is_ok_and(|event| is_change(&event)) {
                     let _ = changed.try_send(());
                 }
             })?;
