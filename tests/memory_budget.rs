@@ -162,3 +162,113 @@ async fn only_a_model_that_may_scale_to_zero_starts_at_zero() {
     assert_eq!(ranged.replicas(), 0);
     assert_eq!(ranged.resident_bytes(), 0);
 }
+
+/// A variant of `component` (a sample's file stem; its parameters are `params`) that starts
+/// with no replica and may have one.
+fn variant_of(name: &str, component: &str, params: &str) -> LoadModelRequest {
+    LoadModelRequest {
+        component: Some(Component::Wasm(sample_component(component))),
+        config: std::fs::read(sluice_train::params_path(params)).unwrap(),
+        ..variant(name)
+    }
+}
+
+/// Each variant's residence in `ListModels`, and the reason the KServe repository index gives.
+async fn residences(server: &mut TestServer, names: [&str; 2]) -> [(i32, String); 2] {
+    let models = server.models().await;
+    let index: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/v2/repository/index", server.http_url()))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    names.map(|name| {
+        let residence = models.iter().find(|m| m.name == name).unwrap().residence;
+        let entry = index
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|entry| entry["name"] == name)
+            .unwrap_or_else(|| panic!("{name} is not in the index {index}"));
+        (residence, entry["reason"].as_str().unwrap().to_string())
+    })
+}
+
+/// Past the instances, the code of components none of whose versions runs goes too, least
+/// recently used first, and comes back from the precompiled cache for the next request.
+#[tokio::test]
+async fn the_code_of_idle_components_is_evicted_too_and_read_back_when_asked_for() {
+    use sluice_api::proto::model_status::Residence;
+    let probe = registry_with(sluice_runtime::RuntimeConfig::default().compute, |r| r);
+    let code = |name: &'static str, component: &'static str, params: &'static str| {
+        let probe = probe.clone();
+        async move {
+            let mut request = logreg(name, 1, None);
+            request.component = sample_component(component);
+            request.config = std::fs::read(sluice_train::params_path(params)).unwrap();
+            probe.load(request).await.unwrap().code_bytes()
+        }
+    };
+    let logreg_code = code("code-probe-logreg", "digits_logreg", "digits-logreg").await;
+    let mlp_code = code("code-probe-mlp", "digits_mlp", "digits-mlp").await;
+    // Both components' code does not fit; either one, with one replica, does.
+    let budget = logreg_code + mlp_code - 1;
+    let registry = registry_with(sluice_runtime::RuntimeConfig::default().compute, |r| {
+        r.with_memory_budget(budget)
+    });
+    let runtime = registry.runtime().clone();
+    let mut server = TestServer::start_with(registry.clone(), |server| server, None).await;
+    let names = ["code-logreg", "code-mlp"];
+    server
+        .client
+        .load_model(variant_of(names[0], "digits_logreg", "digits-logreg"))
+        .await
+        .unwrap();
+    server
+        .client
+        .load_model(variant_of(names[1], "digits_mlp", "digits-mlp"))
+        .await
+        .unwrap();
+    until_within_budget(&registry).await;
+    let (registered, code_only) = (Residence::Registered as i32, Residence::CodeOnly as i32);
+    let not_resident = "not resident".to_string();
+    let code_in_memory = "not resident: compiled code in memory".to_string();
+    assert_eq!(
+        residences(&mut server, names).await,
+        [
+            (registered, not_resident.clone()),
+            (code_only, code_in_memory.clone())
+        ],
+        "the code loaded first goes"
+    );
+    assert_eq!(runtime.resident_components(), 1);
+    let reloads = runtime.code_reloads();
+
+    let digits = Digits::load_default().unwrap();
+    let answer = server
+        .client
+        .predict(digits_request(names[0], &digits.holdout[..1]))
+        .await
+        .expect("an evicted variant answers");
+    assert_eq!(answer.into_inner().outputs.len(), 2);
+    assert_eq!(
+        runtime.code_reloads(),
+        reloads + 1,
+        "its code was read back"
+    );
+    // Its replica then goes, and the other's code, now the least recently used.
+    until_within_budget(&registry).await;
+    assert_eq!(
+        residences(&mut server, names).await,
+        [(code_only, code_in_memory), (registered, not_resident)]
+    );
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains("sluice_code_evictions_total "),
+        "no code evictions counted in\n{metrics}"
+    );
+    server.shutdown().await;
+}

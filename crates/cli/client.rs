@@ -320,6 +320,17 @@ fn specs(specs: &[proto::TensorSpec]) -> String {
         .join(" ")
 }
 
+/// What of a ready version is in memory: `running`, `code-only` or `registered`.
+fn residence(m: &proto::ModelStatus) -> &'static str {
+    use proto::model_status::Residence;
+    match Residence::try_from(m.residence) {
+        Ok(Residence::Running) => "running",
+        Ok(Residence::CodeOnly) => "code-only",
+        Ok(Residence::Registered) => "registered",
+        Ok(Residence::Unspecified) | Err(_) => "-",
+    }
+}
+
 pub(super) async fn models(server: &ServerArgs, as_json: bool) -> Result<()> {
     let proto::ListModelsResponse { models, compute } = connect(server)
         .await?
@@ -334,7 +345,7 @@ pub(super) async fn models(server: &ServerArgs, as_json: bool) -> Result<()> {
                 serde_json::json!({
                     "name": m.name, "version": m.version, "default": m.is_default_version,
                     "state": state(m),
-                    "replicas": m.replicas,
+                    "replicas": m.replicas, "residence": residence(m),
                     "min_replicas": m.min_replicas, "max_replicas": m.max_replicas,
                     "max_batch": m.max_batch,
                     "batching": batching_summary(m.batching.as_ref()),
@@ -349,8 +360,16 @@ pub(super) async fn models(server: &ServerArgs, as_json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<8} {:<9} {:>10} {:>9}  {:<24} {:<12} {:<28} OUTPUTS",
-        "NAME", "VERSION", "STATE", "REPLICAS", "MAX_BATCH", "BATCHING", "BATCH_NOW", "INPUTS"
+        "{:<20} {:<8} {:<9} {:>10} {:<10} {:>9}  {:<24} {:<12} {:<28} OUTPUTS",
+        "NAME",
+        "VERSION",
+        "STATE",
+        "REPLICAS",
+        "RESIDENCE",
+        "MAX_BATCH",
+        "BATCHING",
+        "BATCH_NOW",
+        "INPUTS"
     );
     for m in &models {
         let version = if m.is_default_version {
@@ -370,11 +389,12 @@ pub(super) async fn models(server: &ServerArgs, as_json: bool) -> Result<()> {
             max => format!("{} ({}-{max})", m.replicas, m.min_replicas),
         };
         println!(
-            "{:<20} {:<8} {:<9} {:>10} {:>9}  {:<24} {:<12} {:<28} {}",
+            "{:<20} {:<8} {:<9} {:>10} {:<10} {:>9}  {:<24} {:<12} {:<28} {}",
             m.name,
             version,
             state,
             replicas,
+            residence(m),
             m.max_batch,
             batching_summary(m.batching.as_ref()),
             live.join(","),

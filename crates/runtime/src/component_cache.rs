@@ -32,6 +32,27 @@ impl ComponentCache {
         Some(dir.join(format!("{sha256}-{:016x}.cwasm", self.engine_hash)))
     }
 
+    /// Whether the precompiled form of the component `sha256` is on disk.
+    pub(crate) fn holds(&self, sha256: &str) -> bool {
+        self.entry_path(sha256).is_some_and(|path| path.exists())
+    }
+
+    /// The precompiled component `sha256`, if the cache holds a readable one.
+    pub(crate) fn load(&self, engine: &Engine, sha256: &str) -> Option<Component> {
+        let path = self.entry_path(sha256).filter(|p| p.exists())?;
+        // SAFETY: the file was written by `store` below from `Component::serialize` of this
+        // engine configuration (the name carries both the content hash and the engine hash),
+        // in a directory owned by this server; wasmtime still checks its header.
+        match unsafe { Component::deserialize_file(engine, &path) } {
+            Ok(component) => Some(component),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %error_chain(&e),
+                    "ignoring unreadable precompiled component");
+                None
+            }
+        }
+    }
+
     /// Loads the precompiled form of `bytes`, compiling and storing it on a miss. A cache that
     /// cannot be read or written only costs time: it is logged and compilation goes on.
     pub(crate) fn get_or_compile(
@@ -40,20 +61,12 @@ impl ComponentCache {
         bytes: &[u8],
         sha256: &str,
     ) -> Result<Component, LoadError> {
-        let entry = self.entry_path(sha256);
-        if let Some(path) = entry.as_deref().filter(|p| p.exists()) {
-            // SAFETY: the file was written by `store` below from `Component::serialize` of this
-            // engine configuration (the name carries both the content hash and the engine hash),
-            // in a directory owned by this server; wasmtime still checks its header.
-            match unsafe { Component::deserialize_file(engine, path) } {
-                Ok(component) => return Ok(component),
-                Err(e) => tracing::warn!(path = %path.display(), error = %error_chain(&e),
-                    "ignoring unreadable precompiled component"),
-            }
+        if let Some(component) = self.load(engine, sha256) {
+            return Ok(component);
         }
         let component =
             Component::new(engine, bytes).map_err(|e| LoadError::Invalid(error_chain(&e)))?;
-        if let Some(path) = entry
+        if let Some(path) = self.entry_path(sha256)
             && let Err(e) = store(&component, &path)
         {
             tracing::warn!(path = %path.display(), error = %e, "could not cache the compiled component");

@@ -9,7 +9,9 @@
 //!   [`Linker`] with the host's imports (WASI with nothing granted, and `compute`), and the
 //!   precompiled-code cache. [`Runtime::load_component`] turns bytes into a [`ModelComponent`]
 //!   or a [`LoadError`] that says what is wrong; bytes already in use (another version of the
-//!   same architecture with other parameters) share the one compiled component in memory.
+//!   same architecture with other parameters) share the one compiled component in memory,
+//!   which can be dropped while no instance runs it and is read back from the precompiled
+//!   cache when one is next made ([`ModelComponent::evict_code`]).
 //! - `wasi:nn` (the standard interface, `wit/deps/wasi-nn`) gives instances the graphs of
 //!   their model version ([`GraphSet`]), which run natively (`sluice-graphs`).
 //! - [`Replica`] runs one instance: `init` with the model's config, then `predict` calls under
@@ -123,21 +125,75 @@ impl Default for RuntimeConfig {
 
 /// A compiled, linked component that implements the model world, ready to instantiate.
 /// Clones share the compiled code; so do all loads of the same bytes while one is alive.
+/// The code can be dropped while no instance needs it ([`ModelComponent::evict_code`]) and is
+/// read back from the precompiled cache by the next instantiation.
 #[derive(Clone)]
 pub struct ModelComponent {
-    pre: Arc<bindings::ModelPre<StoreState>>,
+    code: Arc<Code>,
     /// Hex SHA-256 of the component bytes.
     pub sha256: String,
-    /// The runtime's count of live instances, which this component's instances join.
-    live_instances: Arc<AtomicUsize>,
+    preparer: Arc<Preparer>,
+}
+
+/// The compiled code of one component, shared by every load of its bytes.
+struct Code {
+    /// The linked code, or `None` while evicted.
+    pre: Mutex<Option<Arc<bindings::ModelPre<StoreState>>>>,
+    /// The size of its image (code, data and metadata), measured when it was first loaded.
+    bytes: usize,
+}
+
+impl Code {
+    fn pre(&self) -> std::sync::MutexGuard<'_, Option<Arc<bindings::ModelPre<StoreState>>>> {
+        self.pre.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl ModelComponent {
-    /// Bytes of the compiled code in memory (code, data and metadata of its image), shared
-    /// by every clone and every load of the same bytes.
+    /// Bytes of the compiled code (code, data and metadata of its image), shared by every
+    /// clone and every load of the same bytes; the same while it is evicted.
     pub fn code_bytes(&self) -> usize {
-        let image = self.pre.instance_pre().component().image_range();
-        (image.end as usize).saturating_sub(image.start as usize)
+        self.code.bytes
+    }
+
+    /// Whether the compiled code is in memory (not evicted).
+    pub fn code_resident(&self) -> bool {
+        self.code.pre().is_some()
+    }
+
+    /// Drops the compiled code from memory, for every version that shares it, if it can be
+    /// read back from the precompiled cache; returns whether it was in memory and is gone.
+    /// Instances alive keep what they run: call it when the component has none, or nothing is
+    /// freed until they end.
+    pub fn evict_code(&self) -> bool {
+        if !self.preparer.cache.holds(&self.sha256) {
+            return false;
+        }
+        self.code.pre().take().is_some()
+    }
+
+    /// The linked code, read back from the precompiled cache if it was evicted (about as long
+    /// as a load from the cache: well under a millisecond for the sample models).
+    fn pre(&self) -> Result<Arc<bindings::ModelPre<StoreState>>, LoadError> {
+        let mut slot = self.code.pre();
+        if let Some(pre) = slot.as_ref() {
+            return Ok(pre.clone());
+        }
+        let component = self
+            .preparer
+            .cache
+            .load(&self.preparer.engine, &self.sha256)
+            .ok_or_else(|| {
+                LoadError::Internal(format!(
+                    "the compiled code of component sha256:{} was evicted and its precompiled \
+                     file can no longer be read",
+                    &self.sha256[..12]
+                ))
+            })?;
+        let pre = Arc::new(self.preparer.link(&component)?);
+        self.preparer.code_reloads.fetch_add(1, Ordering::Relaxed);
+        *slot = Some(pre.clone());
+        Ok(pre)
     }
 }
 
@@ -152,18 +208,55 @@ pub struct ComponentSurface {
 
 /// The process-wide sandbox: engine, linker, cache and epoch ticker.
 pub struct Runtime {
-    engine: Engine,
-    linker: Linker<StoreState>,
-    cache: component_cache::ComponentCache,
+    preparer: Arc<Preparer>,
     compute: Arc<dyn Backend>,
     ticker_stop: Arc<AtomicBool>,
     /// The components in use, by SHA-256 of their bytes: a load of bytes already in use
     /// (another version, other parameters) shares their compiled code and `InstancePre`.
-    resident: Mutex<HashMap<String, Weak<bindings::ModelPre<StoreState>>>>,
+    resident: Mutex<HashMap<String, Weak<Code>>>,
+}
+
+/// What turns compiled code into something to instantiate, shared by the runtime and every
+/// component (which reads its code back through it after an eviction).
+struct Preparer {
+    engine: Engine,
+    linker: Linker<StoreState>,
+    cache: component_cache::ComponentCache,
     /// Components prepared from their bytes (compiled, or read precompiled, and linked).
     prepared: AtomicU64,
+    /// Evicted code read back from the precompiled cache.
+    code_reloads: AtomicU64,
     /// Instances alive now, of every component.
     live_instances: Arc<AtomicUsize>,
+}
+
+impl Preparer {
+    /// Checks that `component` implements the model world and links it.
+    fn link(&self, component: &Component) -> Result<bindings::ModelPre<StoreState>, LoadError> {
+        let exports = component.component_type();
+        match exports.get_export(&self.engine, PREDICTOR_INTERFACE) {
+            Some(e) if matches!(e.ty, ComponentItem::ComponentInstance(_)) => {}
+            _ => {
+                let found = surface(&self.engine, component).exports;
+                return Err(LoadError::MissingPredictor {
+                    expected: PREDICTOR_INTERFACE,
+                    detail: if found.is_empty() {
+                        "it exports nothing".to_string()
+                    } else {
+                        format!("it exports only {}", found.join(", "))
+                    },
+                });
+            }
+        }
+        let instance_pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| LoadError::UnsatisfiedImport(error_chain(&e)))?;
+        bindings::ModelPre::new(instance_pre).map_err(|e| LoadError::MissingPredictor {
+            expected: PREDICTOR_INTERFACE,
+            detail: error_chain(&e),
+        })
+    }
 }
 
 impl Runtime {
@@ -186,53 +279,56 @@ impl Runtime {
         spawn_epoch_ticker(engine.clone(), ticker_stop.clone())
             .map_err(|e| LoadError::Internal(format!("starting the epoch ticker thread: {e}")))?;
         Ok(Runtime {
-            cache: component_cache::ComponentCache::new(config.cache_dir, &engine),
-            engine,
-            linker,
+            preparer: Arc::new(Preparer {
+                cache: component_cache::ComponentCache::new(config.cache_dir, &engine),
+                engine,
+                linker,
+                prepared: AtomicU64::new(0),
+                code_reloads: AtomicU64::new(0),
+                live_instances: Arc::default(),
+            }),
             compute: config.compute,
             ticker_stop,
             resident: Mutex::default(),
-            prepared: AtomicU64::new(0),
-            live_instances: Arc::default(),
         })
     }
 
-    fn component(
-        &self,
-        pre: Arc<bindings::ModelPre<StoreState>>,
-        sha256: String,
-    ) -> ModelComponent {
+    fn component(&self, code: Arc<Code>, sha256: String) -> ModelComponent {
         ModelComponent {
-            pre,
+            code,
             sha256,
-            live_instances: self.live_instances.clone(),
+            preparer: self.preparer.clone(),
         }
     }
 
     /// Model instances alive now, over every component and replica (a counter: reading it
     /// costs one atomic load however many models are loaded).
     pub fn live_instances(&self) -> usize {
-        self.live_instances.load(Ordering::Relaxed)
+        self.preparer.live_instances.load(Ordering::Relaxed)
     }
 
-    fn resident(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, Weak<bindings::ModelPre<StoreState>>>> {
+    fn resident(&self) -> std::sync::MutexGuard<'_, HashMap<String, Weak<Code>>> {
         self.resident.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// How many times a load prepared a component from its bytes (compiled it, or read it
     /// precompiled, and linked it) rather than sharing one in use.
     pub fn components_prepared(&self) -> u64 {
-        self.prepared.load(Ordering::Relaxed)
+        self.preparer.prepared.load(Ordering::Relaxed)
     }
 
-    /// How many distinct components are in use (compiled code in memory), however many
-    /// model versions use each.
+    /// How many times evicted code was read back from the precompiled cache.
+    pub fn code_reloads(&self) -> u64 {
+        self.preparer.code_reloads.load(Ordering::Relaxed)
+    }
+
+    /// How many distinct components have compiled code in memory, however many model
+    /// versions use each (evicted code does not count).
     pub fn resident_components(&self) -> usize {
         self.resident()
             .values()
-            .filter(|pre| pre.strong_count() > 0)
+            .filter_map(Weak::upgrade)
+            .filter(|code| code.pre().is_some())
             .count()
     }
 
@@ -245,65 +341,32 @@ impl Runtime {
     /// and links it. Slow on a cache miss (Cranelift): call it off the async executor.
     pub fn load_component(&self, bytes: &[u8]) -> Result<ModelComponent, LoadError> {
         let sha256 = hex(&Sha256::digest(bytes));
-        if let Some(pre) = self.resident().get(&sha256).and_then(Weak::upgrade) {
-            return Ok(self.component(pre, sha256));
+        if let Some(code) = self.resident().get(&sha256).and_then(Weak::upgrade) {
+            return Ok(self.component(code, sha256));
         }
         let component = self.compile(bytes, &sha256)?;
-        let exports = component.component_type();
-        match exports.get_export(&self.engine, PREDICTOR_INTERFACE) {
-            Some(e) if matches!(e.ty, ComponentItem::ComponentInstance(_)) => {}
-            _ => {
-                let found = self.surface(&component).exports;
-                return Err(LoadError::MissingPredictor {
-                    expected: PREDICTOR_INTERFACE,
-                    detail: if found.is_empty() {
-                        "it exports nothing".to_string()
-                    } else {
-                        format!("it exports only {}", found.join(", "))
-                    },
-                });
-            }
-        }
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::UnsatisfiedImport(error_chain(&e)))?;
-        let pre =
-            bindings::ModelPre::new(instance_pre).map_err(|e| LoadError::MissingPredictor {
-                expected: PREDICTOR_INTERFACE,
-                detail: error_chain(&e),
-            })?;
+        let pre = self.preparer.link(&component)?;
+        let image = component.image_range();
+        let code = Arc::new(Code {
+            pre: Mutex::new(Some(Arc::new(pre))),
+            bytes: (image.end as usize).saturating_sub(image.start as usize),
+        });
         let mut resident = self.resident();
         // Two first loads of the same bytes may race: the one that finishes first is shared.
-        if let Some(pre) = resident.get(&sha256).and_then(Weak::upgrade) {
-            return Ok(self.component(pre, sha256));
+        if let Some(code) = resident.get(&sha256).and_then(Weak::upgrade) {
+            return Ok(self.component(code, sha256));
         }
-        resident.retain(|_, pre| pre.strong_count() > 0);
-        self.prepared.fetch_add(1, Ordering::Relaxed);
-        let pre = Arc::new(pre);
-        resident.insert(sha256.clone(), Arc::downgrade(&pre));
-        Ok(self.component(pre, sha256))
+        resident.retain(|_, code| code.strong_count() > 0);
+        self.preparer.prepared.fetch_add(1, Ordering::Relaxed);
+        resident.insert(sha256.clone(), Arc::downgrade(&code));
+        Ok(self.component(code, sha256))
     }
 
     /// Lists a component's imports and exports without instantiating it.
     pub fn inspect(&self, bytes: &[u8]) -> Result<ComponentSurface, LoadError> {
         let sha256 = hex(&Sha256::digest(bytes));
         let component = self.compile(bytes, &sha256)?;
-        Ok(self.surface(&component))
-    }
-
-    fn surface(&self, component: &Component) -> ComponentSurface {
-        let ty = component.component_type();
-        ComponentSurface {
-            imports: ty
-                .imports(&self.engine)
-                .map(|(n, _)| n.to_string())
-                .collect(),
-            exports: ty
-                .exports(&self.engine)
-                .map(|(n, _)| n.to_string())
-                .collect(),
-        }
+        Ok(surface(&self.preparer.engine, &component))
     }
 
     fn compile(&self, bytes: &[u8], sha256: &str) -> Result<Component, LoadError> {
@@ -328,13 +391,24 @@ impl Runtime {
                 bytes.len()
             )));
         }
-        self.cache.get_or_compile(&self.engine, bytes, sha256)
+        self.preparer
+            .cache
+            .get_or_compile(&self.preparer.engine, bytes, sha256)
     }
 }
 
 impl Drop for Runtime {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A component's imports and exports, by name.
+fn surface(engine: &Engine, component: &Component) -> ComponentSurface {
+    let ty = component.component_type();
+    ComponentSurface {
+        imports: ty.imports(engine).map(|(n, _)| n.to_string()).collect(),
+        exports: ty.exports(engine).map(|(n, _)| n.to_string()).collect(),
     }
 }
 

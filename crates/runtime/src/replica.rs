@@ -232,13 +232,13 @@ fn instantiate(recipe: &InstanceRecipe) -> Result<Instance, LoadError> {
         recipe.compute.clone(),
         recipe.graphs.clone(),
     );
-    let mut store = Store::new(recipe.component.pre.engine(), state);
+    let pre = recipe.component.pre()?;
+    let mut store = Store::new(pre.engine(), state);
     store.limiter(|state| &mut state.limiter);
     arm_time_limit(&mut store, recipe.limits.call_timeout);
-    let bindings =
-        recipe.component.pre.instantiate(&mut store).map_err(|e| {
-            LoadError::InitFailed(format!("instantiation failed: {}", error_chain(&e)))
-        })?;
+    let bindings = pre
+        .instantiate(&mut store)
+        .map_err(|e| LoadError::InitFailed(format!("instantiation failed: {}", error_chain(&e))))?;
     let init = bindings
         .sluice_model_predictor()
         .call_init(&mut store, &recipe.config);
@@ -247,7 +247,7 @@ fn instantiate(recipe: &InstanceRecipe) -> Result<Instance, LoadError> {
         Ok(Ok(())) => Ok(Instance {
             store,
             bindings,
-            _live: LiveInstance::new(&recipe.component.live_instances),
+            _live: LiveInstance::new(&recipe.component.preparer.live_instances),
         }),
         Ok(Err(ModelError::InvalidInput(m) | ModelError::Internal(m))) => {
             Err(LoadError::InitFailed(m))

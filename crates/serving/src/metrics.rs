@@ -13,6 +13,7 @@ use prometheus::{
     Registry,
 };
 use sluice_types::ErrorKind;
+use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -42,7 +43,9 @@ struct Metrics {
     instances_replaced: IntCounterVec,
     cold_start_seconds: HistogramVec,
     evictions: IntCounterVec,
+    code_evictions: IntCounter,
     resident_bytes: IntGaugeVec,
+    versions_by_residence: IntGaugeVec,
 }
 
 fn version_gauge(name: &str, help: &str) -> IntGaugeVec {
@@ -123,6 +126,22 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["model"],
         )
         .expect("valid counter"),
+        code_evictions: IntCounter::new(
+            "sluice_code_evictions_total",
+            "Components whose compiled code was dropped from memory under the memory budget \
+             (read back from the precompiled cache when next asked for)",
+        )
+        .expect("valid counter"),
+        versions_by_residence: IntGaugeVec::new(
+            Opts::new(
+                "sluice_model_versions",
+                "Loaded model versions by what of them is in memory (running: with replicas; \
+                 code-only: no replica, compiled code in memory; registered: neither), at the \
+                 scrape",
+            ),
+            &["residence"],
+        )
+        .expect("valid gauge"),
         cache_lookups: IntCounterVec::new(
             Opts::new(
                 "sluice_cache_lookups_total",
@@ -165,6 +184,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(m.cold_start_seconds.clone()),
         Box::new(m.evictions.clone()),
         Box::new(m.resident_bytes.clone()),
+        Box::new(m.code_evictions.clone()),
+        Box::new(m.versions_by_residence.clone()),
     ] {
         m.registry.register(collector).expect("unique metric names");
     }
@@ -310,6 +331,11 @@ pub fn record_default_output(app: &str, reason: &str) {
         .inc();
 }
 
+/// Records that the memory budget dropped a component's compiled code.
+pub fn record_code_eviction() {
+    METRICS.code_evictions.inc();
+}
+
 /// What a loaded model version holds at a scrape (the gauges are read from the models
 /// themselves, so they cannot drift from what the batcher does).
 pub struct VersionGauges {
@@ -325,6 +351,8 @@ pub struct VersionGauges {
     pub in_flight: usize,
     /// Memory its replicas hold, by the memory budget's estimate.
     pub resident_bytes: u64,
+    /// What of it is in memory: `running`, `code-only` or `registered`.
+    pub residence: &'static str,
 }
 
 /// The text exposition of every metric, with the per-version gauges set from `versions`
@@ -338,7 +366,12 @@ pub fn render(versions: impl Iterator<Item = VersionGauges>) -> String {
     ] {
         gauge.reset();
     }
+    let mut by_residence: BTreeMap<&str, i64> = ["running", "code-only", "registered"]
+        .into_iter()
+        .map(|residence| (residence, 0))
+        .collect();
     for v in versions {
+        *by_residence.entry(v.residence).or_default() += 1;
         let labels = [v.model.as_str(), v.version.as_str()];
         METRICS
             .replicas
@@ -356,6 +389,12 @@ pub fn render(versions: impl Iterator<Item = VersionGauges>) -> String {
             .resident_bytes
             .with_label_values(&labels)
             .set(v.resident_bytes as i64);
+    }
+    for (residence, count) in by_residence {
+        METRICS
+            .versions_by_residence
+            .with_label_values(&[residence])
+            .set(count);
     }
     let mut text = Vec::new();
     prometheus::TextEncoder::new()

@@ -165,6 +165,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
             queued: load.queued,
             in_flight: load.in_flight,
             resident_bytes: model.resident_bytes(),
+            residence: model.residence().label(),
         })
     });
     (

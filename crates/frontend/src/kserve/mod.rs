@@ -8,7 +8,7 @@ pub(crate) mod target;
 
 use crate::Shared;
 use crate::error::ApiError;
-use sluice_serving::registry::ModelState;
+use sluice_serving::registry::{ModelState, Residence};
 
 pub(crate) use target::{AppParameters, InferTarget};
 
@@ -35,7 +35,7 @@ pub(crate) struct IndexEntry {
     pub(crate) version: String,
     /// Triton's state name (`READY`, `LOADING`, `UNAVAILABLE`, `UNLOADING`).
     pub(crate) state: &'static str,
-    /// Why it is unavailable, if it is.
+    /// Why it is unavailable, if it is; for a ready version, whether it is resident.
     pub(crate) reason: String,
 }
 
@@ -50,6 +50,15 @@ fn index_state(state: &ModelState) -> (&'static str, String) {
     }
 }
 
+/// A ready version's reason in the index: whether it is resident (see `Model::residence`).
+fn residence_reason(residence: Residence) -> &'static str {
+    match residence {
+        Residence::Running => "resident",
+        Residence::CodeOnly => "not resident: compiled code in memory",
+        Residence::Registered => "not resident",
+    }
+}
+
 /// The repository extension's index: every version the registry knows, and the repository's
 /// models that are not loaded.
 pub(crate) fn repository_index(
@@ -61,7 +70,10 @@ pub(crate) fn repository_index(
         .list()
         .iter()
         .map(|e| {
-            let (state, reason) = index_state(&e.state);
+            let (state, mut reason) = index_state(&e.state);
+            if let (ModelState::Ready, Some(model)) = (&e.state, &e.model) {
+                reason = residence_reason(model.residence()).into();
+            }
             IndexEntry {
                 name: e.name.clone(),
                 version: e.version.clone(),

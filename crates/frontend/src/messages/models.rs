@@ -10,7 +10,7 @@ use sluice_serving::autoscale::{ReplicaRange, starting_replicas};
 use sluice_serving::batching::{BatchMode, BatchingConfig};
 use sluice_serving::lifecycle::{ComponentSource, LoadSpec};
 use sluice_serving::onnx::OnnxRunner;
-use sluice_serving::registry::{Model, ModelEntry, ModelState};
+use sluice_serving::registry::{Model, ModelEntry, ModelState, Residence};
 use sluice_serving::settings::{BatchingRequest, LimitsRequest, ModeRequest};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -172,6 +172,16 @@ pub fn model_status(model: &Model, is_default_version: bool) -> proto::ModelStat
         graphs: model.graphs.clone(),
         min_replicas: range.map_or(0, |r| r.min as u32),
         max_replicas: range.map_or(0, |r| r.max as u32),
+        residence: residence_to_proto(model.residence()) as i32,
+    }
+}
+
+fn residence_to_proto(residence: Residence) -> proto::model_status::Residence {
+    use proto::model_status::Residence as Wire;
+    match residence {
+        Residence::Running => Wire::Running,
+        Residence::CodeOnly => Wire::CodeOnly,
+        Residence::Registered => Wire::Registered,
     }
 }
 

@@ -23,7 +23,7 @@ use graphs::GraphReservation;
 use opentelemetry::KeyValue;
 use residency::Residency;
 use sluice_graphs::GraphError;
-use sluice_runtime::{InstanceRecipe, LoadError, Replica, Runtime};
+use sluice_runtime::{InstanceRecipe, LoadError, ModelComponent, Replica, Runtime};
 use sluice_types::names::{check_name, quoted};
 use sluice_types::{ErrorKind, HasKind, ModelInfo, Tensor, contract};
 use std::collections::BTreeMap;
@@ -183,6 +183,8 @@ pub struct Model {
     autoscaler: Option<Mutex<Autoscaler>>,
     /// What it costs to keep resident, and when it was last used (for the memory budget).
     residency: Residency,
+    /// Its compiled code, which the memory budget may evict while it has no replica.
+    component: ModelComponent,
 }
 
 impl Model {
@@ -211,6 +213,18 @@ impl Model {
     /// Memory its compiled code takes (shared with every version of the same component).
     pub fn code_bytes(&self) -> u64 {
         self.residency.code_bytes
+    }
+
+    /// Whether it is resident: it has a replica running, or its compiled code is in memory
+    /// (its next request starts a replica without reading the code back from disk).
+    pub fn residence(&self) -> Residence {
+        if self.replicas() > 0 {
+            Residence::Running
+        } else if self.component.code_resident() {
+            Residence::CodeOnly
+        } else {
+            Residence::Registered
+        }
     }
 
     /// The memory its replicas hold by that estimate: 0 when it has none (scaled to zero,
@@ -299,6 +313,29 @@ impl Model {
                 model: self.name.clone(),
                 error,
             })
+    }
+}
+
+/// How much of a ready model version is in memory (see [`Model::residence`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Residence {
+    /// It has replicas taking requests.
+    Running,
+    /// No replica, but its compiled code is in memory.
+    CodeOnly,
+    /// Only registered: neither replicas nor code (evicted under the memory budget); its next
+    /// request reads the code back from the precompiled cache and starts a replica.
+    Registered,
+}
+
+impl Residence {
+    /// Its name in metrics and the APIs: `running`, `code-only` or `registered`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Residence::Running => "running",
+            Residence::CodeOnly => "code-only",
+            Residence::Registered => "registered",
+        }
     }
 }
 
@@ -409,8 +446,9 @@ impl Registry {
 
     /// Keeps what the models hold (their replicas' instances and their compiled code, as
     /// [`Model::resident_bytes`] and [`Model::code_bytes`] estimate it) within `bytes`:
-    /// past it, models that may scale to zero and hold no request lose their replicas,
-    /// least recently used first (see [`Registry::enforce_memory_budget`]).
+    /// past it, models that may scale to zero and hold no request lose their replicas, and
+    /// then idle components their code, least recently used first (see
+    /// [`Registry::enforce_memory_budget`]).
     pub fn with_memory_budget(mut self, bytes: u64) -> Self {
         self.memory_budget = Some(bytes);
         self
@@ -422,12 +460,12 @@ impl Registry {
     }
 
     /// What the loaded models hold by the budget's estimate: every resident replica, and the
-    /// code of every distinct component once.
+    /// code of every distinct component in memory once.
     pub fn resident_bytes(&self) -> u64 {
         let models = self.read();
         let loaded = || models.values().flat_map(|versions| &versions.loaded);
         let mut code: BTreeMap<&str, u64> = BTreeMap::new();
-        for model in loaded() {
+        for model in loaded().filter(|m| m.component.code_resident()) {
             code.insert(&model.sha256, model.code_bytes());
         }
         loaded().map(|m| m.resident_bytes()).sum::<u64>() + code.values().sum::<u64>()
@@ -435,8 +473,10 @@ impl Registry {
 
     /// If the models hold more than the memory budget, scales to zero the least recently
     /// used of those that may scale to zero (`min_replicas = 0`) and hold no request, as few
-    /// as it takes to fit; returns them (name, version). Their code stays loaded, and their
-    /// next request starts a replica. Runs every [`autoscale::TICK`] with the autoscaler.
+    /// as it takes to fit; then, if that was not enough, drops the compiled code of the least
+    /// recently used components none of whose versions has a replica or a request (it is read
+    /// back from the precompiled cache when one is asked for again). Returns the versions
+    /// scaled to zero (name, version). Runs every [`autoscale::TICK`] with the autoscaler.
     pub async fn enforce_memory_budget(&self) -> Vec<(String, String)> {
         let Some(budget) = self.memory_budget else {
             return Vec::new();
@@ -445,16 +485,19 @@ impl Registry {
         if resident <= budget {
             return Vec::new();
         }
-        let candidates: Vec<Arc<Model>> = self
+        let loaded: Vec<Arc<Model>> = self
             .read()
             .values()
             .flat_map(|versions| versions.loaded.iter())
+            .cloned()
+            .collect();
+        let candidates: Vec<&Arc<Model>> = loaded
+            .iter()
             .filter(|model| {
                 model.replicas() > 0
                     && model.replica_range().is_some_and(|range| range.min == 0)
                     && model.load().in_flight == 0
             })
-            .cloned()
             .collect();
         let costs: Vec<residency::Candidate> = candidates
             .iter()
@@ -465,7 +508,7 @@ impl Registry {
             .collect();
         let mut evicted = Vec::new();
         for index in residency::evictions(&costs, resident, budget) {
-            let model = &candidates[index];
+            let model = candidates[index];
             match self.scale(model, 0).await {
                 Ok(()) => {
                     model.metrics.record_eviction();
@@ -478,7 +521,48 @@ impl Registry {
                     %error, "could not evict under the memory budget"),
             }
         }
+        self.evict_code(&loaded, budget);
         evicted
+    }
+
+    /// The second step of [`Registry::enforce_memory_budget`]: code of idle components, least
+    /// recently used first, until the models fit `budget` (or no more can go).
+    fn evict_code(&self, loaded: &[Arc<Model>], budget: u64) {
+        let resident = self.resident_bytes();
+        if resident <= budget {
+            return;
+        }
+        // By component: whether every version of it is idle, and when one was last used.
+        let mut components: BTreeMap<&str, (&Model, bool, u64)> = BTreeMap::new();
+        for model in loaded {
+            let idle = model.replicas() == 0 && model.load().in_flight == 0;
+            let last_used = model.residency.last_used();
+            let entry = components
+                .entry(&model.sha256)
+                .or_insert((model, true, last_used));
+            entry.1 &= idle;
+            entry.2 = entry.2.max(last_used);
+        }
+        let idle: Vec<(&Model, u64)> = components
+            .into_values()
+            .filter(|&(model, idle, _)| idle && model.component.code_resident())
+            .map(|(model, _, last_used)| (model, last_used))
+            .collect();
+        let costs: Vec<residency::Candidate> = idle
+            .iter()
+            .map(|&(model, last_used)| residency::Candidate {
+                bytes: model.code_bytes(),
+                last_used,
+            })
+            .collect();
+        for index in residency::evictions(&costs, resident, budget) {
+            let model = idle[index].0;
+            if model.component.evict_code() {
+                metrics::record_code_eviction();
+                tracing::info!(component = %model.sha256, freed_bytes = costs[index].bytes,
+                    resident, budget, "compiled code evicted under the memory budget");
+            }
+        }
     }
 
     /// Removes a replica of an autoscaled model once one has been spare for `delay` (default
@@ -912,6 +996,7 @@ fn build_model(
 ) -> Result<Model, RegistryError> {
     let component = runtime.load_component(&request.component)?;
     let code_bytes = component.code_bytes() as u64;
+    let handle = component.clone();
     let (graph_set, graph_memory) = graphs.load_set(&request.graphs)?;
     let sha256 = component.sha256.clone();
     // Until info() names the model, its first instance logs under the operator's name or the
@@ -970,5 +1055,6 @@ fn build_model(
             .autoscale
             .map(|range| Mutex::new(Autoscaler::new(range, scale_down_after))),
         residency,
+        component: handle,
     })
 }

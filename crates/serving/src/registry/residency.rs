@@ -4,11 +4,16 @@
 //! model starts a replica as after any scale to zero (one start however many requests wait,
 //! `DEADLINE_EXCEEDED` for a request whose deadline the start cannot make).
 //!
+//! When taking instances is not enough, the compiled code of components none of whose
+//! versions has a replica goes too, least recently used first; the next request to one reads
+//! it back from the precompiled cache (code that is not in the cache, with `--cache-dir` off,
+//! stays).
+//!
 //! What a model holds is estimated, not read from the allocator: each replica as much as its
 //! first instance held after `init` (linear memory and host-side tensors), and its compiled
 //! code once per distinct component (equal bytes share one copy, see
-//! `Runtime::load_component`). The code stays loaded while the version is; the budget is
-//! checked every autoscaler tick, so a burst of cold starts may pass it until the next one.
+//! `Runtime::load_component`). The budget is checked every autoscaler tick, so a burst of
+//! cold starts may pass it until the next one.
 
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,10 +56,11 @@ impl Residency {
     }
 }
 
-/// A resident model the budget may take instances from.
+/// A resident model the budget may take instances from, or a component whose code it may
+/// drop.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Candidate {
-    /// Bytes its replicas hold.
+    /// Bytes its replicas (or its code) hold.
     pub(super) bytes: u64,
     /// See [`Residency::last_used`].
     pub(super) last_used: u64,
