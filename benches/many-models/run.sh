@@ -1,26 +1,28 @@
 #!/usr/bin/env bash
-# Many models on one host (issue 19), first figures: a repository of N variants of
-# digits-logreg (the same component and parameters, hard-linked; each `replicas = 0` with
-# `min_replicas = 0`, so a variant holds no instance until asked), served by a release
-# `sluice serve`. Measures the start-up with an empty compiled-code cache and again with a
+# Many models on one host: a repository of N variants of digits-logreg (one component,
+# hard-linked, and each its own parameters: the trained weights with a bias moved by a few
+# millionths, so no two configs are equal; each `replicas = 0` with `min_replicas = 0`, so a
+# variant holds no instance until asked), served by a release `sluice serve`. Measures the start-up with an empty compiled-code cache and again with a
 # warm one (until the log says the repository loaded), the server's resident memory, and the
 # latency of the first request to each of M variants (it starts the variant's replica) against
 # a second request to the same variant, one at a time over one HTTP/1.1 connection. Then,
-# restarted under `--memory-budget BUDGET` (default: room for about 1 000 replicas), REQUESTS
-# requests drawn from a Zipf distribution (exponent 1.1) over the variants, from CLIENTS
-# connections: throughput, latency for the 100 most popular variants (always resident) and
-# for those ranked past 2 000 (mostly evicted, so their request starts a replica), cold
-# starts and evictions per second, and the resident count and memory at the end.
+# restarted under `--memory-budget BUDGET` (default: room for about 1 000 replicas), DURATION
+# seconds of `sluice bench --variants N --zipf ZIPF` from CLIENTS clients: throughput, latency
+# by popularity rank (the most popular stay resident; most requests past rank 1 000 start a
+# replica), cold starts and evictions per second with the server's own cold-start times, and
+# the resident count and memory at the end. Last, the hot path: one resident variant among the
+# N, then the same model alone on a fresh server, under the same load.
 #
 # Usage: benches/many-models/run.sh                  (builds the release binary first)
-#        SLUICE=path/to/sluice N=10000 M=500 REQUESTS=50000 CLIENTS=4 benches/many-models/run.sh
+#        SLUICE=path/to/sluice N=10000 M=500 DURATION=20 CLIENTS=16 benches/many-models/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${N:-10000}
 M=${M:-500}
 BUDGET=${BUDGET:-1100MiB}
-REQUESTS=${REQUESTS:-50000}
-CLIENTS=${CLIENTS:-4}
+DURATION=${DURATION:-20}
+CLIENTS=${CLIENTS:-16}
+ZIPF=${ZIPF:-1.1}
 TARGET=${CARGO_TARGET_DIR:-target}
 if [ -z "${SLUICE:-}" ]; then
     cargo build --release -p sluice >&2
@@ -32,11 +34,21 @@ WORK=$(mktemp -d)
 SERVER=
 trap 'kill $SERVER 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
 cp "$WASM" "$WORK/model.wasm"
-cp sample-models/digits-logreg/params.slpm "$WORK/params.slpm"
+# Each variant's parameters: the bias (the last 10 FP32 of the file) moved by i millionths.
+python3 - sample-models/digits-logreg/params.slpm "$WORK/params" "$N" <<'PY'
+import os, struct, sys
+trained, out, n = open(sys.argv[1], "rb").read(), sys.argv[2], int(sys.argv[3])
+os.makedirs(out)
+bias = struct.unpack("<10f", trained[-40:])
+for i in range(1, n + 1):
+    with open(f"{out}/{i}.slpm", "wb") as f:
+        f.write(trained[:-40] + struct.pack("<10f", *(b + i * 1e-6 for b in bias)))
+PY
 printf 'replicas = 0\nmin_replicas = 0\nmax_replicas = 1\nconfig = "params.slpm"\n' >"$WORK/config.toml"
 for i in $(seq "$N"); do
     mkdir -p "$WORK/repo/m$i/1"
-    ln "$WORK/model.wasm" "$WORK/config.toml" "$WORK/params.slpm" "$WORK/repo/m$i/1/"
+    ln "$WORK/model.wasm" "$WORK/config.toml" "$WORK/repo/m$i/1/"
+    ln "$WORK/params/$i.slpm" "$WORK/repo/m$i/1/params.slpm"
 done
 echo "repository: $N model directories"
 rss_mib() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$SERVER/status"; }
@@ -98,46 +110,34 @@ SERVE_BUDGET=$BUDGET start "start-up under --memory-budget $BUDGET"
 metric_sum() { curl -s "http://$HTTP/metrics" | awk -v name="$1" '$1 ~ "^" name {sum += $2} END {printf "%d", sum}'; }
 cold_before=$(metric_sum sluice_cold_start_seconds_count); evicted_before=$(metric_sum sluice_evictions_total)
 zipf_began=$(date +%s.%N)
-python3 - "$HTTP" "$N" "$REQUESTS" "$CLIENTS" <<'PY'
-import bisect, http.client, itertools, json, random, sys, threading, time
-host, port = sys.argv[1].split(":")
-n, total, clients = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-pixels = open("sample-models/data/digits.csv").read().splitlines()[1].split(",")[:64]
-body = json.dumps({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64],
-                               "data": [float(p) for p in pixels]}]})
-# Zipf over ranks 1..n; rank r is variant m<r>.
-cumulative = list(itertools.accumulate(1 / r ** 1.1 for r in range(1, n + 1)))
-def draw(rng):
-    return bisect.bisect(cumulative, rng.random() * cumulative[-1]) + 1
-results, lock = [], threading.Lock()
-def client(seed, count):
-    rng, mine = random.Random(seed), []
-    connection = http.client.HTTPConnection(host, int(port))
-    for _ in range(count):
-        rank = draw(rng)
-        began = time.perf_counter()
-        connection.request("POST", f"/v2/models/m{rank}/infer", body, {"content-type": "application/json"})
-        response = connection.getresponse()
-        response.read()
-        mine.append((rank, (time.perf_counter() - began) * 1000, response.status))
-    with lock:
-        results.extend(mine)
-began = time.perf_counter()
-threads = [threading.Thread(target=client, args=(seed, total // clients)) for seed in range(clients)]
-for t in threads: t.start()
-for t in threads: t.join()
-elapsed = time.perf_counter() - began
-failed = sum(1 for _, _, status in results if status != 200)
-def pct(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(p / 100 * len(values)))] if values else float("nan")
-print(f"Zipf: {len(results)} requests in {elapsed:.1f} s ({len(results) / elapsed:.0f} req/s, {clients} connections), {failed} failed, {len({r for r, _, _ in results})} distinct variants")
-for name, keep in (("ranks 1-100", lambda r: r <= 100), ("ranks > 2000", lambda r: r > 2000), ("all", lambda r: True)):
-    values = [ms for r, ms, _ in results if keep(r)]
-    print(f"  {name:13} p50 {pct(values, 50):.2f} ms, p99 {pct(values, 99):.2f} ms ({len(values)} requests)")
-PY
+echo "Zipf (exponent $ZIPF) over the $N variants, sluice bench, $CLIENTS clients, ${DURATION} s:"
+"$SLUICE" bench 'm{}' --server "$GRPC" --variants "$N" --zipf "$ZIPF" --concurrency "$CLIENTS" \
+    --duration "$DURATION" | sed 's/^/  /'
 cold=$(( $(metric_sum sluice_cold_start_seconds_count) - cold_before ))
 evicted=$(( $(metric_sum sluice_evictions_total) - evicted_before ))
 seconds=$(awk -v a="$zipf_began" -v b="$(date +%s.%N)" 'BEGIN {print b - a}')
 awk -v c="$cold" -v e="$evicted" -v s="$seconds" 'BEGIN {printf "  cold starts: %d (%.0f/s), evictions: %d (%.0f/s)\n", c, c / s, e, e / s}'
+# The server's own cold-start times (start of a replica, code read back included), by bucket.
+curl -s "http://$HTTP/metrics" | awk '/^sluice_cold_start_seconds_bucket/ {
+        match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5); n[le] += $2; order[++k] = le
+    } END {
+        total = n["+Inf"]; if (!total) exit
+        for (i = 1; i <= k; i++) if (!(order[i] in seen)) { seen[order[i]] = 1; les[++m] = order[i] }
+        for (q = 1; q <= 2; q++) {
+            want = (q == 1 ? 0.5 : 0.99) * total
+            for (i = 1; i <= m; i++) if (n[les[i]] >= want) { printf "  server cold start p%s <= %s s\n", (q == 1 ? "50" : "99"), les[i]; break }
+        }
+    }'
 echo "  at the end: $(replicas), RSS $(rss_mib) MiB"
+echo "hot: one resident variant among $N registered, sluice bench, $CLIENTS clients, ${DURATION} s:"
+"$SLUICE" bench m1 --server "$GRPC" --concurrency "$CLIENTS" --duration "$DURATION" | sed 's/^/  /'
+kill $SERVER; wait $SERVER 2>/dev/null || true
+
+# The same model alone on a server, for the hot figure's baseline.
+rm -rf "$WORK/repo"
+mkdir -p "$WORK/repo/m1/1"
+cp "$WORK/model.wasm" "$WORK/params/1.slpm" "$WORK/repo/m1/1/"
+sed 's/"params.slpm"/"1.slpm"/' "$WORK/config.toml" >"$WORK/repo/m1/1/config.toml"
+start "one model alone"
+echo "hot: the one model alone, sluice bench, $CLIENTS clients, ${DURATION} s:"
+"$SLUICE" bench m1 --server "$GRPC" --concurrency "$CLIENTS" --duration "$DURATION" | sed 's/^/  /'

@@ -6,6 +6,11 @@
 //! At the end: throughput, latency percentiles (HDR histogram), errors by status, and the
 //! server's mean batch size over the run (from `ListModels` before and after).
 //!
+//! `--variants N` spreads the requests over N models named from a pattern (`m{}` → m1 … mN),
+//! drawn from a Zipf distribution, as traffic over many per-customer variants is; the report
+//! then adds latency by popularity rank (the most asked-for stay resident under a memory
+//! budget, the tail mostly starts a replica).
+//!
 //! `--protocol kserve` speaks the Open Inference Protocol (`ModelInfer`, inputs described by
 //! `ModelMetadata`) instead of sluice's own `Predict`, so the same generator drives sluice,
 //! Triton or MLServer the same way (`benches/compare/run.sh`); batch sizes are then unknown.
@@ -14,6 +19,7 @@ use super::ServerArgs;
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
 use rand::Rng;
+use rand::distr::weighted::WeightedIndex;
 use sluice_api::client::{Channel, Status};
 use sluice_api::convert::{dtype_from_proto, tensor_to_proto};
 use sluice_api::inference::{self, grpc_inference_service_client::GrpcInferenceServiceClient};
@@ -32,8 +38,15 @@ const DIGITS_CSV: &str = include_str!("../../sample-models/data/digits.csv");
 /// Flags of `sluice bench`.
 #[derive(Debug, clap::Args)]
 pub(super) struct BenchArgs {
-    /// The model to load.
+    /// The model to load (with --variants, a pattern: `{}` is replaced by a variant's number).
     model: String,
+    /// Spread requests over this many variants of MODEL, `{}` in it replaced by 1..=N, each
+    /// request's variant drawn from a Zipf distribution over them (1 the most popular).
+    #[arg(long)]
+    variants: Option<usize>,
+    /// The exponent of the Zipf distribution of --variants (0: all equally likely).
+    #[arg(long, default_value_t = 1.1)]
+    zipf: f64,
     /// Closed loop: this many concurrent clients (the default, with 16).
     #[arg(long, conflicts_with = "rate")]
     concurrency: Option<usize>,
@@ -94,11 +107,64 @@ enum Caller {
 }
 
 impl Caller {
-    async fn call(&mut self) -> Result<(), Status> {
+    /// Sends the request, to `model` instead of the one it was prepared for if given.
+    async fn call(&mut self, model: Option<&str>) -> Result<(), Status> {
         match self {
-            Caller::Sluice(client, request) => client.predict(request.clone()).await.map(drop),
-            Caller::Kserve(client, request) => client.model_infer(request.clone()).await.map(drop),
+            Caller::Sluice(client, request) => {
+                let mut request = request.clone();
+                if let Some(model) = model {
+                    model.clone_into(&mut request.model);
+                }
+                client.predict(request).await.map(drop)
+            }
+            Caller::Kserve(client, request) => {
+                let mut request = request.clone();
+                if let Some(model) = model {
+                    model.clone_into(&mut request.model_name);
+                }
+                client.model_infer(request).await.map(drop)
+            }
         }
+    }
+}
+
+/// Which model each request goes to under `--variants`: a rank drawn from a Zipf
+/// distribution, and the variant's name.
+struct Variants {
+    names: Vec<String>,
+    popularity: WeightedIndex<f64>,
+}
+
+impl Variants {
+    fn new(pattern: &str, count: usize, exponent: f64) -> Result<Self> {
+        if !pattern.contains("{}") {
+            bail!(
+                "with --variants, the model is a pattern with `{{}}` for the variant's number (e.g. `m{{}}`)"
+            );
+        }
+        if count == 0 || !(exponent.is_finite() && exponent >= 0.0) {
+            bail!("--variants must be at least 1 and --zipf a number >= 0");
+        }
+        let names = (1..=count)
+            .map(|rank| pattern.replace("{}", &rank.to_string()))
+            .collect();
+        let popularity = WeightedIndex::new((1..=count).map(|rank| (rank as f64).powf(-exponent)))
+            .context("the Zipf weights")?;
+        Ok(Variants { names, popularity })
+    }
+
+    /// A variant's rank (from 1) and name.
+    fn pick(&self) -> (usize, &str) {
+        let index = rand::rng().sample(&self.popularity);
+        (index + 1, &self.names[index])
+    }
+}
+
+/// The latency bucket of a popularity rank: ranks 1-10, 11-100, 101-1000, ...
+fn rank_decade(rank: usize) -> usize {
+    match rank.saturating_sub(1) {
+        0..10 => 0,
+        r => r.ilog10() as usize,
     }
 }
 
@@ -113,6 +179,8 @@ struct InputSpec {
 /// What the workers record.
 struct Recorder {
     latency_us: Mutex<Histogram<u64>>,
+    /// Under `--variants`: latency by [`rank_decade`].
+    by_rank: Mutex<BTreeMap<usize, Histogram<u64>>>,
     errors: Mutex<BTreeMap<String, u64>>,
     ok: AtomicU64,
     sent: AtomicU64,
@@ -121,20 +189,28 @@ struct Recorder {
 impl Recorder {
     fn new() -> Self {
         Recorder {
-            latency_us: Mutex::new(
-                Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
-            ),
+            latency_us: Mutex::new(latency_histogram()),
+            by_rank: Mutex::default(),
             errors: Mutex::default(),
             ok: AtomicU64::new(0),
             sent: AtomicU64::new(0),
         }
     }
 
-    fn record(&self, started: Instant, result: Result<(), Status>) {
+    /// Records a request sent at `started` (to the variant of popularity `rank`, if any).
+    fn record(&self, started: Instant, rank: Option<usize>, result: Result<(), Status>) {
         match result {
             Ok(()) => {
                 let us = started.elapsed().as_micros().clamp(1, 60_000_000) as u64;
                 self.latency_us.lock().unwrap().saturating_record(us);
+                if let Some(rank) = rank {
+                    self.by_rank
+                        .lock()
+                        .unwrap()
+                        .entry(rank_decade(rank))
+                        .or_insert_with(latency_histogram)
+                        .saturating_record(us);
+                }
                 self.ok.fetch_add(1, Ordering::Relaxed);
             }
             Err(status) => {
@@ -143,6 +219,11 @@ impl Recorder {
             }
         }
     }
+}
+
+/// Microseconds from 1 µs to a minute, 3 significant digits.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
 
 /// The inputs of one request: `--input-file`, or rows generated for `specs`.
@@ -193,9 +274,13 @@ fn generated_inputs(specs: &[InputSpec], rows: usize) -> Result<Vec<Tensor>> {
 }
 
 /// The caller of one connection for `--protocol sluice`, and the model's status.
-async fn sluice_caller(channel: Channel, args: &BenchArgs) -> Result<(Caller, proto::ModelStatus)> {
+async fn sluice_caller(
+    channel: Channel,
+    args: &BenchArgs,
+    model: &str,
+) -> Result<(Caller, proto::ModelStatus)> {
     let mut client = SluiceClient::new(channel);
-    let status = model_status(&mut client, &args.model).await?;
+    let status = model_status(&mut client, model).await?;
     let specs = status
         .inputs
         .iter()
@@ -209,7 +294,7 @@ async fn sluice_caller(channel: Channel, args: &BenchArgs) -> Result<(Caller, pr
         })
         .collect::<Result<Vec<_>>>()?;
     let request = proto::PredictRequest {
-        model: args.model.clone(),
+        model: model.to_string(),
         version: String::new(),
         inputs: request_inputs(args, &specs)?
             .into_iter()
@@ -222,15 +307,15 @@ async fn sluice_caller(channel: Channel, args: &BenchArgs) -> Result<(Caller, pr
 
 /// The caller of one connection for `--protocol kserve`: inputs from `ModelMetadata`, sent
 /// as raw tensors (as Triton's clients do).
-async fn kserve_caller(channel: Channel, args: &BenchArgs) -> Result<Caller> {
+async fn kserve_caller(channel: Channel, args: &BenchArgs, model: &str) -> Result<Caller> {
     let mut client = GrpcInferenceServiceClient::new(channel);
     let metadata = client
         .model_metadata(inference::ModelMetadataRequest {
-            name: args.model.clone(),
+            name: model.to_string(),
             version: String::new(),
         })
         .await
-        .with_context(|| format!("ModelMetadata of `{}`", args.model))?
+        .with_context(|| format!("ModelMetadata of `{model}`"))?
         .into_inner();
     let specs = metadata
         .inputs
@@ -247,7 +332,7 @@ async fn kserve_caller(channel: Channel, args: &BenchArgs) -> Result<Caller> {
         .collect::<Result<Vec<_>>>()?;
     let inputs = request_inputs(args, &specs)?;
     let request = inference::ModelInferRequest {
-        model_name: args.model.clone(),
+        model_name: model.to_string(),
         inputs: inputs
             .iter()
             .map(|t| inference::model_infer_request::InferInputTensor {
@@ -285,17 +370,30 @@ pub(super) async fn run(server: &ServerArgs, args: BenchArgs) -> Result<()> {
     if args.protocol == Protocol::Kserve && args.timeout_ms != 0 {
         bail!("--timeout-ms needs --protocol sluice: a KServe request carries no deadline");
     }
+    let variants = args
+        .variants
+        .map(|count| Variants::new(&args.model, count, args.zipf))
+        .transpose()?
+        .map(Arc::new);
+    // Requests are prepared for one model (the most popular variant), whose inputs all share.
+    let model = variants
+        .as_ref()
+        .map_or(args.model.as_str(), |v| v.names[0].as_str())
+        .to_string();
     let mut callers = Vec::new();
     let mut before = None;
     for _ in 0..args.connections.max(1) {
         let channel = server.channel().await?;
         callers.push(match args.protocol {
             Protocol::Sluice => {
-                let (caller, status) = sluice_caller(channel, &args).await?;
-                before.get_or_insert(status);
+                let (caller, status) = sluice_caller(channel, &args, &model).await?;
+                // One model's batches say nothing of a run over many.
+                if variants.is_none() {
+                    before.get_or_insert(status);
+                }
                 caller
             }
-            Protocol::Kserve => kserve_caller(channel, &args).await?,
+            Protocol::Kserve => kserve_caller(channel, &args, &model).await?,
         });
     }
     let recorder = Arc::new(Recorder::new());
@@ -319,14 +417,19 @@ pub(super) async fn run(server: &ServerArgs, args: BenchArgs) -> Result<()> {
     };
     let mode = match args.rate {
         Some(rate) => {
-            open_loop(&callers, rate, duration, &recorder).await;
+            open_loop(&callers, &variants, rate, duration, &recorder).await;
             format!("open loop, {rate} req/s offered")
         }
         None => {
             let concurrency = args.concurrency.unwrap_or(16);
-            closed_loop(&callers, concurrency, duration, args.requests, &recorder).await;
+            let limit = args.requests;
+            closed_loop(&callers, &variants, concurrency, duration, limit, &recorder).await;
             format!("closed loop, {concurrency} clients")
         }
+    };
+    let mode = match &variants {
+        Some(v) => format!("{mode}, {} variants, Zipf {}", v.names.len(), args.zipf),
+        None => mode,
     };
     let elapsed = started.elapsed();
     ticker.abort();
@@ -351,8 +454,21 @@ pub(super) async fn run(server: &ServerArgs, args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Sends one request of `caller` (to a variant drawn from `variants`, if given) and records it.
+async fn send(
+    caller: &mut Caller,
+    variants: &Option<Arc<Variants>>,
+    sent: Instant,
+    recorder: &Recorder,
+) {
+    let variant = variants.as_ref().map(|v| v.pick());
+    let result = caller.call(variant.map(|(_, name)| name)).await;
+    recorder.record(sent, variant.map(|(rank, _)| rank), result);
+}
+
 async fn closed_loop(
     callers: &[Caller],
+    variants: &Option<Arc<Variants>>,
     concurrency: usize,
     duration: Duration,
     limit: Option<u64>,
@@ -362,16 +478,14 @@ async fn closed_loop(
     let workers: Vec<_> = (0..concurrency.max(1))
         .map(|i| {
             let mut caller = callers[i % callers.len()].clone();
-            let recorder = recorder.clone();
+            let (recorder, variants) = (recorder.clone(), variants.clone());
             tokio::spawn(async move {
                 while Instant::now() < stop_at {
                     let n = recorder.sent.fetch_add(1, Ordering::Relaxed);
                     if limit.is_some_and(|limit| n >= limit) {
                         break;
                     }
-                    let sent = Instant::now();
-                    let result = caller.call().await;
-                    recorder.record(sent, result);
+                    send(&mut caller, &variants, Instant::now(), &recorder).await;
                 }
             })
         })
@@ -381,7 +495,13 @@ async fn closed_loop(
     }
 }
 
-async fn open_loop(callers: &[Caller], rate: f64, duration: Duration, recorder: &Arc<Recorder>) {
+async fn open_loop(
+    callers: &[Caller],
+    variants: &Option<Arc<Variants>>,
+    rate: f64,
+    duration: Duration,
+    recorder: &Arc<Recorder>,
+) {
     let start = tokio::time::Instant::now();
     let mut next = start;
     let mut in_flight = Vec::new();
@@ -390,13 +510,12 @@ async fn open_loop(callers: &[Caller], rate: f64, duration: Duration, recorder: 
     while next < start + duration {
         tokio::time::sleep_until(next).await;
         let mut caller = callers[i % callers.len()].clone();
-        let recorder = recorder.clone();
+        let (recorder, variants) = (recorder.clone(), variants.clone());
         // Latency counts from the scheduled time, not from when the task got to run.
         let scheduled = Instant::now() - (tokio::time::Instant::now() - next);
         recorder.sent.fetch_add(1, Ordering::Relaxed);
         in_flight.push(tokio::spawn(async move {
-            let result = caller.call().await;
-            recorder.record(scheduled, result);
+            send(&mut caller, &variants, scheduled, &recorder).await;
         }));
         in_flight.retain(|t| !t.is_finished());
         // Exponential inter-arrival times give Poisson arrivals.
@@ -419,6 +538,8 @@ struct Report {
     ok: u64,
     errors: BTreeMap<String, u64>,
     latency_us: Histogram<u64>,
+    /// Under `--variants`: latency by popularity, ranks 1-10, 11-100, ... (label, histogram).
+    by_rank: Vec<(String, Histogram<u64>)>,
     /// Rows per batch on the server over the run (sluice's protocol only).
     mean_batch: Option<f64>,
     batch_sizes: Vec<u32>,
@@ -449,6 +570,18 @@ impl Report {
             ok: recorder.ok.load(Ordering::Relaxed),
             errors: recorder.errors.lock().unwrap().clone(),
             latency_us: recorder.latency_us.lock().unwrap().clone(),
+            by_rank: recorder
+                .by_rank
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(&decade, histogram)| {
+                    let first = 10usize.pow(decade as u32);
+                    let first = if decade == 0 { 1 } else { first + 1 };
+                    let last = 10usize.pow(decade as u32 + 1);
+                    (format!("ranks {first}-{last}"), histogram.clone())
+                })
+                .collect(),
             mean_batch,
             batch_sizes,
         }
@@ -483,6 +616,14 @@ impl Report {
             self.percentile_ms(0.999),
             self.latency_us.max() as f64 / 1000.0
         );
+        for (ranks, latency) in &self.by_rank {
+            println!(
+                "  {ranks:<16} {:>8} ok, latency ms: p50 {:.3}  p99 {:.3}",
+                latency.len(),
+                latency.value_at_quantile(0.5) as f64 / 1000.0,
+                latency.value_at_quantile(0.99) as f64 / 1000.0
+            );
+        }
         for (code, count) in &self.errors {
             println!("  errors {code}: {count}");
         }
@@ -564,10 +705,56 @@ impl Report {
                 "max": self.latency_us.max() as f64 / 1000.0,
                 "mean": self.latency_us.mean() / 1000.0,
             },
+            "by_rank": self.by_rank.iter().map(|(ranks, latency)| serde_json::json!({
+                "ranks": ranks,
+                "ok": latency.len(),
+                "p50_ms": latency.value_at_quantile(0.5) as f64 / 1000.0,
+                "p99_ms": latency.value_at_quantile(0.99) as f64 / 1000.0,
+            })).collect::<Vec<_>>(),
             "server": {
                 "mean_batch": self.mean_batch,
                 "batch_sizes": self.batch_sizes,
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranks_fall_in_decades() {
+        for (rank, decade) in [(1, 0), (10, 0), (11, 1), (100, 1), (101, 2), (1001, 3)] {
+            assert_eq!(rank_decade(rank), decade, "rank {rank}");
+        }
+    }
+
+    #[test]
+    fn variants_are_named_from_the_pattern_and_drawn_by_popularity() {
+        assert!(
+            Variants::new("m", 10, 1.1).is_err(),
+            "no `{{}}` in the pattern"
+        );
+        assert!(Variants::new("m{}", 0, 1.1).is_err());
+        assert!(Variants::new("m{}", 10, -1.0).is_err());
+        let variants = Variants::new("m{}-v", 1000, 1.1).unwrap();
+        assert_eq!(
+            (variants.names[0].as_str(), variants.names[999].as_str()),
+            ("m1-v", "m1000-v")
+        );
+        // Zipf 1.1 over 1 000: rank 1 is drawn about 16% of the time, 2 about 7%, 10 about 1%.
+        let mut counts = [0u32; 11];
+        for _ in 0..20_000 {
+            let (rank, name) = variants.pick();
+            assert_eq!(name, format!("m{rank}-v"));
+            if rank <= 10 {
+                counts[rank] += 1;
+            }
+        }
+        assert!(
+            counts[1] > counts[2] && counts[2] > counts[10] && counts[10] > 0,
+            "{counts:?}"
+        );
     }
 }
