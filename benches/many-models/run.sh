@@ -10,8 +10,10 @@
 # seconds of `sluice bench --variants N --zipf ZIPF` from CLIENTS clients: throughput, latency
 # by popularity rank (the most popular stay resident; most requests past rank 1 000 start a
 # replica), cold starts and evictions per second with the server's own cold-start times, and
-# the resident count and memory at the end. Last, the hot path: one resident variant among the
-# N, then the same model alone on a fresh server, under the same load.
+# the resident count and memory at the end. Then the hot path: one variant under the same load
+# right after that traffic (while the ~1 000 resident replicas are still there); and, ROUNDS
+# times in turn, one resident variant among the N on a fresh server against the same model
+# alone on a fresh server (HOT_S seconds each).
 #
 # Usage: benches/many-models/run.sh                  (builds the release binary first)
 #        SLUICE=path/to/sluice N=10000 M=500 DURATION=20 CLIENTS=16 benches/many-models/run.sh
@@ -23,6 +25,8 @@ BUDGET=${BUDGET:-1100MiB}
 DURATION=${DURATION:-20}
 CLIENTS=${CLIENTS:-16}
 ZIPF=${ZIPF:-1.1}
+ROUNDS=${ROUNDS:-3}
+HOT_S=${HOT_S:-15}
 TARGET=${CARGO_TARGET_DIR:-target}
 if [ -z "${SLUICE:-}" ]; then
     cargo build --release -p sluice >&2
@@ -129,15 +133,24 @@ curl -s "http://$HTTP/metrics" | awk '/^sluice_cold_start_seconds_bucket/ {
         }
     }'
 echo "  at the end: $(replicas), RSS $(rss_mib) MiB"
-echo "hot: one resident variant among $N registered, sluice bench, $CLIENTS clients, ${DURATION} s:"
+echo "hot, right after the Zipf traffic: one variant, sluice bench, $CLIENTS clients, ${DURATION} s:"
 "$SLUICE" bench m1 --server "$GRPC" --concurrency "$CLIENTS" --duration "$DURATION" | sed 's/^/  /'
 kill $SERVER; wait $SERVER 2>/dev/null || true
 
-# The same model alone on a server, for the hot figure's baseline.
-rm -rf "$WORK/repo"
-mkdir -p "$WORK/repo/m1/1"
-cp "$WORK/model.wasm" "$WORK/params/1.slpm" "$WORK/repo/m1/1/"
-sed 's/"params.slpm"/"1.slpm"/' "$WORK/config.toml" >"$WORK/repo/m1/1/config.toml"
-start "one model alone"
-echo "hot: the one model alone, sluice bench, $CLIENTS clients, ${DURATION} s:"
-"$SLUICE" bench m1 --server "$GRPC" --concurrency "$CLIENTS" --duration "$DURATION" | sed 's/^/  /'
+# Hot, interleaved so the machine's drift falls on both sides: ROUNDS times, a fresh server
+# with the N registered and one resident, then the same model alone on a fresh server, each
+# warmed for 3 s and then driven for HOT_S seconds.
+mkdir -p "$WORK/alone/m1/1"
+cp "$WORK/model.wasm" "$WORK/params/1.slpm" "$WORK/alone/m1/1/"
+sed 's/"params.slpm"/"1.slpm"/' "$WORK/config.toml" >"$WORK/alone/m1/1/config.toml"
+mv "$WORK/repo" "$WORK/many"
+echo "hot: m1 among $N registered against m1 alone, fresh servers, $ROUNDS rounds of ${HOT_S} s, $CLIENTS clients:"
+for round in $(seq "$ROUNDS"); do
+    for what in many alone; do
+        ln -sfn "$WORK/$what" "$WORK/repo"
+        SERVE_BUDGET=$BUDGET start "round $round, $what" >/dev/null
+        "$SLUICE" bench m1 --server "$GRPC" --concurrency "$CLIENTS" --duration 3 >/dev/null
+        echo "  round $round, $what: $("$SLUICE" bench m1 --server "$GRPC" --concurrency "$CLIENTS" --duration "$HOT_S" | sed -n 's/^ *[0-9]* ok of [0-9]* sent in [0-9.]*s: \([0-9]*\) req\/s.*/\1 req\/s/p')"
+        kill $SERVER; wait $SERVER 2>/dev/null || true
+    done
+done
