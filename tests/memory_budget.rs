@@ -2,7 +2,7 @@
 //! one while used, and lose it, least recently used first, when the server holds more than
 //! its memory budget; an evicted variant still answers (its next request starts a replica).
 
-use crate::support::{TestServer, digits_request, registry_with, sample_component};
+use crate::support::{TestServer, digits_request, post_json, registry_with, sample_component};
 use sluice_api::proto::LoadModelRequest;
 use sluice_api::proto::load_model_request::Component;
 use sluice_serving::ModelLimits;
@@ -176,15 +176,8 @@ fn variant_of(name: &str, component: &str, params: &str) -> LoadModelRequest {
 /// Each variant's residence in `ListModels`, and the reason the KServe repository index gives.
 async fn residences(server: &mut TestServer, names: [&str; 2]) -> [(i32, String); 2] {
     let models = server.models().await;
-    let index: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/v2/repository/index", server.http_url()))
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let url = format!("{}/v2/repository/index", server.http_url());
+    let index = post_json(&reqwest::Client::new(), &url, &serde_json::json!({})).await;
     names.map(|name| {
         let residence = models.iter().find(|m| m.name == name).unwrap().residence;
         let entry = index
