@@ -212,7 +212,7 @@ impl Model {
 
     /// Memory its compiled code takes (shared with every version of the same component).
     pub fn code_bytes(&self) -> u64 {
-        self.residency.code_bytes
+        self.component.code_bytes() as u64
     }
 
     /// Whether it is resident: it has a replica running, or its compiled code is in memory
@@ -464,9 +464,14 @@ impl Registry {
     pub fn resident_bytes(&self) -> u64 {
         let models = self.read();
         let loaded = || models.values().flat_map(|versions| &versions.loaded);
+        // Once per distinct component (versions of one share its code, and asking whether it
+        // is in memory takes a lock).
         let mut code: BTreeMap<&str, u64> = BTreeMap::new();
-        for model in loaded().filter(|m| m.component.code_resident()) {
-            code.insert(&model.sha256, model.code_bytes());
+        for model in loaded() {
+            code.entry(&model.sha256).or_insert_with(|| {
+                let resident = model.component.code_resident();
+                if resident { model.code_bytes() } else { 0 }
+            });
         }
         loaded().map(|m| m.resident_bytes()).sum::<u64>() + code.values().sum::<u64>()
     }
@@ -995,7 +1000,6 @@ fn build_model(
     scale_down_after: Duration,
 ) -> Result<Model, RegistryError> {
     let component = runtime.load_component(&request.component)?;
-    let code_bytes = component.code_bytes() as u64;
     let handle = component.clone();
     let (graph_set, graph_memory) = graphs.load_set(&request.graphs)?;
     let sha256 = component.sha256.clone();
@@ -1027,7 +1031,7 @@ fn build_model(
     let metrics = Arc::new(ModelMetrics::new(recipe.model.clone()));
     let factory: RunnerFactory<ReplicaRunner> =
         Arc::new(move || Replica::new(recipe.clone()).map(ReplicaRunner::new));
-    let residency = Residency::new(first.resident_bytes() as u64, code_bytes);
+    let residency = Residency::new(first.resident_bytes() as u64);
     let mut runners = vec![ReplicaRunner::new(first)];
     for _ in 1..request.replicas.max(1) {
         runners.push(factory()?);

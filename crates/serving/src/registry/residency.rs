@@ -23,8 +23,6 @@ use std::time::Instant;
 pub(super) struct Residency {
     /// Memory one replica holds (its first instance's, after `init`).
     pub(super) instance_bytes: u64,
-    /// Its compiled code (shared with versions of the same component).
-    pub(super) code_bytes: u64,
     /// When a request last reached it, as nanoseconds since [`EPOCH`].
     last_used: AtomicU64,
 }
@@ -33,10 +31,9 @@ pub(super) struct Residency {
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 impl Residency {
-    pub(super) fn new(instance_bytes: u64, code_bytes: u64) -> Residency {
+    pub(super) fn new(instance_bytes: u64) -> Residency {
         let residency = Residency {
             instance_bytes,
-            code_bytes,
             last_used: AtomicU64::new(0),
         };
         residency.touch(Instant::now());
