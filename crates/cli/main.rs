@@ -15,6 +15,13 @@ mod serve;
 mod traces;
 
 use clap::{Parser, Subcommand};
+
+/// A request allocates and frees some dozens of small blocks (buffers, tensors, futures)
+/// across threads: mimalloc's per-thread free lists do that in fewer instructions than
+/// glibc's malloc, whose `malloc_consolidate` also walks its fast bins whenever a batch asks
+/// for a larger block (docs/benchmarks.md, "KServe REST").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -13,7 +13,7 @@ use crate::kserve::{
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -25,8 +25,9 @@ use sluice_api::kserve_json::{self, Elements};
 use sluice_types::{Dtype, Tensor, TensorSpec};
 use std::sync::Arc;
 
-/// Header of the binary tensor data extension: the length of the JSON part of the body.
-const HEADER_LENGTH: &str = "inference-header-content-length";
+/// Header of the binary tensor data extension: the length of the JSON part of the body (a
+/// `HeaderName`, so that looking it up does not parse the name again for each request).
+const HEADER_LENGTH: HeaderName = HeaderName::from_static("inference-header-content-length");
 
 fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::invalid_argument(message)

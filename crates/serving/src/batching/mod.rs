@@ -792,6 +792,14 @@ async fn run_worker<R: BatchRunner>(
                     _ = tokio::time::sleep_until(until) => break,
                 }
             }
+        } else if slot.lock().queued_rows < sizer.size() {
+            // The request that woke this worker is rarely alone: the connections whose
+            // requests arrived in the same poll of the sockets are ready to run too, and
+            // tokio runs a woken task next. One turn at the back of the queue lets them queue
+            // theirs first, so that they share this batch instead of each waiting for a
+            // batch of its own (KServe REST under 64 connections: 1.09 rows a batch
+            // without it). With nothing else to run it costs one pass of the scheduler.
+            tokio::task::yield_now().await;
         }
         let batch = take_batch(&slot, sizer.size());
         if batch.is_empty() {
