@@ -2,10 +2,10 @@
 //! `[-1, 384]`), as sentence-transformers computes them.
 //!
 //! The parts that are the model author's code run in the sandbox: tokenizing (the model's
-//! own `tokenizer.json`, its init config), padding a batch to its longest sentence with an
-//! attention mask, and mean pooling over the real tokens followed by L2 normalization. The
-//! encoder, 22 M parameters of matrix products, is the graph `encoder` and runs on the host
-//! through `wasi:nn`.
+//! own `tokenizer.json`, its init config), cutting a batch into runs of similar lengths
+//! ([`runs`]) and padding each run to its longest sentence with an attention mask, and mean
+//! pooling over the real tokens followed by L2 normalization. The encoder, 22 M parameters of
+//! matrix products, is the graph `encoder` and runs on the host through `wasi:nn`.
 
 use sluice_sdk::nn::Graph;
 use sluice_sdk::{Dtype, Model, ModelError, ModelInfo, Tensor, TensorSpec};
@@ -15,10 +15,12 @@ use tokenizers::{Tokenizer, TruncationParams};
 pub const DIMENSIONS: usize = 384;
 /// Longest input in word pieces, as sentence-transformers truncates (`max_seq_length`).
 pub const MAX_TOKENS: usize = 256;
-/// Word pieces, padding included, in one run of the encoder. A batch is sorted by length and
-/// cut into runs of at most this many, so that a short sentence is not padded to the length
-/// of a long one it happens to share a batch with (attention costs the square of the length).
+/// Word pieces, padding included, in one run of the encoder at most (a bound on the memory a
+/// run's hidden states take, `[rows, longest, 384]`).
 pub const TOKENS_PER_RUN: usize = 4096;
+/// What one run of the encoder costs besides its word pieces, in word pieces' worth of work:
+/// a call through `wasi:nn`, and matrix products too thin to run at full speed.
+pub const RUN_OVERHEAD: f64 = 16.0;
 
 struct MiniLm {
     tokenizer: Tokenizer,
@@ -39,22 +41,44 @@ pub fn pad(rows: &[Vec<u32>]) -> (Vec<i64>, Vec<i64>, usize) {
     (ids, mask, longest)
 }
 
-/// Groups rows (by index) into runs: sorted by length, each run as many rows as fit
-/// [`TOKENS_PER_RUN`] once padded to its longest (always at least one row).
+/// What the encoder spends on a run of `rows` rows padded to `longest` word pieces, in word
+/// pieces' worth of work: each padded piece goes through every layer's matrix products (12 ×
+/// 384² multiply-adds a layer: the projections and the feed-forward block), and attention
+/// adds 2 × `longest` × 384 for it, so a piece of a row `longest` long costs
+/// 1 + `longest` / 2304 pieces; and the run's [`RUN_OVERHEAD`].
+fn run_cost(rows: usize, longest: usize) -> f64 {
+    let attention = longest as f64 / (6 * DIMENSIONS) as f64;
+    RUN_OVERHEAD + (rows * longest) as f64 * (1.0 + attention)
+}
+
+/// Groups rows (by index) into runs of the encoder, so that a short sentence is not padded to
+/// the length of a long one it happens to share a batch with: sorted by length, the rows are
+/// cut where [`run_cost`] says the runs cost least in all (an exact search over the cuts,
+/// `rows`² steps), each run at most [`TOKENS_PER_RUN`] padded word pieces (or one row).
 pub fn runs(lengths: &[usize]) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.sort_by_key(|&i| lengths[i]);
-    let mut runs: Vec<Vec<usize>> = Vec::new();
-    for i in order {
-        // Sorted ascending, so the row being added is the run's longest.
-        let fits = runs
-            .last()
-            .is_some_and(|run| (run.len() + 1) * lengths[i] <= TOKENS_PER_RUN);
-        match runs.last_mut() {
-            Some(run) if fits => run.push(i),
-            _ => runs.push(vec![i]),
-        }
+    let sorted: Vec<usize> = order.iter().map(|&i| lengths[i]).collect();
+    // cheapest[j]: the least cost of the first j sorted rows, and where its last run starts.
+    let mut cheapest = vec![(0.0, 0); sorted.len() + 1];
+    for end in 1..=sorted.len() {
+        // Sorted ascending, so a run's last row is its longest.
+        let longest = sorted[end - 1];
+        cheapest[end] = (0..end)
+            .rev()
+            .take_while(|&start| start == end - 1 || (end - start) * longest <= TOKENS_PER_RUN)
+            .map(|start| (cheapest[start].0 + run_cost(end - start, longest), start))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .expect("a run of one row is always possible");
     }
+    let mut runs = Vec::new();
+    let mut end = sorted.len();
+    while end > 0 {
+        let start = cheapest[end].1;
+        runs.push(order[start..end].to_vec());
+        end = start;
+    }
+    runs.reverse();
     runs
 }
 
@@ -200,6 +224,19 @@ mod tests {
             runs.iter()
                 .all(|run| !(run.contains(&0) && run.contains(&1)))
         );
+    }
+
+    #[test]
+    fn a_long_row_runs_apart_from_short_ones_even_in_a_small_batch() {
+        // Seven short sentences and one long: padding the seven to 256 would run 8 × 256
+        // pieces instead of 7 × 21 + 256.
+        let lengths = [12, 256, 15, 18, 20, 21, 14, 16];
+        let runs = runs(&lengths);
+        assert_eq!(runs.len(), 2, "{runs:?}");
+        assert_eq!(runs[1], vec![1]);
+        // Rows of about one length share one run: a run's overhead outweighs a little padding.
+        assert_eq!(super::runs(&[20, 21, 22, 20, 23, 19]).len(), 1);
+        assert!(super::runs(&[]).is_empty());
     }
 
     #[test]
