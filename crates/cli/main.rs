@@ -15,6 +15,8 @@ mod serve;
 mod traces;
 
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 /// A request allocates and frees some dozens of small blocks (buffers, tensors, futures)
 /// across threads: mimalloc's per-thread free lists do that in fewer instructions than
@@ -22,8 +24,6 @@ use clap::{Parser, Subcommand};
 /// for a larger block (docs/benchmarks.md, "KServe REST").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use std::path::PathBuf;
-use std::process::ExitCode;
 
 /// Serve machine-learning models as sandboxed WebAssembly components.
 #[derive(Debug, Parser)]
