@@ -193,6 +193,42 @@ async fn a_burst_is_answered_in_full_and_each_caller_gets_its_own_rows_in_order(
     );
 }
 
+/// Callers made ready in one instant, as one poll of the sockets makes the connections whose
+/// requests arrived: they share the idle worker's first batch, although tokio runs the worker
+/// as soon as the first of them wakes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn callers_ready_together_share_the_first_batch() {
+    let (batcher, log) = start(Setup {
+        fixed: Duration::ZERO,
+        per_row: Duration::ZERO,
+        config: BatchingConfig {
+            mode: BatchMode::Static { size: 64 },
+            ..Setup::default().config
+        },
+        ..Setup::default()
+    });
+    let go = Arc::new(tokio::sync::Barrier::new(33));
+    let calls: Vec<_> = (0..32)
+        .map(|i| {
+            let (batcher, go) = (batcher.clone(), go.clone());
+            tokio::spawn(async move {
+                go.wait().await;
+                call(&batcher, &[i as f32]).await.unwrap()
+            })
+        })
+        .collect();
+    go.wait().await;
+    let answers = futures_join(calls).await;
+    assert_eq!(answers.len(), 32);
+    let batches = log.lock().unwrap();
+    assert!(
+        batches[0].1.len() > 1,
+        "the first batch held {} rows (of {} batches)",
+        batches[0].1.len(),
+        batches.len()
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn aimd_settles_near_the_slo_under_saturating_load() {
     // A batch of n rows takes 2 ms + 0.5 ms * n: the 20 ms SLO allows 36 rows.
