@@ -201,8 +201,8 @@ impl Leaves {
             return Ok(());
         }
         match self.dtype {
-            Dtype::Fp32 => self.out.extend((v as f32).to_le_bytes()),
-            Dtype::Fp64 => self.out.extend(v.to_le_bytes()),
+            Dtype::Fp32 => self.out.extend_from_slice(&(v as f32).to_le_bytes()),
+            Dtype::Fp64 => self.out.extend_from_slice(&v.to_le_bytes()),
             _ => return self.refuse(v),
         }
         self.accept()
@@ -211,7 +211,7 @@ impl Leaves {
 
 /// Appends `bytes` if there are some; says whether there were.
 fn push_le<const N: usize>(out: &mut Vec<u8>, bytes: Option<[u8; N]>) -> bool {
-    bytes.map(|b| out.extend(b)).is_some()
+    bytes.map(|b| out.extend_from_slice(&b)).is_some()
 }
 
 impl<'de> DeserializeSeed<'de> for &mut Leaves {

@@ -2,13 +2,15 @@
 //!
 //! The protobuf messages and gRPC stubs of both APIs (`sluice.v1` and KServe v2's
 //! `inference`), generated at build time with no system `protoc`; their conversions to and
-//! from `sluice-types` ([`convert`]); KServe v2's JSON tensors ([`kserve_json`]); and a
+//! from `sluice-types` ([`convert`]); KServe v2's JSON tensors ([`kserve_json`]) and the
+//! one-pass reader of a plain JSON inference request ([`plain_json`]); and a
 //! client connection for the command line ([`client`]). Knows no server: the frontend serves
 //! these messages, the CLI sends them.
 
 pub mod client;
 pub mod convert;
 pub mod kserve_json;
+pub mod plain_json;
 
 /// Code generated from `proto/sluice/v1/sluice.proto`.
 #[allow(missing_docs, clippy::all)]

@@ -22,6 +22,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use sluice_api::convert::shape_to_u32;
 use sluice_api::kserve_json::{self, Elements};
+use sluice_api::plain_json;
 use sluice_types::{Dtype, Tensor, TensorSpec};
 use std::sync::Arc;
 
@@ -154,6 +155,20 @@ impl<'de: 'a, 'a> Deserialize<'de> for InferInput<'a> {
 
 struct InputVisitor<'a>(std::marker::PhantomData<&'a ()>);
 
+/// A key of an input object, told apart without copying it (serde's `Cow<str>` keys are
+/// always copied into a `String`).
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum InputField {
+    Name,
+    Datatype,
+    Shape,
+    Parameters,
+    Data,
+    #[serde(other)]
+    Other,
+}
+
 impl<'de: 'a, 'a> serde::de::Visitor<'de> for InputVisitor<'a> {
     type Value = InferInput<'a>;
 
@@ -169,17 +184,17 @@ impl<'de: 'a, 'a> serde::de::Visitor<'de> for InputVisitor<'a> {
         let (mut name, mut datatype, mut shape, mut parameters) = (None, None, None, None);
         let mut data = InputData::Absent;
         let mut dims: Option<Vec<u32>> = None;
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            match key.as_ref() {
-                "name" => name = Some(map.next_value::<String>()?),
-                "datatype" => datatype = Some(map.next_value::<String>()?),
-                "shape" => {
+        while let Some(key) = map.next_key::<InputField>()? {
+            match key {
+                InputField::Name => name = Some(map.next_value::<String>()?),
+                InputField::Datatype => datatype = Some(map.next_value::<String>()?),
+                InputField::Shape => {
                     let given: Vec<u64> = map.next_value()?;
                     dims = given.iter().map(|&d| u32::try_from(d).ok()).collect();
                     shape = Some(given);
                 }
-                "parameters" => parameters = Some(map.next_value()?),
-                "data" => {
+                InputField::Parameters => parameters = Some(map.next_value()?),
+                InputField::Data => {
                     let seed = match (&name, &datatype, &dims) {
                         (Some(name), Some(datatype), Some(dims)) => {
                             kserve_json::DataSeed::new(name, datatype, dims)
@@ -191,7 +206,7 @@ impl<'de: 'a, 'a> serde::de::Visitor<'de> for InputVisitor<'a> {
                         None => InputData::Raw(map.next_value()?),
                     };
                 }
-                _ => {
+                InputField::Other => {
                     map.next_value::<serde::de::IgnoredAny>()?;
                 }
             }
@@ -269,12 +284,8 @@ async fn infer(
 ) -> Result<Response> {
     let target = resolve(&shared, &path)?;
     let (header, binary) = split_body(&header_length, &body)?;
-    let request: InferRequest = serde_json::from_slice(header).map_err(|e| {
-        bad_request(format!(
-            "the request body is not a valid inference request: {e}"
-        ))
-    })?;
-    let inputs = decode_inputs(request.inputs, binary)?;
+    let request = parse_request(header, binary)?;
+    let inputs = request.inputs;
     target.check_requested_outputs(request.outputs.iter().map(|o| o.name.as_str()))?;
     let parameters = AppParameters {
         user_id: request
@@ -303,7 +314,8 @@ async fn infer(
         }),
         outputs,
     };
-    let header = serde_json::to_vec(&answer).expect("JSON serializes");
+    let mut header = Vec::with_capacity(answer_capacity(&answer.outputs));
+    serde_json::to_writer(&mut header, &answer).expect("JSON serializes");
     if appended.is_empty() {
         return Ok((
             [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -408,6 +420,51 @@ struct InferResponse<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     parameters: Option<serde_json::Map<String, Value>>,
     outputs: Vec<OutputJson<'a>>,
+}
+
+/// Room for a JSON answer, so that writing it does not grow the buffer step by step: the
+/// envelope, and for each output its name and four characters for each byte of data (an
+/// FP32's four bytes print as at most 15 characters and a comma; wider types as fewer).
+fn answer_capacity(outputs: &[OutputJson]) -> usize {
+    let output =
+        |o: &OutputJson| 96 + o.name.len() + o.data.as_ref().map_or(0, |d| 4 * d.0.data.len());
+    128 + outputs.iter().map(output).sum::<usize>()
+}
+
+/// What the handler uses of a request, from either reader.
+struct ParsedRequest {
+    id: Option<String>,
+    parameters: serde_json::Map<String, Value>,
+    outputs: Vec<InferOutput>,
+    inputs: Vec<Tensor>,
+}
+
+/// The request in the plain form (JSON numbers, no parameters, no binary part) in one pass
+/// over its bytes ([`plain_json`]); any other through serde, whose errors name the field.
+fn parse_request(header: &[u8], binary: &[u8]) -> Result<ParsedRequest> {
+    if let Some((id, inputs)) = binary
+        .is_empty()
+        .then(|| plain_json::plain_request(header))
+        .flatten()
+    {
+        return Ok(ParsedRequest {
+            id,
+            parameters: serde_json::Map::new(),
+            outputs: Vec::new(),
+            inputs,
+        });
+    }
+    let request: InferRequest = serde_json::from_slice(header).map_err(|e| {
+        bad_request(format!(
+            "the request body is not a valid inference request: {e}"
+        ))
+    })?;
+    Ok(ParsedRequest {
+        id: request.id,
+        parameters: request.parameters,
+        outputs: request.outputs,
+        inputs: decode_inputs(request.inputs, binary)?,
+    })
 }
 
 /// The requested outputs (all when none are named), each in JSON or, when asked for, as
