@@ -124,9 +124,28 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // Ending the session makes chromedriver close Chromium and its helper processes;
+        // killing chromedriver alone left them running after the test.
+        let _ = end_session(&self.base, &self.session);
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
+}
+
+/// `DELETE /session/{id}` as a plain blocking request (a drop has no runtime to await in);
+/// chromedriver answers once the browser has quit (its answer is not read past its start:
+/// chromedriver may keep the connection open).
+fn end_session(base: &str, session: &str) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let address = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    write!(
+        stream,
+        "DELETE /session/{session} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\n\
+         Connection: close\r\n\r\n"
+    )?;
+    stream.read(&mut [0; 512]).map(drop)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
