@@ -1,6 +1,8 @@
-//! The fast path of a KServe JSON inference request: the plain form that load generators and
-//! Triton's clients send with JSON data, `{"id": "...", "inputs": [{"name", "datatype",
-//! "shape", "data": [numbers]}]}`, read in one pass over the bytes straight into tensors.
+//! The fast path of a KServe JSON inference request: the plain form a hand-written client or
+//! a load generator sends, `{"id": "...", "inputs": [{"name", "datatype", "shape", "data":
+//! [numbers]}]}`, read in one pass over the bytes straight into tensors. (Triton's HTTP client
+//! adds `parameters` and sends its data in binary by default: serde's path, on a short JSON
+//! header.)
 //!
 //! Through serde, such a request costs about 200 instructions a number (serde_json's
 //! per-element calls), most of a REST infer's own cost; no JSON crate measured does better
@@ -91,44 +93,43 @@ impl<'a> Reader<'a> {
 
     /// `[a, b, ...]`, each element read by `element`.
     fn list(&mut self, mut element: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
-        self.expect(b'[')?;
-        if self.peek()? == b']' {
-            self.at += 1;
-            return Some(());
-        }
-        loop {
+        let mut more = self.open(b'[', b']')?;
+        while more {
             element(self)?;
-            match self.peek()? {
-                b',' => self.at += 1,
-                b']' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
+            more = self.after_element(b']')?;
         }
+        Some(())
     }
 
     /// `{"key": value, ...}`, each value read by `member` (which refuses a key it does not
     /// take, or one it has seen).
     fn object(&mut self, mut member: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
-        self.expect(b'{')?;
-        if self.peek()? == b'}' {
-            self.at += 1;
-            return Some(());
-        }
-        loop {
+        let mut more = self.open(b'{', b'}')?;
+        while more {
             let key = self.string()?;
             self.expect(b':')?;
             member(self, key)?;
-            match self.peek()? {
-                b',' => self.at += 1,
-                b'}' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
+            more = self.after_element(b'}')?;
+        }
+        Some(())
+    }
+
+    /// Past an opening bracket: whether an element follows (else past the closing one too).
+    fn open(&mut self, open: u8, close: u8) -> Option<bool> {
+        self.expect(open)?;
+        let empty = self.peek()? == close;
+        self.at += usize::from(empty);
+        Some(!empty)
+    }
+
+    /// Past the comma after an element (`true`: another follows) or the closing bracket.
+    fn after_element(&mut self, close: u8) -> Option<bool> {
+        let byte = self.peek()?;
+        self.at += 1;
+        match byte {
+            b',' => Some(true),
+            _ if byte == close => Some(false),
+            _ => None,
         }
     }
 
