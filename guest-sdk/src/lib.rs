@@ -91,11 +91,15 @@ pub trait Model: Sized + 'static {
 /// Exports a [`Model`] implementation as the component's `predictor`. Call it exactly once,
 /// at the top level of your crate.
 ///
-/// On targets other than wasm32 it expands to nothing, so the same crate can also be compiled
-/// natively (for unit tests, or as the native baseline of a benchmark).
+/// On targets other than wasm32 it exports nothing, so the same crate can also be compiled
+/// natively (for unit tests, or as the native baseline of a benchmark); there it only names the
+/// model's `init`, so that the compiler does not call the model's type and methods unused.
 #[macro_export]
 macro_rules! export_model {
     ($model:ty) => {
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: fn(&[u8]) -> ::std::result::Result<$model, $crate::ModelError> =
+            <$model as $crate::Model>::init;
         #[cfg(target_arch = "wasm32")]
         const _: () = {
             struct SluiceExport;
