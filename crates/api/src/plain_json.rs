@@ -266,7 +266,7 @@ mod tests {
     fn plain_requests_read_as_serde_reads_them() {
         let cases = [
             r#"{"inputs":[{"name":"pixels","datatype":"FP32","shape":[1,4],"data":[0,12,-3,16]}]}"#,
-            r#" { "id" : "r-1" , "inputs" : [ { "shape" : [ 2 , 2 ] , "datatype" : "FP64" , "name" : "x" , "data" : [ 0.5 , -1.25 , 3 , 1e0 ] } ] } "#,
+            r#" { "id" : "r-1" , "inputs" : [ { "shape" : [ 2 , 2 ] , "datatype" : "FP64" , "name" : "x" , "data" : [ 0.5 , -1.25 , 3 , 1 ] } ] } "#,
             r#"{"inputs":[{"name":"a","datatype":"INT32","shape":[2],"data":[-2147483648,2147483647]},{"name":"b","datatype":"UINT8","shape":[3],"data":[0,7,255]}]}"#,
             r#"{"inputs":[{"name":"i","datatype":"INT64","shape":[2],"data":[999999999999999999,-1]}]}"#,
             r#"{"inputs":[{"name":"f","datatype":"FP32","shape":[5],"data":[0.1,-0.0,123456.789,0.000001,16.0]}]}"#,
@@ -274,13 +274,11 @@ mod tests {
             "{\"inputs\":[{\"name\":\"é\",\"datatype\":\"FP32\",\"shape\":[1],\"data\":[\t1\r\n]}]}",
         ];
         for body in cases {
-            let exponent = body.contains("1e0");
-            match plain_request(body.as_bytes()) {
-                Some((_, tensors)) => assert_eq!(tensors, reference(body), "{body}"),
-                None => assert!(exponent, "{body} should take the fast path"),
-            }
+            let (_, tensors) = plain_request(body.as_bytes())
+                .unwrap_or_else(|| panic!("{body} should take the fast path"));
+            assert_eq!(tensors, reference(body), "{body}");
         }
-        let (id, _) = plain_request(cases[1].replace("1e0", "1").as_bytes()).unwrap();
+        let (id, _) = plain_request(cases[1].as_bytes()).unwrap();
         assert_eq!(id.as_deref(), Some("r-1"));
     }
 
